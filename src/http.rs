@@ -1,0 +1,231 @@
+//! HTTP request handling: routes, status codes, the body limit, and the webhook pipeline
+//! (read the body, check the signature, parse, record).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
+use crate::payload;
+use crate::signature::{self, Verifier};
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub webhook: bool,
+    pub metrics: bool,
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    pub verifier: Verifier,
+    pub webhook_path: String,
+    pub max_body_bytes: usize,
+    ready: AtomicBool,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+const LANDING_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n<html><head><title>nuki-exporter</title></head><body>\n",
+    "<h1>nuki-exporter ",
+    env!("CARGO_PKG_VERSION"),
+    "</h1>\n<p>Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and ",
+    "serves their error codes, battery and lock state as metrics.</p>\n",
+    "<ul><li><a href=\"/metrics\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>",
+    "<li><a href=\"/-/ready\">Readiness</a></li></ul>\n</body></html>\n"
+);
+
+impl App {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        verifier: Verifier,
+        webhook_path: String,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            metrics,
+            verifier,
+            webhook_path,
+            max_body_bytes,
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// Turns `/-/ready` to 503: the exporter is shutting down.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Answers one request on a listener with the given role.
+    pub async fn handle<B>(self: Arc<Self>, role: Role, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = request.uri().path();
+        let method = request.method();
+        let readable = method == Method::GET || method == Method::HEAD;
+        if role.webhook && path == self.webhook_path {
+            if method == Method::POST {
+                return self.receive_webhook(request).await;
+            }
+            self.metrics.reject(RejectReason::Method);
+            return method_not_allowed("POST");
+        }
+        match path {
+            "/-/healthy" | "/-/ready" | "/metrics" | "/" if !readable => {
+                method_not_allowed("GET, HEAD")
+            }
+            "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
+            "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
+            "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
+            "/metrics" if role.metrics => self.serve_metrics().await,
+            "/" if role.metrics => html(LANDING_PAGE),
+            _ => {
+                if role.webhook {
+                    self.metrics.reject(RejectReason::NotFound);
+                }
+                text(StatusCode::NOT_FOUND, "Not found.\n")
+            }
+        }
+    }
+
+    /// Encodes the registry on the blocking pool, so that a large exposition never holds up the
+    /// runtime threads that answer webhooks.
+    async fn serve_metrics(&self) -> HttpResponse {
+        let metrics = Arc::clone(&self.metrics);
+        match tokio::task::spawn_blocking(move || metrics.encode()).await {
+            Ok(body) => {
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "encoding /metrics failed");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Encoding metrics failed.\n",
+                )
+            }
+        }
+    }
+
+    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return self.refuse(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large.\n",
+            );
+        }
+        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<LengthLimitError>() => {
+                return self.refuse(
+                    RejectReason::TooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Body too large.\n",
+                );
+            }
+            Err(error) => {
+                tracing::debug!(%error, "webhook body could not be read");
+                return self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Body could not be read.\n",
+                );
+            }
+        };
+        let signature = parts
+            .headers
+            .get(signature::HEADER)
+            .map(HeaderValue::as_bytes);
+        if let Err(error) = self.verifier.verify(signature, &body) {
+            tracing::debug!(%error, "webhook signature refused");
+            return self.refuse(
+                RejectReason::Signature,
+                StatusCode::UNAUTHORIZED,
+                "Invalid signature.\n",
+            );
+        }
+        match payload::parse(&body) {
+            Ok(webhook) => {
+                self.metrics.record(&webhook, unix_now());
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Full::default())
+                    .expect("static response")
+            }
+            Err(error) => {
+                tracing::debug!(%error, "webhook refused");
+                self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Body is not a JSON object.\n",
+                )
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        reason: RejectReason,
+        status: StatusCode,
+        message: &'static str,
+    ) -> HttpResponse {
+        self.metrics.reject(reason);
+        text(status, message)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn text(status: StatusCode, body: &'static str) -> HttpResponse {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn html(body: &'static str) -> HttpResponse {
+    with_type(StatusCode::OK, body, "text/html; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: &'static str, content_type: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -1,0 +1,17 @@
+//! nuki-exporter: receives Nuki Web API webhooks, checks their signature, and serves what they
+//! report (error codes per lock, battery, lock and server state, activity log) as Prometheus
+//! metrics.
+//!
+//! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
+
+pub mod catalogue;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod payload;
+pub mod server;
+pub mod signature;
+
+pub use config::Config;
+pub use server::Exporter;

@@ -1,0 +1,681 @@
+//! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
+//! counter increments and gauge values. Nothing else touches a metric.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::catalogue;
+use crate::payload::{
+    ApiWebhook, DeviceEvent, DeviceWebhook, ErrorCode, LockStatus, LogEntry, Masterdata, Outcome,
+    Webhook,
+};
+
+/// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label value of counters for lock ids beyond `limits.max_smartlocks`, and of operation and
+/// kind values beyond `limits.max_operations`.
+pub const OVERFLOW: &str = "other";
+/// Label value where a webhook names no lock, no operation or no kind.
+pub const UNNAMED: &str = "unknown";
+/// Longest `operation` / `kind` label value kept; longer ones count as `other`.
+const MAX_LABEL_LEN: usize = 64;
+
+/// Why a request was refused: the `reason` label of `nuki_exporter_webhooks_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    Signature,
+    Malformed,
+    TooLarge,
+    Method,
+    NotFound,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        Self::Signature,
+        Self::Malformed,
+        Self::TooLarge,
+        Self::Method,
+        Self::NotFound,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Signature => "signature",
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::Method => "method",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+/// Sizes of the label sets the facade bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_smartlocks: usize,
+    pub max_operations: usize,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    operation_errors: IntCounterVec,
+    operations: IntCounterVec,
+    battery_charge: IntGaugeVec,
+    battery_critical: IntGaugeVec,
+    server_state: IntGaugeVec,
+    lock_state: IntGaugeVec,
+    door_state: IntGaugeVec,
+    last_seen: GaugeVec,
+    info: IntGaugeVec,
+    activity: IntCounterVec,
+    received: IntCounterVec,
+    rejected: IntCounterVec,
+    last_webhook: Gauge,
+    label_overflow: IntCounterVec,
+    smartlocks_tracked: IntGauge,
+    /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
+    code_labels: Vec<String>,
+    locks: Mutex<LockTable>,
+    kinds: BoundedSet,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The lock ids that have their own series, with what their info series says.
+struct LockTable {
+    capacity: usize,
+    locks: HashMap<u64, Option<InfoLabels>>,
+}
+
+/// `name`, `device_type`, `firmware_version` of a lock's `nuki_smartlock_info` series.
+type InfoLabels = [String; 3];
+
+/// Where a lock's counters go.
+enum LockSlot {
+    /// The lock has its own series.
+    Tracked(String),
+    /// Counted, but under a shared label value (`other` or `unknown`).
+    Shared(&'static str),
+}
+
+impl LockSlot {
+    fn label(&self) -> &str {
+        match self {
+            Self::Tracked(id) => id,
+            Self::Shared(label) => label,
+        }
+    }
+
+    fn tracked(&self) -> Option<&str> {
+        match self {
+            Self::Tracked(id) => Some(id),
+            Self::Shared(_) => None,
+        }
+    }
+}
+
+/// A bounded set of free-form label values (`operation`, `kind`).
+struct BoundedSet {
+    capacity: usize,
+    values: RwLock<HashSet<String>>,
+}
+
+impl BoundedSet {
+    /// The value itself while there is room for it, `None` once the set is full.
+    fn admit<'v>(&self, value: &'v str) -> Option<&'v str> {
+        if value.len() > MAX_LABEL_LEN {
+            return None;
+        }
+        if self
+            .values
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(value)
+        {
+            return Some(value);
+        }
+        let mut values = self.values.write().unwrap_or_else(PoisonError::into_inner);
+        if values.contains(value) || values.len() < self.capacity {
+            values.insert(value.to_owned());
+            Some(value)
+        } else {
+            None
+        }
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric registered once");
+    collector
+}
+
+impl Metrics {
+    pub fn new(limits: Limits) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let lock = &["smartlock_id"];
+        let metrics = Self {
+            operation_errors: counter_vec(
+                r,
+                "nuki_operation_errors_total",
+                "Failed entities of API-triggered webhooks (detail[].success=false or a failed flat result), by webhook type, errorCode and smartlockId.",
+                &["operation", "error_code", "error_name", "smartlock_id"],
+            ),
+            operations: counter_vec(
+                r,
+                "nuki_operations_total",
+                "Entity results of API-triggered webhooks (each detail[] entry or the flat result), success or failure, by webhook type and smartlockId.",
+                &["operation", "smartlock_id"],
+            ),
+            battery_charge: gauge_vec(
+                r,
+                "nuki_smartlock_battery_charge_percent",
+                "Battery charge in percent, from DEVICE_STATUS state.batteryCharge.",
+                lock,
+            ),
+            battery_critical: gauge_vec(
+                r,
+                "nuki_smartlock_battery_critical",
+                "1 when a battery is critical, from DEVICE_STATUS state.batteryCritical (lock), state.keypadBatteryCritical (keypad) and state.doorsensorBatteryCritical (doorsensor).",
+                &["smartlock_id", "battery"],
+            ),
+            server_state: gauge_vec(
+                r,
+                "nuki_smartlock_server_state",
+                "Server state from DEVICE_STATUS / DEVICE_MASTERDATA serverState: 0 ok, 1 unregistered, 2 auth UUID invalid, 3 auth invalid, 4 offline.",
+                lock,
+            ),
+            lock_state: gauge_vec(
+                r,
+                "nuki_smartlock_lock_state",
+                "Lock state from DEVICE_STATUS state.state: 0 uncalibrated, 1 locked, 2 unlocking, 3 unlocked, 4 locking, 5 unlatched, 6 unlocked (lock 'n' go), 7 unlatching, 254 motor blocked, 255 undefined (opener codes differ).",
+                lock,
+            ),
+            door_state: gauge_vec(
+                r,
+                "nuki_smartlock_door_state",
+                "Door state from DEVICE_STATUS state.doorState: 0 unavailable, 1 deactivated, 2 closed, 3 opened, 4 unknown, 5 calibrating, 16 uncalibrated, 240 removed, 255 unknown.",
+                lock,
+            ),
+            last_seen: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "nuki_smartlock_last_seen_timestamp_seconds",
+                        "Unix time the exporter last received a webhook naming this smartlockId.",
+                    ),
+                    lock,
+                )
+                .expect("valid metric definition"),
+            ),
+            info: gauge_vec(
+                r,
+                "nuki_smartlock_info",
+                "Always 1: a lock's DEVICE_MASTERDATA name, type (device_type) and firmwareVersion (decoded one byte per part).",
+                &["smartlock_id", "name", "device_type", "firmware_version"],
+            ),
+            activity: counter_vec(
+                r,
+                "nuki_smartlock_activity_log_entries_total",
+                "Activity-log entries from DEVICE_LOGS smartlockLog, by action and completion state (smartlockLog.state).",
+                &["smartlock_id", "action", "completion_state"],
+            ),
+            received: counter_vec(
+                r,
+                "nuki_exporter_webhooks_received_total",
+                "Accepted webhooks, by source (api: has type/requestId; device: has feature) and kind (the type or feature).",
+                &["source", "kind"],
+            ),
+            rejected: counter_vec(
+                r,
+                "nuki_exporter_webhooks_rejected_total",
+                "Refused requests on the webhook listener, by reason.",
+                &["reason"],
+            ),
+            last_webhook: register(
+                r,
+                Gauge::new(
+                    "nuki_exporter_last_webhook_timestamp_seconds",
+                    "Unix time of the last accepted webhook.",
+                )
+                .expect("valid metric definition"),
+            ),
+            label_overflow: counter_vec(
+                r,
+                "nuki_exporter_label_overflow_total",
+                "Values counted under \"other\" because limits.max_smartlocks (smartlock_id) or limits.max_operations (operation, kind) was reached.",
+                &["label"],
+            ),
+            smartlocks_tracked: register(
+                r,
+                IntGauge::new(
+                    "nuki_exporter_smartlocks_tracked",
+                    "Distinct smartlockIds with their own series (at most limits.max_smartlocks).",
+                )
+                .expect("valid metric definition"),
+            ),
+            code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
+            locks: Mutex::new(LockTable {
+                capacity: limits.max_smartlocks,
+                locks: HashMap::new(),
+            }),
+            kinds: BoundedSet {
+                capacity: limits.max_operations,
+                values: RwLock::new(HashSet::new()),
+            },
+            registry,
+        };
+        let build_info = gauge_vec(
+            &metrics.registry,
+            "nuki_exporter_build_info",
+            "Always 1: the version of nuki-exporter that is running.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Refusals start at 0 so that increase() sees their first occurrence.
+        for reason in RejectReason::ALL {
+            metrics.rejected.with_label_values(&[reason.label()]);
+        }
+        for label in ["smartlock_id", "operation", "kind"] {
+            metrics.label_overflow.with_label_values(&[label]);
+        }
+        #[cfg(target_os = "linux")]
+        metrics
+            .registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric registered once");
+        metrics
+    }
+
+    /// Records an accepted webhook received at `now` (Unix seconds).
+    pub fn record(&self, webhook: &Webhook, now: f64) {
+        match webhook {
+            Webhook::Api(api) => self.record_api(api, now),
+            Webhook::Device(device) => self.record_device(device, now),
+            Webhook::Unrecognised => self.received.with_label_values(&[UNNAMED, UNNAMED]).inc(),
+        }
+        self.last_webhook.set(now);
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        buffer
+    }
+
+    fn record_api(&self, api: &ApiWebhook, now: f64) {
+        let operation = self.bounded("operation", api.operation.as_deref());
+        self.received.with_label_values(&["api", operation]).inc();
+        for result in &api.results {
+            let lock = self.admit(result.smartlock_id);
+            self.operations
+                .with_label_values(&[operation, lock.label()])
+                .inc();
+            if let Outcome::Failure(code) = result.outcome {
+                let (code_label, name) = match code {
+                    ErrorCode::Code(byte) => (
+                        self.code_labels[usize::from(byte)].as_str(),
+                        catalogue::name_of(byte),
+                    ),
+                    ErrorCode::Invalid => ("invalid", "INVALID"),
+                    ErrorCode::Missing => ("missing", "MISSING"),
+                };
+                self.operation_errors
+                    .with_label_values(&[operation, code_label, name, lock.label()])
+                    .inc();
+            }
+            if let Some(id) = lock.tracked() {
+                self.last_seen.with_label_values(&[id]).set(now);
+            }
+        }
+    }
+
+    fn record_device(&self, device: &DeviceWebhook, now: f64) {
+        let kind = self.bounded("kind", Some(device.feature.as_str()));
+        self.received.with_label_values(&["device", kind]).inc();
+        if let DeviceEvent::Masterdata(Masterdata { deleted: true, .. }) = device.event {
+            if let Some(id) = device.smartlock_id {
+                self.forget_lock(id);
+            }
+            return;
+        }
+        if device.smartlock_id.is_none() {
+            return;
+        }
+        let lock = self.admit(device.smartlock_id);
+        match &device.event {
+            DeviceEvent::Log(entry) => self.record_log(&lock, entry),
+            DeviceEvent::Status(status) => lock
+                .tracked()
+                .into_iter()
+                .for_each(|id| self.record_status(id, status)),
+            DeviceEvent::Masterdata(data) => lock
+                .tracked()
+                .into_iter()
+                .for_each(|id| self.record_masterdata(id, data)),
+            DeviceEvent::Seen => {}
+        }
+        if let Some(id) = lock.tracked() {
+            self.last_seen.with_label_values(&[id]).set(now);
+        }
+    }
+
+    fn record_log(&self, lock: &LockSlot, entry: &LogEntry) {
+        let action = entry.action.map_or("missing", |a| a.label());
+        let state = entry.completion_state.map_or("missing", |s| s.label());
+        self.activity
+            .with_label_values(&[lock.label(), action, state])
+            .inc();
+    }
+
+    fn record_status(&self, id: &str, status: &LockStatus) {
+        let set = |vec: &IntGaugeVec, value: Option<i64>| {
+            if let Some(value) = value {
+                vec.with_label_values(&[id]).set(value);
+            }
+        };
+        set(&self.battery_charge, status.battery_charge_percent);
+        set(&self.lock_state, status.lock_state);
+        set(&self.door_state, status.door_state);
+        set(&self.server_state, status.server_state);
+        let batteries = [
+            ("lock", status.battery_critical),
+            ("keypad", status.keypad_battery_critical),
+            ("doorsensor", status.doorsensor_battery_critical),
+        ];
+        for (battery, critical) in batteries {
+            if let Some(critical) = critical {
+                self.battery_critical
+                    .with_label_values(&[id, battery])
+                    .set(i64::from(critical));
+            }
+        }
+    }
+
+    fn record_masterdata(&self, id: &str, data: &Masterdata) {
+        if let Some(state) = data.server_state {
+            self.server_state.with_label_values(&[id]).set(state);
+        }
+        let labels: InfoLabels = [
+            data.name.clone().unwrap_or_default(),
+            data.device_type.map_or(UNNAMED, |t| t.label()).to_owned(),
+            data.firmware_version
+                .map_or_else(|| UNNAMED.to_owned(), |v| v.to_string()),
+        ];
+        let key = id.parse().expect("tracked ids are decimal");
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = table.locks.get_mut(&key) else {
+            return; // deleted concurrently
+        };
+        if current.as_ref() == Some(&labels) {
+            return;
+        }
+        if let Some(old) = current.take() {
+            let _ = self
+                .info
+                .remove_label_values(&[id, &old[0], &old[1], &old[2]]);
+        }
+        self.info
+            .with_label_values(&[id, &labels[0], &labels[1], &labels[2]])
+            .set(1);
+        *current = Some(labels);
+    }
+
+    /// Where a lock's series go: its own while there is room, `other` beyond the cap.
+    fn admit(&self, id: Option<u64>) -> LockSlot {
+        let Some(id) = id else {
+            return LockSlot::Shared(UNNAMED);
+        };
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if !table.locks.contains_key(&id) {
+            if table.locks.len() >= table.capacity {
+                drop(table);
+                self.label_overflow
+                    .with_label_values(&["smartlock_id"])
+                    .inc();
+                return LockSlot::Shared(OVERFLOW);
+            }
+            table.locks.insert(id, None);
+            self.smartlocks_tracked.set(table.locks.len() as i64);
+        }
+        LockSlot::Tracked(itoa::Buffer::new().format(id).to_owned())
+    }
+
+    /// The label value for a free-form `operation` or `kind`.
+    fn bounded<'v>(&self, label: &str, value: Option<&'v str>) -> &'v str {
+        let Some(value) = value else {
+            return UNNAMED;
+        };
+        self.kinds.admit(value).unwrap_or_else(|| {
+            self.label_overflow.with_label_values(&[label]).inc();
+            OVERFLOW
+        })
+    }
+
+    /// Removes every series of a lock that Nuki reports deleted, and frees its slot.
+    fn forget_lock(&self, id: u64) {
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.locks.remove(&id).is_none() {
+            return;
+        }
+        self.smartlocks_tracked.set(table.locks.len() as i64);
+        let id = itoa::Buffer::new().format(id).to_owned();
+        remove_lock_series(&self.operation_errors, &id);
+        remove_lock_series(&self.operations, &id);
+        remove_lock_series(&self.activity, &id);
+        remove_lock_series(&self.battery_charge, &id);
+        remove_lock_series(&self.battery_critical, &id);
+        remove_lock_series(&self.server_state, &id);
+        remove_lock_series(&self.lock_state, &id);
+        remove_lock_series(&self.door_state, &id);
+        remove_lock_series(&self.last_seen, &id);
+        remove_lock_series(&self.info, &id);
+    }
+}
+
+/// Removes the series of `vec` whose `smartlock_id` is `id`. The crate has no partial-match
+/// delete, so this walks the family; deletions are rare.
+fn remove_lock_series<T: MetricVecBuilder>(vec: &MetricVec<T>, id: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get("smartlock_id") == Some(&id) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::parse;
+
+    fn metrics() -> Metrics {
+        Metrics::new(Limits {
+            max_smartlocks: 100,
+            max_operations: 10,
+        })
+    }
+
+    fn exposition(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode()).unwrap()
+    }
+
+    fn record(metrics: &Metrics, body: &str) {
+        metrics.record(&parse(body.as_bytes()).unwrap(), 1_700_000_000.0);
+    }
+
+    #[test]
+    fn failed_entity_counts_an_error_and_an_operation() {
+        let m = metrics();
+        record(
+            &m,
+            r#"{"type":"AuthCreation","detail":[{"smartlockId":42,"success":false,"errorCode":"ff"}]}"#,
+        );
+        let text = exposition(&m);
+        assert!(text.contains(r#"nuki_operation_errors_total{error_code="0xFF",error_name="ERROR_UNKNOWN",operation="AuthCreation",smartlock_id="42"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"nuki_operations_total{operation="AuthCreation",smartlock_id="42"} 1"#)
+        );
+        assert!(text.contains(
+            r#"nuki_exporter_webhooks_received_total{kind="AuthCreation",source="api"} 1"#
+        ));
+        assert!(text.contains(
+            r#"nuki_smartlock_last_seen_timestamp_seconds{smartlock_id="42"} 1700000000"#
+        ));
+        assert!(text.contains("nuki_exporter_last_webhook_timestamp_seconds 1700000000"));
+    }
+
+    #[test]
+    fn locks_beyond_the_cap_fold_into_other() {
+        let m = Metrics::new(Limits {
+            max_smartlocks: 2,
+            max_operations: 10,
+        });
+        for id in 1..=5 {
+            record(
+                &m,
+                &format!(r#"{{"type":"UnlockAction","smartlockId":{id},"success":true}}"#),
+            );
+        }
+        record(
+            &m,
+            r#"{"type":"UnlockAction","smartlockId":1,"success":true}"#,
+        );
+        let text = exposition(&m);
+        assert!(
+            text.contains(r#"nuki_operations_total{operation="UnlockAction",smartlock_id="1"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"nuki_operations_total{operation="UnlockAction",smartlock_id="other"} 3"#
+            )
+        );
+        assert!(text.contains(r#"nuki_exporter_label_overflow_total{label="smartlock_id"} 3"#));
+        assert!(text.contains("nuki_exporter_smartlocks_tracked 2"));
+        assert!(!text.contains(r#"last_seen_timestamp_seconds{smartlock_id="other"}"#));
+    }
+
+    #[test]
+    fn operation_values_are_bounded() {
+        let m = Metrics::new(Limits {
+            max_smartlocks: 10,
+            max_operations: 2,
+        });
+        for op in ["A", "B", "C", "A"] {
+            record(
+                &m,
+                &format!(r#"{{"type":"{op}","smartlockId":1,"success":true}}"#),
+            );
+        }
+        let long = "x".repeat(MAX_LABEL_LEN + 1);
+        record(&m, &format!(r#"{{"feature":"{long}"}}"#));
+        let text = exposition(&m);
+        assert!(
+            text.contains(r#"nuki_operations_total{operation="A",smartlock_id="1"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"nuki_operations_total{operation="other",smartlock_id="1"} 1"#));
+        assert!(text.contains(r#"nuki_exporter_label_overflow_total{label="operation"} 1"#));
+        assert!(text.contains(r#"nuki_exporter_label_overflow_total{label="kind"} 1"#));
+    }
+
+    #[test]
+    fn masterdata_info_is_replaced_not_duplicated_and_deletion_removes_every_series() {
+        let m = metrics();
+        record(
+            &m,
+            r#"{"feature":"DEVICE_MASTERDATA","smartlockId":7,"type":2,"name":"Gate","firmwareVersion":131843,"serverState":0}"#,
+        );
+        record(
+            &m,
+            r#"{"feature":"DEVICE_MASTERDATA","smartlockId":7,"type":2,"name":"Main gate","firmwareVersion":131843}"#,
+        );
+        record(
+            &m,
+            r#"{"feature":"DEVICE_STATUS","smartlockId":7,"state":{"batteryCritical":true,"batteryCharge":12}}"#,
+        );
+        record(
+            &m,
+            r#"{"type":"AuthCreation","detail":[{"smartlockId":7,"success":false,"errorCode":"13"}]}"#,
+        );
+        record(
+            &m,
+            r#"{"feature":"DEVICE_LOGS","smartlockLog":{"smartlockId":7,"action":1,"state":1}}"#,
+        );
+        record(
+            &m,
+            r#"{"feature":"DEVICE_STATUS","smartlockId":8,"state":{"batteryCritical":false}}"#,
+        );
+        let text = exposition(&m);
+        assert!(text.contains(r#"nuki_smartlock_info{device_type="opener",firmware_version="2.3.3",name="Main gate",smartlock_id="7"} 1"#), "{text}");
+        assert!(!text.contains(r#"name="Gate""#));
+        record(
+            &m,
+            r#"{"feature":"DEVICE_MASTERDATA","smartlockId":7,"deleted":true}"#,
+        );
+        let text = exposition(&m);
+        assert!(!text.contains(r#"smartlock_id="7""#), "{text}");
+        assert!(
+            text.contains(r#"nuki_smartlock_battery_critical{battery="lock",smartlock_id="8"} 0"#)
+        );
+        assert!(text.contains("nuki_exporter_smartlocks_tracked 1"));
+    }
+
+    #[test]
+    fn rejections_start_at_zero_and_count() {
+        let m = metrics();
+        m.reject(RejectReason::Signature);
+        let text = exposition(&m);
+        assert!(text.contains(r#"nuki_exporter_webhooks_rejected_total{reason="signature"} 1"#));
+        assert!(text.contains(r#"nuki_exporter_webhooks_rejected_total{reason="malformed"} 0"#));
+        assert!(text.contains(r#"nuki_exporter_build_info{version=""#));
+    }
+}

@@ -1,0 +1,205 @@
+//! Listeners and lifecycle: binds the webhook and metrics listeners (one when their addresses
+//! are equal), serves connections, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{App, Role};
+use crate::metrics::{Limits, Metrics};
+use crate::signature::Verifier;
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {address} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running exporter.
+pub struct Exporter {
+    webhook_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    app: Arc<App>,
+    stop: watch::Sender<bool>,
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Reads the secrets, binds the listeners and starts serving.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let secrets = config.read_secrets()?;
+        let verifier = Verifier::new(&secrets);
+        if !verifier.is_enabled() {
+            tracing::warn!(
+                "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
+            );
+        }
+        let metrics = Arc::new(Metrics::new(Limits {
+            max_smartlocks: config.limits.max_smartlocks,
+            max_operations: config.limits.max_operations,
+        }));
+        let app = Arc::new(App::new(
+            metrics,
+            verifier,
+            config.webhook.path.clone(),
+            config.limits.max_body_bytes,
+        ));
+
+        let bind = |key, address| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key,
+                    address,
+                    source,
+                })
+        };
+        let shared = config.webhook.listen == config.metrics.listen;
+        let mut listeners = Vec::new();
+        let webhook = bind("webhook.listen", config.webhook.listen).await?;
+        let webhook_addr = webhook.local_addr().expect("bound socket has an address");
+        listeners.push((
+            webhook,
+            Role {
+                webhook: true,
+                metrics: shared,
+            },
+        ));
+        let metrics_addr = if shared {
+            webhook_addr
+        } else {
+            let metrics = bind("metrics.listen", config.metrics.listen).await?;
+            let address = metrics.local_addr().expect("bound socket has an address");
+            listeners.push((
+                metrics,
+                Role {
+                    webhook: false,
+                    metrics: true,
+                },
+            ));
+            address
+        };
+
+        let (stop, stopped) = watch::channel(false);
+        let grace_period = config.server.shutdown_grace_period;
+        let acceptors = listeners
+            .into_iter()
+            .map(|(listener, role)| {
+                tracing::info!(address = %listener.local_addr().expect("bound"), webhook = role.webhook, metrics = role.metrics, "listening");
+                tokio::spawn(accept_loop(listener, role, Arc::clone(&app), stopped.clone(), grace_period))
+            })
+            .collect();
+        Ok(Self {
+            webhook_addr,
+            metrics_addr,
+            app,
+            stop,
+            acceptors,
+        })
+    }
+
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Readiness turns 503, the listeners stop accepting, and in-flight requests get
+    /// `server.shutdown_grace_period` to finish; idle keep-alive connections are closed.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.app.set_not_ready();
+        let _ = self.stop.send(true);
+        for acceptor in self.acceptors {
+            let _ = acceptor.await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+    grace_period: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |request| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace_period, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace_period,
+            "requests still in flight after the grace period were dropped"
+        );
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
