@@ -129,12 +129,17 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
+    /// How long `/-/ready` answers 503 before the listeners close, so that a load balancer
+    /// stops sending webhooks before the exporter stops taking them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             shutdown_grace_period: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -233,12 +238,34 @@ impl Config {
     }
 }
 
-/// figment errors can span several lines (one per nested error); start-up reports one line.
+/// figment errors can span several lines (one per nested error); start-up reports one line,
+/// naming each key in its configuration form and where the bad value came from.
 fn one_line(error: &figment::Error) -> String {
     error
         .clone()
         .into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let key = e.path.join(".").to_lowercase();
+            let origin = match &e.metadata {
+                Some(meta) if meta.name.contains("environment") => {
+                    format!(
+                        " (environment variable {ENV_PREFIX}{})",
+                        e.path.join("__").to_uppercase()
+                    )
+                }
+                Some(meta) => meta
+                    .source
+                    .as_ref()
+                    .map(|s| format!(" (in {s})"))
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            if key.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("key {key}: {}{origin}", e.kind)
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -39,6 +39,7 @@ pub struct Exporter {
     app: Arc<App>,
     stop: watch::Sender<bool>,
     acceptors: Vec<JoinHandle<()>>,
+    shutdown_delay: Duration,
 }
 
 impl Exporter {
@@ -112,6 +113,7 @@ impl Exporter {
             app,
             stop,
             acceptors,
+            shutdown_delay: config.server.shutdown_delay,
         })
     }
 
@@ -129,11 +131,13 @@ impl Exporter {
         self.shutdown().await;
     }
 
-    /// Readiness turns 503, the listeners stop accepting, and in-flight requests get
-    /// `server.shutdown_grace_period` to finish; idle keep-alive connections are closed.
+    /// Readiness turns 503; after `server.shutdown_delay` the listeners stop accepting, and
+    /// in-flight requests get `server.shutdown_grace_period` to finish; idle keep-alive
+    /// connections are closed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
+        tokio::time::sleep(self.shutdown_delay).await;
         let _ = self.stop.send(true);
         for acceptor in self.acceptors {
             let _ = acceptor.await;

@@ -1,0 +1,319 @@
+//! The `nuki-exporter` binary: flags, subcommands, configuration errors, signals and logs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{SECRET, fixture};
+use nuki_exporter::signature::{HEADER, sign};
+
+fn exporter() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nuki-exporter"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NUKI_EXPORTER_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn run(command: &mut Command) -> (bool, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("binary runs");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_help() {
+    let (ok, stdout, _) = run(exporter().arg("--version"));
+    assert!(ok);
+    assert_eq!(
+        stdout.trim(),
+        format!("nuki-exporter {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (ok, stdout, _) = run(exporter().arg("--help"));
+    assert!(ok);
+    for flag in ["--config.file", "--check-config", "codes", "NUKI_EXPORTER_"] {
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+    }
+}
+
+#[test]
+fn codes_prints_the_catalogue() {
+    let (ok, stdout, _) = run(exporter().arg("codes"));
+    assert!(ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "code\tname\tmeaning\tremediation");
+    assert_eq!(lines.len(), 45);
+    let ff = lines.iter().find(|l| l.starts_with("0xFF\t")).unwrap();
+    assert_eq!(
+        *ff,
+        "0xFF\tERROR_UNKNOWN\tDevice is most likely offline or not reachable.\tImplement a retry mechanism. Check if the smart lock is in an optimised network."
+    );
+    let (ok, markdown, _) = run(exporter().args(["codes", "--markdown"]));
+    assert!(ok);
+    assert!(markdown.contains("| `0x13` | `P_ERROR_MAX_USER` |"));
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let secret = write("secret", "s3cret\n");
+    let good = write(
+        "good.toml",
+        &format!(
+            "[webhook]\nlisten = \"127.0.0.1:9999\"\nsecret_files = [\"{}\"]\n[limits]\nmax_smartlocks = 500\n",
+            secret.display()
+        ),
+    );
+    let (ok, stdout, _) = run(exporter()
+        .arg("--check-config")
+        .arg("--config.file")
+        .arg(&good));
+    assert!(ok, "{stdout}");
+    assert_eq!(stdout.trim(), "configuration OK");
+
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            {
+                let mut c = exporter();
+                c.arg("--check-config")
+                    .arg("--config.file")
+                    .arg(write("typo.toml", "[limits]\nmax_smartlock = 5\n"));
+                c
+            },
+            "max_smartlock",
+        ),
+        (
+            {
+                let mut c = exporter();
+                c.args(["--check-config", "--config.file", "/nonexistent/nuki.toml"]);
+                c
+            },
+            "/nonexistent/nuki.toml",
+        ),
+        (
+            {
+                let mut c = exporter();
+                c.arg("--check-config")
+                    .env("NUKI_EXPORTER_LIMITS__MAX_BODY_BYTES", "lots");
+                c
+            },
+            "max_body_bytes",
+        ),
+        (
+            {
+                let mut c = exporter();
+                c.arg("--check-config").env(
+                    "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
+                    "[/nonexistent/secret]",
+                );
+                c
+            },
+            "/nonexistent/secret",
+        ),
+        (
+            {
+                let mut c = exporter();
+                c.arg("--check-config")
+                    .env("NUKI_EXPORTER_WEBHOOK__SECRETS", "[\"\"]");
+                c
+            },
+            "webhook.secrets",
+        ),
+    ];
+    for (mut command, named) in cases {
+        let (ok, _, stderr) = run(&mut command);
+        assert!(!ok, "{named}: accepted");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{named}: one line expected:\n{stderr}"
+        );
+        assert!(stderr.contains(named), "{named} not named in: {stderr}");
+    }
+}
+
+#[test]
+fn bad_configuration_stops_start_up() {
+    let (ok, _, stderr) = run(exporter().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
+    assert!(!ok);
+    assert!(stderr.contains("webhook.listen"), "{stderr}");
+}
+
+/// A running binary whose stderr lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `text` and returns it.
+    fn wait_for(&mut self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM; returns whether the exit was clean and every log line.
+    fn terminate(mut self) -> (bool, Vec<String>) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        (status.success(), self.seen)
+    }
+}
+
+#[tokio::test]
+async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
+    let mut running = Running::spawn(&mut exporter());
+    let warning = running.wait_for("no webhook secret configured");
+    assert!(
+        warning.contains("WARN") && warning.contains("unsigned webhooks are accepted"),
+        "{warning}"
+    );
+    running.wait_for("0.0.0.0:10181");
+    let client = reqwest::Client::new();
+    let ready = client
+        .get("http://127.0.0.1:10181/-/ready")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    let hook = client
+        .post("http://127.0.0.1:10180/webhook")
+        .body(fixture("device-status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hook.status().as_u16(),
+        204,
+        "unsigned webhooks accepted without secrets"
+    );
+    let metrics = client
+        .get("http://127.0.0.1:10181/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nuki_smartlock_battery_charge_percent{smartlock_id=\"123456789\"} 90")
+    );
+    let (clean, lines) = running.terminate();
+    assert!(clean, "exit status after SIGTERM:\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("SIGTERM received")));
+}
+
+#[tokio::test]
+async fn no_log_line_at_any_level_holds_a_body_keypad_code_or_email() {
+    let mut running = Running::spawn(
+        exporter()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_WEBHOOK__SECRETS", format!("[{SECRET}]"))
+            .env("NUKI_EXPORTER_LOG__LEVEL", "trace")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json"),
+    );
+    let listening = running.wait_for("listening");
+    let line: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+    let address = line["fields"]["address"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/webhook");
+    for name in ["device-auths", "account-user"] {
+        let body = fixture(name);
+        let signed = client
+            .post(&url)
+            .header(HEADER, sign(SECRET.as_bytes(), &body))
+            .body(body.clone());
+        assert_eq!(signed.send().await.unwrap().status().as_u16(), 204);
+        // Refused ones too: a bad signature and a malformed body.
+        let forged = client
+            .post(&url)
+            .header(HEADER, sign(b"forged", &body))
+            .body(body.clone());
+        assert_eq!(forged.send().await.unwrap().status().as_u16(), 401);
+        let mut broken = body.clone();
+        broken.truncate(body.len() - 3);
+        let malformed = client
+            .post(&url)
+            .header(HEADER, sign(SECRET.as_bytes(), &broken))
+            .body(broken);
+        assert_eq!(malformed.send().await.unwrap().status().as_u16(), 400);
+    }
+    let (clean, lines) = running.terminate();
+    assert!(clean);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("webhook signature refused")),
+        "trace logging was on"
+    );
+    for line in &lines {
+        for secret in [
+            "982345",
+            "alice.host@example.org",
+            "Guest Maria",
+            "smartlockAuth",
+            "accountUser",
+        ] {
+            assert!(!line.contains(secret), "log line leaks {secret}: {line}");
+        }
+    }
+}

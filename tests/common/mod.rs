@@ -1,0 +1,189 @@
+//! Shared by the HTTP and end-to-end tests: a real exporter on 127.0.0.1:0, signed webhooks,
+//! fixtures, and exact lookups in a real scrape.
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::{Config, Exporter};
+
+pub const SECRET: &str = "test-secret";
+
+/// A webhook fixture from `tests/fixtures/webhooks/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(format!("{name}.json"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks")
+}
+
+/// Every fixture's name, sorted.
+pub fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Separate loopback listeners for webhooks and metrics, one secret, quick shutdown.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.webhook.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = "127.0.0.2:0".parse().unwrap();
+    config.webhook.secrets = vec![SECRET.into()];
+    config.server.shutdown_grace_period = std::time::Duration::from_secs(5);
+    config
+}
+
+pub struct TestExporter {
+    exporter: Option<Exporter>,
+    pub webhook_url: String,
+    pub metrics_base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestExporter {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let exporter = Exporter::start(&config).await.expect("exporter starts");
+        let webhook_url = format!("http://{}{}", exporter.webhook_addr(), config.webhook.path);
+        let metrics_base = format!("http://{}", exporter.metrics_addr());
+        Self {
+            exporter: Some(exporter),
+            webhook_url,
+            metrics_base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Takes the exporter out, e.g. to shut it down while requests are in flight.
+    pub fn take(&mut self) -> Exporter {
+        self.exporter.take().expect("exporter still running")
+    }
+
+    /// POSTs a body signed with [`SECRET`]; returns the status code.
+    pub async fn post(&self, body: &[u8]) -> u16 {
+        self.post_signed(body, Some(&sign(SECRET.as_bytes(), body)))
+            .await
+    }
+
+    pub async fn post_signed(&self, body: &[u8], signature: Option<&str>) -> u16 {
+        let mut request = self.client.post(&self.webhook_url).body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header(HEADER, signature);
+        }
+        request
+            .send()
+            .await
+            .expect("webhook request")
+            .status()
+            .as_u16()
+    }
+
+    /// GETs `/metrics` and checks it is a 200 with the Prometheus content type.
+    pub async fn scrape(&self) -> Scrape {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.metrics_base))
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        Scrape(response.text().await.unwrap())
+    }
+
+    pub async fn shutdown(mut self) {
+        self.take().shutdown().await;
+    }
+}
+
+/// A `/metrics` exposition, with exact series lookups independent of label order.
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The value of the series with exactly these labels, if present.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples(name)
+            .into_iter()
+            .find(|(labels, _)| *labels == wanted)
+            .map(|(_, value)| value)
+    }
+
+    /// Every sample of a metric: its labels and value.
+    pub fn samples(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| parse_sample(line))
+            .filter(|(series, _, _)| series == name)
+            .map(|(_, labels, value)| (labels, value))
+            .collect()
+    }
+
+    /// The sum over every sample of a metric whose labels include these.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .into_iter()
+            .filter(|(have, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| have.get(*k).map(String::as_str) == Some(v))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    pub fn contains(&self, text: &str) -> bool {
+        self.0.contains(text)
+    }
+}
+
+/// Splits `name{a="1",b="2"} 3` into its parts. Label values in these tests hold no `"` or `,`.
+fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => {
+            let body = rest.strip_suffix('}')?;
+            let labels = body
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"").expect("label pair");
+                    (key.to_owned(), value.trim_end_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels)
+        }
+        None => (series.to_owned(), BTreeMap::new()),
+    };
+    Some((name, labels, value))
+}
+
+/// Runs an external tool, failing with the Debian package to install when it is missing.
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{tool}` is not installed: install the Debian package `{package}` (`apt-get install {package}`), or run .ci/run which installs it"))
+}
