@@ -132,7 +132,7 @@ impl Scrape {
         self.0
             .lines()
             .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| parse_sample(line))
+            .filter_map(parse_sample)
             .filter(|(series, _, _)| series == name)
             .map(|(_, labels, value)| (labels, value))
             .collect()
