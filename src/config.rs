@@ -405,6 +405,22 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_states_the_defaults() {
+        let example = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/nuki-exporter.toml"
+        ));
+        let mut config =
+            Config::load_from(Some(example), Env::prefixed("NUKI_EXPORTER_TEST_UNUSED_")).unwrap();
+        assert_eq!(
+            config.webhook.secret_files,
+            [PathBuf::from("/run/secrets/nuki_webhook_secret")]
+        );
+        config.webhook.secret_files.clear();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn debug_output_redacts_secrets() {
         let mut config = Config::default();
         config.webhook.secrets = vec!["hunter2".into()];

@@ -150,6 +150,28 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
 }
 
 #[test]
+fn shipped_example_configuration_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nuki-exporter.toml");
+    let (ok, stdout, stderr) = run(exporter()
+        .args(["--check-config", "--config.file", example])
+        .env(
+            "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
+            format!("[{}]", secret.display()),
+        ));
+    assert!(ok, "{stdout}{stderr}");
+    // Without the override, the example's secret file does not exist here: named, not ignored.
+    let (ok, _, stderr) = run(exporter().args(["--check-config", "--config.file", example]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("/run/secrets/nuki_webhook_secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_configuration_stops_start_up() {
     let (ok, _, stderr) = run(exporter().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
     assert!(!ok);
