@@ -86,6 +86,14 @@ pub struct LimitsConfig {
     pub max_smartlocks: usize,
     /// Distinct `operation` and `kind` label values; further ones are counted as `other`.
     pub max_operations: usize,
+    /// Open connections per listener; beyond it, new connections wait in the accept queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, idle keep-alive time included.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a whole request may take, body included; slower ones get 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +102,9 @@ impl Default for LimitsConfig {
             max_body_bytes: 64 * 1024,
             max_smartlocks: 10_000,
             max_operations: 64,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -206,6 +217,21 @@ impl Config {
         }
         if self.limits.max_operations == 0 {
             return Err(key_error("limits.max_operations", "must be at least 1"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(key_error("limits.max_connections", "must be at least 1"));
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return Err(key_error(
+                "limits.header_read_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.limits.request_timeout.is_zero() {
+            return Err(key_error(
+                "limits.request_timeout",
+                "must be longer than 0s",
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| key_error("log.level", &e.to_string()))?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -22,6 +22,17 @@ pub struct Role {
     pub metrics: bool,
 }
 
+impl Role {
+    /// The `listener` label of the listener's own metrics.
+    pub fn name(self) -> &'static str {
+        match (self.webhook, self.metrics) {
+            (true, true) => "shared",
+            (true, false) => "webhook",
+            _ => "metrics",
+        }
+    }
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct App {
@@ -29,6 +40,7 @@ pub struct App {
     pub verifier: Verifier,
     pub webhook_path: String,
     pub max_body_bytes: usize,
+    pub request_timeout: Duration,
     ready: AtomicBool,
 }
 
@@ -50,12 +62,14 @@ impl App {
         verifier: Verifier,
         webhook_path: String,
         max_body_bytes: usize,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             metrics,
             verifier,
             webhook_path,
             max_body_bytes,
+            request_timeout,
             ready: AtomicBool::new(true),
         }
     }
@@ -65,8 +79,23 @@ impl App {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Answers one request on a listener with the given role.
+    /// Answers one request on a listener with the given role, within `limits.request_timeout`.
     pub async fn handle<B>(self: Arc<Self>, role: Role, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match tokio::time::timeout(self.request_timeout, self.route(role, request)).await {
+            Ok(response) => response,
+            Err(_) => self.refuse(
+                RejectReason::Timeout,
+                StatusCode::REQUEST_TIMEOUT,
+                "Request took too long.\n",
+            ),
+        }
+    }
+
+    async fn route<B>(&self, role: Role, request: Request<B>) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,

@@ -34,15 +34,17 @@ pub enum RejectReason {
     TooLarge,
     Method,
     NotFound,
+    Timeout,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
         Self::Method,
         Self::NotFound,
+        Self::Timeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +54,28 @@ impl RejectReason {
             Self::TooLarge => "too_large",
             Self::Method => "method",
             Self::NotFound => "not_found",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// A connection limit that tripped: the `limit` label of
+/// `nuki_exporter_connection_limit_hits_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionLimit {
+    /// A new connection waited because the listener had `limits.max_connections` open.
+    MaxConnections,
+    /// A connection was closed because its request headers did not arrive in time.
+    HeaderReadTimeout,
+}
+
+impl ConnectionLimit {
+    const ALL: [ConnectionLimit; 2] = [Self::MaxConnections, Self::HeaderReadTimeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::HeaderReadTimeout => "header_read_timeout",
         }
     }
 }
@@ -80,6 +104,8 @@ pub struct Metrics {
     last_webhook: Gauge,
     label_overflow: IntCounterVec,
     smartlocks_tracked: IntGauge,
+    connection_limit_hits: IntCounterVec,
+    open_connections: IntGaugeVec,
     /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
     code_labels: Vec<String>,
     locks: Mutex<LockTable>,
@@ -283,6 +309,18 @@ impl Metrics {
                 )
                 .expect("valid metric definition"),
             ),
+            connection_limit_hits: counter_vec(
+                r,
+                "nuki_exporter_connection_limit_hits_total",
+                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a connection was closed because its request headers did not arrive in time).",
+                &["limit"],
+            ),
+            open_connections: gauge_vec(
+                r,
+                "nuki_exporter_open_connections",
+                "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
+                &["listener"],
+            ),
             code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
             locks: Mutex::new(LockTable {
                 capacity: limits.max_smartlocks,
@@ -310,6 +348,11 @@ impl Metrics {
         for label in ["smartlock_id", "operation", "kind"] {
             metrics.label_overflow.with_label_values(&[label]);
         }
+        for limit in ConnectionLimit::ALL {
+            metrics
+                .connection_limit_hits
+                .with_label_values(&[limit.label()]);
+        }
         #[cfg(target_os = "linux")]
         metrics
             .registry
@@ -333,6 +376,18 @@ impl Metrics {
     /// Counts a refused request.
     pub fn reject(&self, reason: RejectReason) {
         self.rejected.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// Counts a tripped connection limit.
+    pub fn connection_limit_hit(&self, limit: ConnectionLimit) {
+        self.connection_limit_hits
+            .with_label_values(&[limit.label()])
+            .inc();
+    }
+
+    /// The gauge of open connections on one listener, for the accept loop to move.
+    pub fn open_connections(&self, listener: &str) -> IntGauge {
+        self.open_connections.with_label_values(&[listener])
     }
 
     /// The text exposition of every metric.

@@ -6,17 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{App, Role};
-use crate::metrics::{Limits, Metrics};
+use crate::metrics::{ConnectionLimit, Limits, Metrics};
 use crate::signature::Verifier;
 
 /// Why the exporter could not start.
@@ -61,6 +61,7 @@ impl Exporter {
             verifier,
             config.webhook.path.clone(),
             config.limits.max_body_bytes,
+            config.limits.request_timeout,
         ));
 
         let bind = |key, address| async move {
@@ -99,12 +100,19 @@ impl Exporter {
         };
 
         let (stop, stopped) = watch::channel(false);
-        let grace_period = config.server.shutdown_grace_period;
         let acceptors = listeners
             .into_iter()
             .map(|(listener, role)| {
-                tracing::info!(address = %listener.local_addr().expect("bound"), webhook = role.webhook, metrics = role.metrics, "listening");
-                tokio::spawn(accept_loop(listener, role, Arc::clone(&app), stopped.clone(), grace_period))
+                tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
+                let acceptor = Acceptor {
+                    listener,
+                    role,
+                    app: Arc::clone(&app),
+                    slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+                    header_read_timeout: config.limits.header_read_timeout,
+                    grace_period: config.server.shutdown_grace_period,
+                };
+                tokio::spawn(acceptor.run(stopped.clone()))
             })
             .collect();
         Ok(Self {
@@ -146,54 +154,81 @@ impl Exporter {
     }
 }
 
-async fn accept_loop(
+/// Accepts and serves the connections of one listener.
+struct Acceptor {
     listener: TcpListener,
     role: Role,
     app: Arc<App>,
-    mut stopped: watch::Receiver<bool>,
+    /// One permit per open connection: `limits.max_connections`.
+    slots: Arc<Semaphore>,
+    header_read_timeout: Duration,
     grace_period: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+}
+
+impl Acceptor {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let graceful = GracefulShutdown::new();
+        // HTTP/1.1 only: Nuki and Prometheus speak it, and its header-read timeout also bounds
+        // a connection that never sends a byte.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let metrics = Arc::clone(&self.app.metrics);
+        let open_connections = metrics.open_connections(self.role.name());
+        loop {
+            // Wait for a free slot before accepting: at the limit, clients queue in the kernel.
+            let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.connection_limit_hit(ConnectionLimit::MaxConnections);
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        slot = Arc::clone(&self.slots).acquire_owned() => slot.expect("semaphore never closed"),
+                    }
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let service = service_fn(move |request| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace_period, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace_period,
-            "requests still in flight after the grace period were dropped"
-        );
+            };
+            let stream = tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (app, role) = (Arc::clone(&self.app), self.role);
+            let service = service_fn(move |request| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
+            });
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
+            open_connections.inc();
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    if error.is_timeout() {
+                        metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                    }
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                open_connections.dec();
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(self.grace_period, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace_period = ?self.grace_period, "requests still in flight after the grace period were dropped");
+        }
     }
 }
 

@@ -358,7 +358,10 @@ async fn equal_addresses_serve_everything_on_one_port() {
 
 #[tokio::test]
 async fn thousands_of_concurrent_webhooks_are_counted_exactly() {
-    let exporter = std::sync::Arc::new(TestExporter::start().await);
+    // Room for every client connection at once: this test is about counting, not limits.
+    let mut config = test_config();
+    config.limits.max_connections = 8192;
+    let exporter = std::sync::Arc::new(TestExporter::start_with(config).await);
     const WEBHOOKS: usize = 4000;
     const LOCKS: usize = 50;
     let mut tasks = tokio::task::JoinSet::new();
