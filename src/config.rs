@@ -67,12 +67,19 @@ impl Default for WebhookConfig {
 pub struct MetricsConfig {
     /// Address of the listener that serves `/metrics`; equal to `webhook.listen` for one port.
     pub listen: SocketAddr,
+    /// A Prometheus exporter-toolkit web configuration file: TLS and basic auth for this
+    /// listener (`tls_server_config.cert_file`/`key_file`, `basic_auth_users`).
+    pub web_config_file: Option<PathBuf>,
+    /// Files holding one bearer token each; a scrape must present one of them.
+    pub bearer_token_files: Vec<PathBuf>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: ([0, 0, 0, 0], 10181).into(),
+            web_config_file: None,
+            bearer_token_files: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
 use crate::payload;
 use crate::signature::{self, Verifier};
+use crate::web::{Access, MetricsGuard};
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub struct App {
     pub webhook_path: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub guard: MetricsGuard,
     ready: AtomicBool,
 }
 
@@ -63,6 +65,7 @@ impl App {
         webhook_path: String,
         max_body_bytes: usize,
         request_timeout: Duration,
+        guard: MetricsGuard,
     ) -> Self {
         Self {
             metrics,
@@ -70,6 +73,7 @@ impl App {
             webhook_path,
             max_body_bytes,
             request_timeout,
+            guard,
             ready: AtomicBool::new(true),
         }
     }
@@ -117,8 +121,23 @@ impl App {
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-            "/metrics" if role.metrics => self.serve_metrics().await,
-            "/" if role.metrics => html(LANDING_PAGE),
+            "/metrics" | "/" if role.metrics => match self.guard.authorize(request.headers()).await
+            {
+                Access::Denied(challenge) => {
+                    let mut response = self.refuse(
+                        RejectReason::Unauthorized,
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized.\n",
+                    );
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(challenge),
+                    );
+                    response
+                }
+                Access::Granted if path == "/metrics" => self.serve_metrics().await,
+                Access::Granted => html(LANDING_PAGE),
+            },
             _ => {
                 if role.webhook {
                     self.metrics.reject(RejectReason::NotFound);

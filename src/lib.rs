@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod payload;
 pub mod server;
 pub mod signature;
+pub mod web;
 
 pub use config::Config;
 pub use server::Exporter;

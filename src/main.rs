@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Err(error) => return fail(&error),
     };
     if cli.check_config {
-        return match config.read_secrets() {
+        return match server::check(&config) {
             Ok(_) => {
                 println!("configuration OK");
                 ExitCode::SUCCESS

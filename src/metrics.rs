@@ -35,16 +35,18 @@ pub enum RejectReason {
     Method,
     NotFound,
     Timeout,
+    Unauthorized,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
         Self::Method,
         Self::NotFound,
         Self::Timeout,
+        Self::Unauthorized,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +57,7 @@ impl RejectReason {
             Self::Method => "method",
             Self::NotFound => "not_found",
             Self::Timeout => "timeout",
+            Self::Unauthorized => "unauthorized",
         }
     }
 }
@@ -284,7 +287,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests on the webhook listener, by reason.",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials).",
                 &["reason"],
             ),
             last_webhook: register(

@@ -18,6 +18,8 @@ use crate::config::Config;
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
 use crate::signature::Verifier;
+use crate::web::MetricsGuard;
+use tokio_rustls::TlsAcceptor;
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +47,7 @@ pub struct Exporter {
 impl Exporter {
     /// Reads the secrets, binds the listeners and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let secrets = config.read_secrets()?;
-        let verifier = Verifier::new(&secrets);
+        let (verifier, guard) = check(config)?;
         if !verifier.is_enabled() {
             tracing::warn!(
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
@@ -62,6 +63,7 @@ impl Exporter {
             config.webhook.path.clone(),
             config.limits.max_body_bytes,
             config.limits.request_timeout,
+            guard,
         ));
 
         let bind = |key, address| async move {
@@ -105,6 +107,7 @@ impl Exporter {
             .map(|(listener, role)| {
                 tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
                 let acceptor = Acceptor {
+                    tls: app.guard.tls().filter(|_| role.metrics).cloned(),
                     listener,
                     role,
                     app: Arc::clone(&app),
@@ -157,6 +160,8 @@ impl Exporter {
 /// Accepts and serves the connections of one listener.
 struct Acceptor {
     listener: TcpListener,
+    /// Set when the listener serves HTTPS.
+    tls: Option<TlsAcceptor>,
     role: Role,
     app: Arc<App>,
     /// One permit per open connection: `limits.max_connections`.
@@ -207,12 +212,36 @@ impl Acceptor {
                 let app = Arc::clone(&app);
                 async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
             });
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
+            let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let served = match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    Some(tls) => {
+                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                    .await
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                                Ok(())
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = served {
                     if error.is_timeout() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
@@ -230,6 +259,14 @@ impl Acceptor {
             tracing::warn!(grace_period = ?self.grace_period, "requests still in flight after the grace period were dropped");
         }
     }
+}
+
+/// Reads every file the configuration names (webhook secrets, the web configuration, TLS
+/// certificate and key, bearer tokens), as start-up and `--check-config` do.
+pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
+    let secrets = config.read_secrets()?;
+    let guard = MetricsGuard::load(&config.metrics)?;
+    Ok((Verifier::new(&secrets), guard))
 }
 
 /// Completes on SIGTERM or SIGINT.

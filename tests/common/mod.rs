@@ -187,3 +187,123 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     });
     found.unwrap_or_else(|| panic!("`{tool}` is not installed: install the Debian package `{package}` (`apt-get install {package}`), or run .ci/run which installs it"))
 }
+
+/// A free loopback port (bound and released; the tools under test bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus server (Debian's `prometheus` binary) with its own data directory.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with this configuration (YAML text) and waits until it is ready.
+    /// `files` are written beside the configuration first (rule files, CA certificates, …).
+    pub async fn start(config: &str, files: &[(&str, &[u8])]) -> Self {
+        let binary = require_tool("prometheus", "prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .current_dir(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let prometheus = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..150 {
+            if let Ok(response) = client
+                .get(format!("{}/-/ready", prometheus.url))
+                .send()
+                .await
+            {
+                if response.status().is_success() {
+                    return prometheus;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("Prometheus never became ready:\n{}", prometheus.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The result vector of an instant query.
+    pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let response: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(response["status"], "success", "{promql}: {response}");
+        response["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls a query until it returns at least one sample, up to `timeout`.
+    pub async fn wait_for(
+        &self,
+        promql: &str,
+        timeout: std::time::Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let result = self.query(promql).await;
+            if !result.is_empty() {
+                return result;
+            }
+            if std::time::Instant::now() > deadline {
+                let targets = reqwest::get(format!("{}/api/v1/targets", self.url))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                panic!(
+                    "{promql} stayed empty; targets: {targets}\nPrometheus log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
