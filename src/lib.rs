@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod logging;
 pub mod metrics;

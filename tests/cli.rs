@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{SECRET, fixture};
 use nuki_exporter::signature::{HEADER, sign};
 
-fn exporter() -> Command {
+fn exporter_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nuki-exporter"));
     for (key, _) in std::env::vars() {
         if key.starts_with("NUKI_EXPORTER_") {
@@ -35,13 +35,13 @@ fn run(command: &mut Command) -> (bool, String, String) {
 
 #[test]
 fn version_and_help() {
-    let (ok, stdout, _) = run(exporter().arg("--version"));
+    let (ok, stdout, _) = run(exporter_command().arg("--version"));
     assert!(ok);
     assert_eq!(
         stdout.trim(),
         format!("nuki-exporter {}", env!("CARGO_PKG_VERSION"))
     );
-    let (ok, stdout, _) = run(exporter().arg("--help"));
+    let (ok, stdout, _) = run(exporter_command().arg("--help"));
     assert!(ok);
     for flag in ["--config.file", "--check-config", "codes", "NUKI_EXPORTER_"] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
@@ -50,7 +50,7 @@ fn version_and_help() {
 
 #[test]
 fn codes_prints_the_catalogue() {
-    let (ok, stdout, _) = run(exporter().arg("codes"));
+    let (ok, stdout, _) = run(exporter_command().arg("codes"));
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "code\tname\tmeaning\tremediation");
@@ -60,7 +60,7 @@ fn codes_prints_the_catalogue() {
         *ff,
         "0xFF\tERROR_UNKNOWN\tDevice is most likely offline or not reachable.\tImplement a retry mechanism. Check if the smart lock is in an optimised network."
     );
-    let (ok, markdown, _) = run(exporter().args(["codes", "--markdown"]));
+    let (ok, markdown, _) = run(exporter_command().args(["codes", "--markdown"]));
     assert!(ok);
     assert!(markdown.contains("| `0x13` | `P_ERROR_MAX_USER` |"));
 }
@@ -81,7 +81,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
             secret.display()
         ),
     );
-    let (ok, stdout, _) = run(exporter()
+    let (ok, stdout, _) = run(exporter_command()
         .arg("--check-config")
         .arg("--config.file")
         .arg(&good));
@@ -91,7 +91,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
     let cases: Vec<(Command, &str)> = vec![
         (
             {
-                let mut c = exporter();
+                let mut c = exporter_command();
                 c.arg("--check-config")
                     .arg("--config.file")
                     .arg(write("typo.toml", "[limits]\nmax_smartlock = 5\n"));
@@ -101,7 +101,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
         (
             {
-                let mut c = exporter();
+                let mut c = exporter_command();
                 c.args(["--check-config", "--config.file", "/nonexistent/nuki.toml"]);
                 c
             },
@@ -109,7 +109,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
         (
             {
-                let mut c = exporter();
+                let mut c = exporter_command();
                 c.arg("--check-config")
                     .env("NUKI_EXPORTER_LIMITS__MAX_BODY_BYTES", "lots");
                 c
@@ -118,7 +118,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
         (
             {
-                let mut c = exporter();
+                let mut c = exporter_command();
                 c.arg("--check-config").env(
                     "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
                     "[/nonexistent/secret]",
@@ -129,7 +129,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
         (
             {
-                let mut c = exporter();
+                let mut c = exporter_command();
                 c.arg("--check-config")
                     .env("NUKI_EXPORTER_WEBHOOK__SECRETS", "[\"\"]");
                 c
@@ -155,7 +155,7 @@ fn shipped_example_configuration_is_valid() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nuki-exporter.toml");
-    let (ok, stdout, stderr) = run(exporter()
+    let (ok, stdout, stderr) = run(exporter_command()
         .args(["--check-config", "--config.file", example])
         .env(
             "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
@@ -163,7 +163,8 @@ fn shipped_example_configuration_is_valid() {
         ));
     assert!(ok, "{stdout}{stderr}");
     // Without the override, the example's secret file does not exist here: named, not ignored.
-    let (ok, _, stderr) = run(exporter().args(["--check-config", "--config.file", example]));
+    let (ok, _, stderr) =
+        run(exporter_command().args(["--check-config", "--config.file", example]));
     assert!(!ok);
     assert!(
         stderr.contains("/run/secrets/nuki_webhook_secret"),
@@ -173,7 +174,8 @@ fn shipped_example_configuration_is_valid() {
 
 #[test]
 fn bad_configuration_stops_start_up() {
-    let (ok, _, stderr) = run(exporter().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
+    let (ok, _, stderr) =
+        run(exporter_command().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
     assert!(!ok);
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
@@ -242,7 +244,7 @@ impl Running {
 
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
-    let mut running = Running::spawn(&mut exporter());
+    let mut running = Running::spawn(&mut exporter_command());
     let warning = running.wait_for("no webhook secret configured");
     assert!(
         warning.contains("WARN") && warning.contains("unsigned webhooks are accepted"),
@@ -286,7 +288,7 @@ async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
 #[tokio::test]
 async fn no_log_line_at_any_level_holds_a_body_keypad_code_or_email() {
     let mut running = Running::spawn(
-        exporter()
+        exporter_command()
             .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
             .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.1:0")
             .env("NUKI_EXPORTER_WEBHOOK__SECRETS", format!("[{SECRET}]"))
@@ -338,4 +340,110 @@ async fn no_log_line_at_any_level_holds_a_body_keypad_code_or_email() {
             assert!(!line.contains(secret), "log line leaks {secret}: {line}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_fleet_fills_every_metric_with_two_unreachable_locks_and_one_low_voltage() {
+    let exporter = common::TestExporter::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let url = exporter.webhook_url.clone();
+    let demo = tokio::task::spawn_blocking(move || {
+        run(exporter_command()
+            .args([
+                "demo",
+                "--target",
+                &url,
+                "--locks",
+                "8",
+                "--rounds",
+                "3",
+                "--interval",
+                "10ms",
+            ])
+            .arg("--secret-file")
+            .arg(&secret))
+    });
+    let (ok, _, stderr) = demo.await.unwrap();
+    assert!(ok, "{stderr}");
+    let scrape = exporter.scrape().await;
+    let unreachable: Vec<String> = scrape
+        .samples("nuki_operation_errors_total")
+        .into_iter()
+        .filter(|(labels, _)| labels["error_code"] == "0xFF")
+        .map(|(labels, _)| labels["smartlock_id"].clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(unreachable, ["17000002", "17000007"]);
+    assert_eq!(
+        scrape.sum(
+            "nuki_operation_errors_total",
+            &[("error_code", "0x4C"), ("smartlock_id", "17000003")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_webhooks_rejected_total",
+            &[("reason", "signature")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(scrape.samples("nuki_smartlock_info").len(), 8);
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_server_state",
+            &[("smartlock_id", "17000002")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_battery_critical",
+            &[("smartlock_id", "17000003"), ("battery", "lock")]
+        ),
+        Some(1.0)
+    );
+    for kind in [
+        "DEVICE_STATUS",
+        "DEVICE_MASTERDATA",
+        "DEVICE_CONFIG",
+        "DEVICE_LOGS",
+        "DEVICE_AUTHS",
+        "ACCOUNT_USER",
+    ] {
+        assert!(
+            scrape
+                .value(
+                    "nuki_exporter_webhooks_received_total",
+                    &[("source", "device"), ("kind", kind)]
+                )
+                .unwrap()
+                >= 1.0,
+            "{kind}"
+        );
+    }
+    assert!(
+        scrape.sum(
+            "nuki_smartlock_activity_log_entries_total",
+            &[("completion_state", "low_motor_voltage")]
+        ) >= 1.0
+    );
+    exporter.shutdown().await;
+}
+
+#[test]
+fn demo_names_an_unreachable_target() {
+    let port = common::free_port();
+    let (ok, _, stderr) = run(exporter_command().args([
+        "demo",
+        "--target",
+        &format!("http://127.0.0.1:{port}/webhook"),
+        "--rounds",
+        "1",
+    ]));
+    assert!(!ok);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }

@@ -1,0 +1,230 @@
+//! `nuki-exporter demo`: a small simulated fleet that sends signed webhooks of every kind to an
+//! exporter, so a new user sees dashboards fill and alerts fire within minutes.
+//!
+//! The fleet is deterministic: two locks go unreachable (0xFF, then server state 4), one reports
+//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use crate::signature::{HEADER, sign};
+
+/// What the demo sends, and where.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub target: hyper::Uri,
+    pub secret: Option<Vec<u8>>,
+    pub locks: u64,
+    pub interval: Duration,
+    /// Stop after this many rounds; run until interrupted when `None`.
+    pub rounds: Option<u64>,
+}
+
+/// First lock id of the simulated fleet.
+const FIRST_LOCK: u64 = 17_000_001;
+const NAMES: &[&str] = &[
+    "Front door",
+    "Back door",
+    "Garage",
+    "Apartment 1",
+    "Apartment 2",
+    "Apartment 3",
+    "Office",
+    "Storage",
+    "Gym",
+    "Roof terrace",
+];
+
+fn lock_id(index: u64) -> u64 {
+    FIRST_LOCK + index
+}
+
+/// Whether a lock of the fleet is one of the two that go unreachable.
+fn unreachable(index: u64, locks: u64) -> bool {
+    index == 1 || (locks > 4 && index == locks - 2)
+}
+
+/// The lock that reports low battery voltage.
+fn low_voltage(index: u64) -> bool {
+    index == 2
+}
+
+/// Every webhook of one round. Round 0 also sends each lock's master data.
+pub fn round(number: u64, locks: u64) -> Vec<Value> {
+    let mut webhooks = Vec::new();
+    for index in 0..locks {
+        let id = lock_id(index);
+        if number == 0 {
+            webhooks.push(json!({
+                "feature": "DEVICE_MASTERDATA", "deleted": false, "smartlockId": id,
+                "type": if index % 5 == 4 { 2 } else { 4 },
+                "name": NAMES[(index as usize) % NAMES.len()], "firmwareVersion": 199175 + (index % 3),
+                "serverState": 0, "adminPinState": 0,
+            }));
+            webhooks.push(json!({"feature": "DEVICE_CONFIG", "smartlockId": id, "config": {"keypadPaired": true}}));
+        }
+        let offline = unreachable(index, locks) && number >= 1;
+        let battery = if low_voltage(index) {
+            8
+        } else {
+            100 - (number * 2 + index * 7) % 60
+        };
+        webhooks.push(json!({
+            "feature": "DEVICE_STATUS", "smartlockId": id,
+            "state": {
+                "mode": 2, "state": if number % 2 == 0 { 1 } else { 3 }, "trigger": 0,
+                "batteryCritical": low_voltage(index) && number >= 2, "batteryCharge": battery,
+                "keypadBatteryCritical": false, "doorsensorBatteryCritical": false,
+                "doorState": if number % 2 == 0 { 2 } else { 3 },
+            },
+            "serverState": if offline { 4 } else { 0 },
+        }));
+        let (success, error_code) = if offline {
+            (false, Some("ff"))
+        } else if low_voltage(index) && number >= 1 {
+            (false, Some("4c"))
+        } else {
+            (true, None)
+        };
+        let mut action = json!({
+            "type": if number % 2 == 0 { "LockAction" } else { "UnlockAction" },
+            "requestId": format!("demo{number:08x}{index:08x}"), "smartlockId": id, "success": success,
+        });
+        if let Some(code) = error_code {
+            action["errorCode"] = json!(code);
+        }
+        webhooks.push(action);
+        if !offline {
+            webhooks.push(json!({
+                "feature": "DEVICE_LOGS",
+                "smartlockLog": {
+                    "id": format!("{number:012x}{index:012x}"), "smartlockId": id, "deviceType": 4,
+                    "action": if number % 2 == 0 { 2 } else { 1 }, "trigger": 0,
+                    "state": if low_voltage(index) && number >= 1 { 5 } else { 0 },
+                    "source": 0, "autoUnlock": false, "name": "Demo user",
+                },
+            }));
+        }
+    }
+    // A keypad code for a guest on every lock at once: the unreachable locks fail it.
+    let detail: Vec<Value> = (0..locks)
+        .map(|index| {
+            let failed = unreachable(index, locks) && number >= 1;
+            let mut entry = json!({"smartlockId": lock_id(index), "success": !failed, "id": format!("{index:024x}")});
+            if failed {
+                entry["errorCode"] = json!("ff");
+            }
+            entry
+        })
+        .collect();
+    let any_failed = detail.iter().any(|entry| entry["success"] == json!(false));
+    webhooks.push(json!({
+        "type": "AuthCreation", "requestId": format!("demo-auth-{number:016x}"),
+        "success": !any_failed, "detail": detail,
+    }));
+    webhooks.push(json!({
+        "feature": "DEVICE_AUTHS", "deleted": false,
+        "smartlockAuth": {"id": format!("{number:024x}"), "smartlockId": lock_id(0), "authId": number, "code": 123456, "type": 13, "name": "Guest"},
+    }));
+    webhooks.push(json!({
+        "feature": "ACCOUNT_USER", "deleted": false,
+        "accountUser": {"accountUserId": 1, "email": "demo@example.org", "name": "Demo"},
+    }));
+    webhooks
+}
+
+/// Sends rounds of webhooks until `options.rounds` is reached (or forever).
+pub async fn run(options: &DemoOptions) -> Result<(), String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut number = 0;
+    loop {
+        let webhooks = round(number, options.locks);
+        let mut refused = 0;
+        for webhook in &webhooks {
+            let body = serde_json::to_vec(webhook).expect("JSON values serialise");
+            let mut request =
+                Request::post(options.target.clone()).header("content-type", "application/json");
+            if let Some(secret) = &options.secret {
+                request = request.header(HEADER, sign(secret, &body));
+            }
+            let request = request
+                .body(Full::new(Bytes::from(body)))
+                .expect("valid request");
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("cannot reach {}: {e}", options.target))?;
+            if !response.status().is_success() {
+                refused += 1;
+                tracing::warn!(status = %response.status(), "the exporter refused a demo webhook");
+            }
+        }
+        tracing::info!(
+            round = number,
+            sent = webhooks.len(),
+            refused,
+            "demo round sent"
+        );
+        number += 1;
+        if options.rounds.is_some_and(|rounds| number >= rounds) {
+            return Ok(());
+        }
+        tokio::time::sleep(options.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::{DeviceEvent, ErrorCode, Outcome, Webhook, parse};
+
+    fn parsed(number: u64, locks: u64) -> Vec<Webhook> {
+        round(number, locks)
+            .iter()
+            .map(|w| parse(&serde_json::to_vec(w).unwrap()).unwrap())
+            .collect()
+    }
+
+    fn failures(webhooks: &[Webhook], code: u8) -> Vec<u64> {
+        let mut ids: Vec<u64> = webhooks
+            .iter()
+            .filter_map(|w| match w {
+                Webhook::Api(api) => Some(api.results.clone()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|r| r.outcome == Outcome::Failure(ErrorCode::Code(code)))
+            .filter_map(|r| r.smartlock_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    #[test]
+    fn first_round_has_masterdata_and_no_failures() {
+        let webhooks = parsed(0, 8);
+        let masterdata = webhooks
+            .iter()
+            .filter(|w| matches!(w, Webhook::Device(d) if matches!(d.event, DeviceEvent::Masterdata(_))))
+            .count();
+        assert_eq!(masterdata, 8);
+        assert!(failures(&webhooks, 0xFF).is_empty());
+    }
+
+    #[test]
+    fn later_rounds_have_two_unreachable_locks_and_one_low_voltage() {
+        let webhooks = parsed(3, 8);
+        assert_eq!(failures(&webhooks, 0xFF), vec![lock_id(1), lock_id(6)]);
+        assert_eq!(failures(&webhooks, 0x4C), vec![lock_id(2)]);
+        assert!(webhooks.iter().all(|w| !matches!(w, Webhook::Unrecognised)));
+    }
+}
