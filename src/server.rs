@@ -39,8 +39,8 @@ pub struct Exporter {
     webhook_addr: SocketAddr,
     metrics_addr: SocketAddr,
     app: Arc<App>,
-    stop: watch::Sender<bool>,
-    acceptors: Vec<JoinHandle<()>>,
+    /// Each listener's stop signal and accept loop, the webhook listener first.
+    acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
     shutdown_delay: Duration,
 }
 
@@ -101,7 +101,6 @@ impl Exporter {
             address
         };
 
-        let (stop, stopped) = watch::channel(false);
         let acceptors = listeners
             .into_iter()
             .map(|(listener, role)| {
@@ -115,14 +114,14 @@ impl Exporter {
                     header_read_timeout: config.limits.header_read_timeout,
                     grace_period: config.server.shutdown_grace_period,
                 };
-                tokio::spawn(acceptor.run(stopped.clone()))
+                let (stop, stopped) = watch::channel(false);
+                (stop, tokio::spawn(acceptor.run(stopped)))
             })
             .collect();
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
-            stop,
             acceptors,
             shutdown_delay: config.server.shutdown_delay,
         })
@@ -142,15 +141,16 @@ impl Exporter {
         self.shutdown().await;
     }
 
-    /// Readiness turns 503; after `server.shutdown_delay` the listeners stop accepting, and
-    /// in-flight requests get `server.shutdown_grace_period` to finish; idle keep-alive
-    /// connections are closed.
+    /// Readiness turns 503; after `server.shutdown_delay` the webhook listener stops accepting
+    /// and its in-flight requests get `server.shutdown_grace_period` to finish; then, after the
+    /// same delay, the metrics listener stops, so that a last scrape sees every accepted webhook.
+    /// Idle keep-alive connections are closed.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
-        tokio::time::sleep(self.shutdown_delay).await;
-        let _ = self.stop.send(true);
-        for acceptor in self.acceptors {
+        for (stop, acceptor) in self.acceptors {
+            tokio::time::sleep(self.shutdown_delay).await;
+            let _ = stop.send(true);
             let _ = acceptor.await;
         }
         tracing::info!("stopped");

@@ -2,36 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use common::{SECRET, fixture};
+use common::{Running, SECRET, exporter_command, fixture, run};
 use nuki_exporter::signature::{HEADER, sign};
-
-fn exporter_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nuki-exporter"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NUKI_EXPORTER_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-fn run(command: &mut Command) -> (bool, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("binary runs");
-    (
-        status.success(),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
-}
 
 #[test]
 fn version_and_help() {
@@ -180,68 +154,6 @@ fn bad_configuration_stops_start_up() {
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
 
-/// A running binary whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a log line containing `text` and returns it.
-    fn wait_for(&mut self, text: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| {
-                    panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n"))
-                });
-            self.seen.push(line.clone());
-            if line.contains(text) {
-                return line;
-            }
-        }
-    }
-
-    /// Sends SIGTERM; returns whether the exit was clean and every log line.
-    fn terminate(mut self) -> (bool, Vec<String>) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        (status.success(), self.seen)
-    }
-}
-
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
     let mut running = Running::spawn(&mut exporter_command());
@@ -295,9 +207,7 @@ async fn no_log_line_at_any_level_holds_a_body_keypad_code_or_email() {
             .env("NUKI_EXPORTER_LOG__LEVEL", "trace")
             .env("NUKI_EXPORTER_LOG__FORMAT", "json"),
     );
-    let listening = running.wait_for("listening");
-    let line: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
-    let address = line["fields"]["address"].as_str().unwrap().to_owned();
+    let address = running.address_of("shared");
     let client = reqwest::Client::new();
     let url = format!("http://{address}/webhook");
     for name in ["device-auths", "account-user"] {

@@ -3,7 +3,11 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use nuki_exporter::signature::{HEADER, sign};
 use nuki_exporter::{Config, Exporter};
@@ -305,5 +309,112 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `nuki-exporter` binary, without any NUKI_EXPORTER_* variable of the test's environment.
+pub fn exporter_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nuki-exporter"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NUKI_EXPORTER_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+pub fn run(command: &mut Command) -> (bool, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("binary runs");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// A running binary whose stderr lines arrive on a channel.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `text` and returns it.
+    pub fn wait_for(&mut self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n"))
+                });
+            self.seen.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the exit; returns whether it was clean and every log line.
+    pub fn wait_exit(mut self) -> (bool, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        (status.success(), self.seen)
+    }
+
+    /// Sends SIGTERM; returns whether the exit was clean and every log line.
+    pub fn terminate(self) -> (bool, Vec<String>) {
+        self.sigterm();
+        self.wait_exit()
+    }
+
+    /// With `log.format = "json"`: the address of the listener named `listener`.
+    pub fn address_of(&mut self, listener: &str) -> String {
+        loop {
+            let line = self.wait_for("listening");
+            let line: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            if line["fields"]["listener"] == listener {
+                return line["fields"]["address"].as_str().unwrap().to_owned();
+            }
+        }
     }
 }
