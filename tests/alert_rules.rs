@@ -1,0 +1,475 @@
+//! The alert rules under alerts/: promtool checks and unit tests, the shipped Prometheus
+//! configuration, and a lint of the monitoring-mixin conventions (prometheus-conventions.md B1, B3).
+
+mod stack_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::process::Command;
+
+use stack_support::*;
+
+const SEVERITIES: &[&str] = &["critical", "warning", "info"];
+
+#[test]
+fn promtool_check_rules_accepts_the_rule_files() {
+    let files = rule_files();
+    let output = run_ok(
+        Command::new(promtool())
+            .arg("check")
+            .arg("rules")
+            .args(&files),
+    );
+    let expected = alert_rules().len();
+    assert!(
+        output.contains(&format!("SUCCESS: {expected} rules found")),
+        "promtool did not find the {expected} alert rules:\n{output}"
+    );
+}
+
+#[test]
+fn promtool_unit_tests_pass() {
+    let files = unit_test_files();
+    let output = run_ok(
+        Command::new(promtool())
+            .arg("test")
+            .arg("rules")
+            .args(&files),
+    );
+    assert!(!output.contains("FAILED"), "{output}");
+}
+
+#[test]
+fn promtool_check_config_accepts_the_shipped_prometheus_configuration() {
+    let config = repo().join("deploy/prometheus/prometheus.yml");
+    run_ok(
+        Command::new(promtool())
+            .arg("check")
+            .arg("config")
+            .arg(&config),
+    );
+}
+
+/// The same check with the rules where docker-compose.yml mounts them (./alerts at
+/// /etc/prometheus/rules), so promtool also loads every shipped rule file through the glob.
+#[test]
+fn prometheus_configuration_loads_every_rule_file_and_targets_the_stack() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules_dir = dir.path().join("rules");
+    fs::create_dir(&rules_dir).expect("rules dir");
+    for file in rule_files() {
+        fs::copy(&file, rules_dir.join(file.file_name().unwrap())).expect("copy rule file");
+    }
+    let text = read(repo().join("deploy/prometheus/prometheus.yml"));
+    assert!(
+        text.contains("/etc/prometheus/rules/"),
+        "prometheus.yml must load the rules from /etc/prometheus/rules/ (the compose mount of alerts/)"
+    );
+    let local = text.replace(
+        "/etc/prometheus/rules/",
+        &format!("{}/", rules_dir.display()),
+    );
+    let config = dir.path().join("prometheus.yml");
+    fs::write(&config, local).expect("write config");
+    let output = run_ok(
+        Command::new(promtool())
+            .arg("check")
+            .arg("config")
+            .arg(&config),
+    );
+    for file in rule_files() {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            output.contains(&name),
+            "promtool check config did not load {name}:\n{output}"
+        );
+    }
+    assert!(
+        output.contains(&format!("SUCCESS: {} rules found", alert_rules().len())),
+        "{output}"
+    );
+
+    let doc = yaml(repo().join("deploy/prometheus/prometheus.yml"));
+    let jobs = doc["scrape_configs"].as_sequence().expect("scrape_configs");
+    let job = jobs
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("nuki-exporter"))
+        .expect("a scrape job named nuki-exporter: the alerts select job=\"nuki-exporter\"");
+    let targets: Vec<&str> = job["static_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["targets"].as_sequence().into_iter().flatten())
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(
+        targets,
+        ["nuki-exporter:10181"],
+        "scrape target of the exporter"
+    );
+    let am: Vec<&str> = doc["alerting"]["alertmanagers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["static_configs"].as_sequence().into_iter().flatten())
+        .flat_map(|c| c["targets"].as_sequence().into_iter().flatten())
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(am, ["alertmanager:9093"], "alerting target");
+}
+
+fn is_camel_case(name: &str) -> bool {
+    // mixtool's alert-name-camelcase: ^([A-Z]+[a-z0-9]+)+$
+    let chars: Vec<char> = name.chars().collect();
+    let mut i = 0;
+    if chars.is_empty() {
+        return false;
+    }
+    while i < chars.len() {
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_uppercase() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        let lower = i;
+        while i < chars.len() && (chars[i].is_ascii_lowercase() || chars[i].is_ascii_digit()) {
+            i += 1;
+        }
+        if i == lower {
+            return false;
+        }
+    }
+    true
+}
+
+/// Minutes of a Prometheus duration such as `1h30m`, `90s`, `15m`.
+fn minutes(duration: &str) -> f64 {
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = duration.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().unwrap());
+        }
+        let value: f64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {duration}"));
+        number.clear();
+        total += value
+            * match unit.as_str() {
+                "ms" => 1.0 / 60_000.0,
+                "s" => 1.0 / 60.0,
+                "m" => 1.0,
+                "h" => 60.0,
+                "d" => 1440.0,
+                "w" => 10080.0,
+                other => panic!("bad unit {other} in {duration}"),
+            };
+    }
+    assert!(number.is_empty(), "bad duration {duration}");
+    total
+}
+
+/// Labels named in the `by (...)` clauses of an expression.
+fn grouping_labels(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(pos) = rest.find("by (") {
+        let after = &rest[pos + 4..];
+        let end = after.find(')').unwrap_or(after.len());
+        for label in after[..end].split(',') {
+            out.insert(label.trim().to_string());
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+#[test]
+fn alert_rules_follow_the_conventions() {
+    let runbook = read(repo().join("docs/runbook.md"));
+    let anchors = markdown_anchors(&runbook);
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for rule in alert_rules() {
+        let name = &rule.alert;
+        let mut problem = |text: String| problems.push(format!("{name}: {text}"));
+
+        if !seen.insert(name.clone()) {
+            problem("defined twice; keep one rule per alert".into());
+        }
+        if !is_camel_case(name) || !name.starts_with("Nuki") {
+            problem("name must be CamelCase with the shared prefix Nuki".into());
+        }
+
+        // labels
+        match rule.label("severity") {
+            Some(s) if SEVERITIES.contains(&s) => {}
+            other => problem(format!(
+                "severity must be one of {SEVERITIES:?}, is {other:?}"
+            )),
+        }
+        for key in rule.labels.keys() {
+            if key.as_str() != Some("severity") {
+                problem(format!("unexpected static label {key:?}"));
+            }
+        }
+
+        // annotations
+        match rule.annotation("summary") {
+            None => problem("no summary".into()),
+            Some(s) => {
+                if s.contains("{{") {
+                    problem("summary must be static (no template)".into());
+                }
+                if !s.chars().next().is_some_and(|c| c.is_uppercase()) || !s.ends_with('.') {
+                    problem(format!(
+                        "summary must start with a capital and end with '.': {s:?}"
+                    ));
+                }
+            }
+        }
+        match rule.annotation("description") {
+            None => problem("no description".into()),
+            Some(d) => {
+                if !d.contains("{{") || !(d.contains("$labels.") || d.contains("$value")) {
+                    problem("description must be templated with $labels or $value".into());
+                }
+                if grouping_labels(&rule.expr).contains("smartlock_id") {
+                    if !d.contains("$labels.smartlock_id") {
+                        problem(
+                            "a per-lock alert must name the lock ($labels.smartlock_id)".into(),
+                        );
+                    }
+                    if !d.contains("nuki_smartlock_info") || !d.contains("\"name\"") {
+                        problem(
+                            "a per-lock alert must look up the lock's name in nuki_smartlock_info"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        let expected_url = format!("{RUNBOOK_URL}#{}", name.to_lowercase());
+        match rule.annotation("runbook_url") {
+            Some(url) if url == expected_url => {}
+            other => problem(format!("runbook_url must be {expected_url}, is {other:?}")),
+        }
+        if !anchors.contains(&name.to_lowercase()) {
+            problem(format!(
+                "docs/runbook.md has no section `## {name}` (anchor #{})",
+                name.to_lowercase()
+            ));
+        }
+        for key in rule.annotations.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !["summary", "description", "runbook_url"].contains(&key) {
+                problem(format!("unexpected annotation {key}"));
+            }
+        }
+
+        // for:
+        match &rule.for_ {
+            None => problem("no for:".into()),
+            Some(f) if minutes(f) <= 0.0 => problem(format!("for: must be positive, is {f}")),
+            Some(_) => {}
+        }
+
+        // expression
+        match selectors(&rule.expr) {
+            Err(e) => problem(format!("cannot read the expression: {e}")),
+            Ok(list) => {
+                if list.is_empty() {
+                    problem("the expression selects no series".into());
+                }
+                for s in list {
+                    let (label, op, value) = ALERT_JOB_MATCHER;
+                    if !s.has(label, op, value) {
+                        problem(format!(
+                            "selector of {} lacks {label}{op}\"{value}\"",
+                            s.metric
+                        ));
+                    }
+                }
+            }
+        }
+        if rule.expr.contains("instance") {
+            problem("the expression must aggregate over replicas, not mention instance".into());
+        }
+        // counters: a window must also count series born inside it (first error of a lock)
+        for window in range_windows(&rule.expr, "increase") {
+            if !rule.expr.contains(&format!("offset {window}")) || !rule.expr.contains("unless") {
+                problem(format!(
+                    "increase(...[{window}]) misses a series born at 1: add `x unless x offset {window}`"
+                ));
+            }
+        }
+        if !range_windows(&rule.expr, "rate").is_empty() {
+            problem("use increase() with the first-error pattern instead of rate()".into());
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[derive(Default)]
+struct Coverage {
+    firing: usize,
+    silent: usize,
+    two_replicas: bool,
+    for_boundary: bool,
+}
+
+fn as_str(v: &serde_yaml_ng::Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// Every alert has promtool unit tests: firing and silent cases, the for: boundary pinned to one
+/// evaluation interval, two exporter replicas, and the full labels and annotations asserted.
+#[test]
+fn every_alert_has_unit_tests() {
+    let rules: BTreeMap<String, AlertRule> = alert_rules()
+        .into_iter()
+        .map(|r| (r.alert.clone(), r))
+        .collect();
+    let mut coverage: BTreeMap<String, Coverage> = BTreeMap::new();
+    let mut problems = Vec::new();
+
+    for file in unit_test_files() {
+        let doc = yaml(&file);
+        for rf in doc["rule_files"].as_sequence().into_iter().flatten() {
+            let path = file.parent().unwrap().join(as_str(rf));
+            if !path.is_file() {
+                problems.push(format!(
+                    "{}: rule file {} does not exist",
+                    file.display(),
+                    path.display()
+                ));
+            }
+        }
+        let interval = minutes(doc["evaluation_interval"].as_str().unwrap_or("1m"));
+        for test in doc["tests"].as_sequence().into_iter().flatten() {
+            let instances: BTreeSet<String> = test["input_series"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    let series = as_str(&s["series"]);
+                    let start = series.find("instance=\"")? + "instance=\"".len();
+                    let end = series[start..].find('"')? + start;
+                    Some(series[start..end].to_string())
+                })
+                .collect();
+            let mut evals: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
+            for case in test["alert_rule_test"].as_sequence().into_iter().flatten() {
+                let alert = as_str(&case["alertname"]).to_string();
+                let at = minutes(as_str(&case["eval_time"]));
+                let expected = case["exp_alerts"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default();
+                evals
+                    .entry(alert.clone())
+                    .or_default()
+                    .push((at, !expected.is_empty()));
+                let Some(rule) = rules.get(&alert) else {
+                    problems.push(format!(
+                        "{}: tests an unknown alert {alert}",
+                        file.display()
+                    ));
+                    continue;
+                };
+                let entry = coverage.entry(alert.clone()).or_default();
+                if expected.is_empty() {
+                    entry.silent += 1;
+                    continue;
+                }
+                entry.firing += 1;
+                if instances.len() >= 2 {
+                    entry.two_replicas = true;
+                }
+                for exp in &expected {
+                    if as_str(&exp["exp_labels"]["severity"])
+                        != rule.label("severity").unwrap_or("")
+                    {
+                        problems.push(format!(
+                            "{alert} at {at}m: exp_labels must assert the severity"
+                        ));
+                    }
+                    let ann = &exp["exp_annotations"];
+                    if Some(as_str(&ann["summary"])) != rule.annotation("summary")
+                        || Some(as_str(&ann["runbook_url"])) != rule.annotation("runbook_url")
+                        || as_str(&ann["description"]).is_empty()
+                    {
+                        problems.push(format!(
+                            "{alert} at {at}m: exp_annotations must assert summary, description and runbook_url"
+                        ));
+                    }
+                }
+            }
+            for (alert, mut list) in evals {
+                list.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let boundary = list
+                    .windows(2)
+                    .any(|w| !w[0].1 && w[1].1 && (w[1].0 - w[0].0 - interval).abs() < 1e-9);
+                if boundary {
+                    coverage.entry(alert).or_default().for_boundary = true;
+                }
+            }
+        }
+    }
+
+    for alert in rules.keys() {
+        let c = coverage.remove(alert).unwrap_or_default();
+        if c.firing == 0 {
+            problems.push(format!("{alert}: no unit test expects it to fire"));
+        }
+        if c.silent == 0 {
+            problems.push(format!("{alert}: no unit test expects it to stay silent"));
+        }
+        if !c.for_boundary {
+            problems.push(format!(
+                "{alert}: no test pins the for: boundary (silent, then firing one evaluation later)"
+            ));
+        }
+        if !c.two_replicas {
+            problems.push(format!(
+                "{alert}: no firing test with two exporter replicas (two instance labels)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn runbook_has_one_section_per_alert_and_no_stale_ones() {
+    let runbook = read(repo().join("docs/runbook.md"));
+    let alerts: BTreeSet<String> = alert_rules().iter().map(|r| r.alert.clone()).collect();
+    let sections: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.starts_with("Nuki"))
+        .collect();
+    assert_eq!(
+        sections, alerts,
+        "docs/runbook.md needs exactly one `## <AlertName>` section per alert"
+    );
+    for alert in &alerts {
+        let start = runbook.find(&format!("## {alert}\n")).unwrap();
+        let body = &runbook[start..];
+        let body = &body[..body[3..].find("\n## ").map(|e| e + 3).unwrap_or(body.len())];
+        for part in ["**What it means.**", "emediation", "**What to check.**"] {
+            assert!(
+                body.contains(part),
+                "runbook section {alert} lacks a part containing {part:?}"
+            );
+        }
+    }
+}
