@@ -1,0 +1,524 @@
+//! Grafana dashboards (dashboards/*.json): the dashboard-linter rules of prometheus-conventions.md
+//! B5/B6, their PromQL checked and run by promtool against a seeded fleet, and the metric names
+//! of dashboards and alert rules checked against the names the exporter exposes.
+
+mod stack_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use stack_support::*;
+
+const DATASOURCE_UID: &str = "${datasource}";
+/// Lock id the seeded fleet has and `$smartlock_id` stands for when queries are run.
+const SEEDED_LOCK: &str = "101";
+
+fn dashboards() -> Vec<(String, Value)> {
+    dashboard_files()
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            (name, json(&path))
+        })
+        .collect()
+}
+
+fn variables(dashboard: &Value) -> Vec<&Value> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .map(|l| l.iter().collect())
+        .unwrap_or_default()
+}
+
+fn uses_templated_datasource(v: &Value) -> bool {
+    v["datasource"]["uid"].as_str() == Some(DATASOURCE_UID)
+        && v["datasource"]["type"].as_str() == Some("prometheus")
+}
+
+/// Metrics carrying a smartlock_id label, which the drill-down's `$smartlock_id` must filter.
+fn has_smartlock_label(metric: &str) -> bool {
+    metric.starts_with("nuki_smartlock_") || metric.starts_with("nuki_operation")
+}
+
+#[test]
+fn dashboards_follow_the_linter_rules() {
+    let mut problems = Vec::new();
+    let mut uids = BTreeSet::new();
+    let all = dashboards();
+    for required in [
+        "nuki-fleet-overview.json",
+        "nuki-smartlock.json",
+        "nuki-exporter-health.json",
+    ] {
+        if !all.iter().any(|(name, _)| name == required) {
+            problems.push(format!("dashboards/{required} is missing"));
+        }
+    }
+    for (file, d) in &all {
+        let mut problem = |text: String| problems.push(format!("{file}: {text}"));
+
+        // dashboard level
+        let uid = d["uid"].as_str().unwrap_or_default();
+        let uid_ok = (8..=40).contains(&uid.len())
+            && uid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !uid_ok {
+            problem(format!(
+                "uid {uid:?} must be fixed, 8-40 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        if format!("{uid}.json") != *file {
+            problem(format!("file name must be the uid ({uid}.json)"));
+        }
+        if !uids.insert(uid.to_string()) {
+            problem(format!("uid {uid} is used twice"));
+        }
+        for key in ["title", "description"] {
+            if d[key].as_str().is_none_or(str::is_empty) {
+                problem(format!("no {key}"));
+            }
+        }
+        let tags: Vec<&str> = d["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        if !tags.contains(&"nuki") {
+            problem(format!("tags {tags:?} must include \"nuki\""));
+        }
+        if d["editable"] != json!(false) {
+            problem("editable must be false (provisioned dashboards are code)".into());
+        }
+        if d["schemaVersion"] != json!(39) {
+            problem(format!(
+                "schemaVersion must be 39 (Grafana 10.4), is {}",
+                d["schemaVersion"]
+            ));
+        }
+        if !d["__inputs"].is_null() || !d["__requires"].is_null() {
+            problem("no __inputs/__requires: provisioning leaves ${DS_...} unresolved".into());
+        }
+        if !d["id"].is_null() {
+            problem("id must be null; Grafana assigns it".into());
+        }
+
+        // template variables
+        let vars = variables(d);
+        let datasources: Vec<&&Value> = vars.iter().filter(|v| v["type"] == "datasource").collect();
+        if datasources.len() != 1
+            || datasources[0]["name"] != "datasource"
+            || datasources[0]["query"] != "prometheus"
+        {
+            problem("exactly one datasource variable, named datasource, of type prometheus".into());
+        }
+        let names: BTreeSet<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+        for required in ["job", "instance"] {
+            if !names.contains(required) {
+                problem(format!("no {required} variable"));
+            }
+        }
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            let name = v["name"].as_str().unwrap_or("?");
+            if !uses_templated_datasource(v) {
+                problem(format!("variable {name} must use the datasource variable"));
+            }
+            if v["refresh"] != json!(2) {
+                problem(format!(
+                    "variable {name} must refresh on time-range change (refresh: 2)"
+                ));
+            }
+            let query = variable_query(v).unwrap_or_default();
+            match label_values_selector(&query) {
+                None => problem(format!(
+                    "variable {name}: query {query:?} is not label_values(...)"
+                )),
+                Some(selector) if name != "job" && !selector.contains("job=~\"$job\"") => {
+                    problem(format!("variable {name}: {query} lacks job=~\"$job\""))
+                }
+                Some(_) => {}
+            }
+        }
+
+        // panels and queries
+        let mut ids = BTreeSet::new();
+        let mut used_variables = BTreeSet::new();
+        for panel in panels(d) {
+            let title = panel["title"].as_str().unwrap_or_default();
+            let mut problem =
+                |text: String| problems.push(format!("{file}: panel {title:?}: {text}"));
+            if panel["type"] == "row" {
+                continue;
+            }
+            if !ids.insert(panel["id"].to_string()) {
+                problem(format!("duplicate panel id {}", panel["id"]));
+            }
+            if title.is_empty() {
+                problem("no title".into());
+            }
+            if panel["description"].as_str().is_none_or(str::is_empty) {
+                problem("no description".into());
+            }
+            if panel["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                problem("no unit".into());
+            }
+            if !uses_templated_datasource(panel) {
+                problem("must use the datasource variable".into());
+            }
+            let grid = &panel["gridPos"];
+            let (x, w, h) = (grid["x"].as_i64(), grid["w"].as_i64(), grid["h"].as_i64());
+            if !matches!((x, w, h), (Some(x), Some(w), Some(h)) if w > 0 && h > 0 && x + w <= 24) {
+                problem(format!("bad gridPos {grid}"));
+            }
+            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+            if targets.is_empty() {
+                problem("no query".into());
+            }
+            for target in &targets {
+                if !uses_templated_datasource(target) {
+                    problem("query must use the datasource variable".into());
+                }
+                let expr = target["expr"].as_str().unwrap_or_default();
+                for var in ["job", "instance", "smartlock_id"] {
+                    if expr.contains(&format!("${var}")) {
+                        used_variables.insert(var);
+                    }
+                }
+                let selectors = match selectors(expr) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        problem(format!("cannot read {expr}: {e}"));
+                        continue;
+                    }
+                };
+                if selectors.is_empty() {
+                    problem(format!("{expr} selects no series"));
+                }
+                for s in &selectors {
+                    for (label, value) in [("job", "$job"), ("instance", "$instance")] {
+                        if !s.has(label, "=~", value) {
+                            problem(format!(
+                                "selector of {} lacks {label}=~\"{value}\"",
+                                s.metric
+                            ));
+                        }
+                    }
+                    if names.contains("smartlock_id")
+                        && has_smartlock_label(&s.metric)
+                        && !s.has("smartlock_id", "=~", "$smartlock_id")
+                    {
+                        problem(format!(
+                            "selector of {} lacks smartlock_id=~\"$smartlock_id\"",
+                            s.metric
+                        ));
+                    }
+                }
+                for function in ["rate", "irate"] {
+                    for window in range_windows(expr, function) {
+                        if window != "$__rate_interval" {
+                            problem(format!(
+                                "{function}() over [{window}]: use [$__rate_interval]"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for name in names.iter().filter(|n| **n != "datasource") {
+            if !used_variables.contains(name) {
+                problems.push(format!(
+                    "{file}: variable {name} is not used as a matcher by any query"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// Every query of a dashboard, Grafana variables replaced: (dashboard, panel, PromQL).
+fn runnable_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (file, d) in dashboards() {
+        for (title, expr) in panel_queries(&d) {
+            out.push((
+                file.clone(),
+                title,
+                substitute_grafana_variables(&expr, SEEDED_LOCK),
+            ));
+        }
+        for v in variables(&d) {
+            if let Some(selector) = variable_query(v).as_deref().and_then(label_values_selector) {
+                let title = format!("variable {}", v["name"].as_str().unwrap_or("?"));
+                out.push((
+                    file.clone(),
+                    title,
+                    substitute_grafana_variables(&selector, SEEDED_LOCK),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn yaml_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    let queries = runnable_queries();
+    for (i, (_, _, expr)) in queries.iter().enumerate() {
+        writeln!(
+            rules,
+            "      - record: dashboard:query_{i}\n        expr: {}",
+            yaml_quote(expr)
+        )
+        .unwrap();
+    }
+    let file = dir.path().join("queries.yml");
+    fs::write(&file, rules).expect("write rules");
+    let output = run(Command::new(promtool())
+        .args(["check", "rules", "--lint=none"])
+        .arg(&file));
+    if !output.status.success() {
+        let listing: Vec<String> = queries
+            .iter()
+            .enumerate()
+            .map(|(i, (f, t, e))| format!("dashboard:query_{i} = {f} / {t}: {e}"))
+            .collect();
+        panic!(
+            "promtool rejects a dashboard query:\n{}{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            listing.join("\n")
+        );
+    }
+}
+
+/// Three hours of a small fleet on two exporter replicas, every metric the dashboards read.
+const SEEDED_FLEET: &str = r#"
+      - series: 'up{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '1x180'
+      - series: 'up{job="nuki-exporter", instance="exporter-b:10181"}'
+        values: '1x170 0x10'
+      - series: 'scrape_duration_seconds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '0.01x180'
+      - series: 'nuki_exporter_build_info{job="nuki-exporter", instance="exporter-a:10181", version="0.1.0"}'
+        values: '1x180'
+      - series: 'nuki_exporter_smartlocks_tracked{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '2x180'
+      - series: 'nuki_exporter_last_webhook_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '0+60x180'
+      - series: 'nuki_exporter_last_webhook_timestamp_seconds{job="nuki-exporter", instance="exporter-b:10181"}'
+        values: '0x180'
+      - series: 'nuki_exporter_webhooks_received_total{job="nuki-exporter", instance="exporter-a:10181", source="device", kind="DEVICE_STATUS"}'
+        values: '0+3x180'
+      - series: 'nuki_exporter_webhooks_received_total{job="nuki-exporter", instance="exporter-b:10181", source="api", kind="UnlockAction"}'
+        values: '_x120 1+1x60'
+      - series: 'nuki_exporter_webhooks_rejected_total{job="nuki-exporter", instance="exporter-a:10181", reason="signature"}'
+        values: '0+1x180'
+      - series: 'nuki_exporter_label_overflow_total{job="nuki-exporter", instance="exporter-a:10181", label="smartlock_id"}'
+        values: '0+1x180'
+      - series: 'process_resident_memory_bytes{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '12000000x180'
+      - series: 'process_cpu_seconds_total{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '0+0.5x180'
+      - series: 'process_open_fds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '12x180'
+      - series: 'process_max_fds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '1024x180'
+      - series: 'process_start_time_seconds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '0x180'
+      - series: 'nuki_smartlock_info{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", name="Front door", device_type="smartlock_3_4", firmware_version="3.10.7"}'
+        values: '1x180'
+      - series: 'nuki_smartlock_info{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="101", name="Front door (renamed)", device_type="smartlock_3_4", firmware_version="3.10.7"}'
+        values: '1x180'
+      - series: 'nuki_smartlock_last_seen_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '0+60x180'
+      - series: 'nuki_smartlock_last_seen_timestamp_seconds{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="202"}'
+        values: '0+60x180'
+      - series: 'nuki_smartlock_battery_charge_percent{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '30-0.1x180'
+      - series: 'nuki_smartlock_battery_charge_percent{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="202"}'
+        values: '80x180'
+      - series: 'nuki_smartlock_battery_critical{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", battery="lock"}'
+        values: '0x100 1x80'
+      - series: 'nuki_smartlock_battery_critical{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", battery="keypad"}'
+        values: '0x180'
+      - series: 'nuki_smartlock_server_state{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '0x150 4x30'
+      - series: 'nuki_smartlock_server_state{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="202"}'
+        values: '0x180'
+      - series: 'nuki_smartlock_lock_state{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '1x90 3x90'
+      - series: 'nuki_smartlock_door_state{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '2x180'
+      - series: 'nuki_operations_total{job="nuki-exporter", instance="exporter-a:10181", operation="UnlockAction", smartlock_id="101"}'
+        values: '0+2x180'
+      - series: 'nuki_operations_total{job="nuki-exporter", instance="exporter-b:10181", operation="AuthCreation", smartlock_id="202"}'
+        values: '_x120 1+1x60'
+      - series: 'nuki_operation_errors_total{job="nuki-exporter", instance="exporter-a:10181", operation="UnlockAction", error_code="0xFF", error_name="ERROR_UNKNOWN", smartlock_id="101"}'
+        values: '0+1x180'
+      - series: 'nuki_operation_errors_total{job="nuki-exporter", instance="exporter-b:10181", operation="AuthCreation", error_code="0x13", error_name="P_ERROR_MAX_USER", smartlock_id="202"}'
+        values: '_x170 1x10'
+      - series: 'nuki_smartlock_activity_log_entries_total{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", action="unlock", completion_state="success"}'
+        values: '0+1x180'
+      - series: 'nuki_smartlock_activity_log_entries_total{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", action="lock", completion_state="motor_blocked"}'
+        values: '0+0.2x180'
+"#;
+
+/// Every dashboard query (and variable) returns data in a Prometheus holding the seeded fleet:
+/// each becomes an alert `count((query)) > 0` that promtool expects to fire.
+#[test]
+fn dashboard_queries_return_data_for_a_seeded_fleet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queries = runnable_queries();
+    let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    let mut tests = format!(
+        "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{SEEDED_FLEET}    alert_rule_test:\n"
+    );
+    for (i, (_, _, expr)) in queries.iter().enumerate() {
+        writeln!(
+            rules,
+            "      - alert: DashboardQuery{i}\n        expr: {}",
+            yaml_quote(&format!("count(({expr})) > 0"))
+        )
+        .unwrap();
+        writeln!(
+            tests,
+            "      - eval_time: 175m\n        alertname: DashboardQuery{i}\n        exp_alerts:\n          - exp_labels: {{}}"
+        )
+        .unwrap();
+    }
+    fs::write(dir.path().join("rules.yml"), rules).expect("write rules");
+    let test_file = dir.path().join("queries.test.yml");
+    fs::write(&test_file, tests).expect("write tests");
+    let output = run(Command::new(promtool())
+        .args(["test", "rules"])
+        .arg(&test_file));
+    if !output.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut empty = Vec::new();
+        for (i, (file, title, expr)) in queries.iter().enumerate() {
+            if text.contains(&format!("alertname: DashboardQuery{i},")) {
+                empty.push(format!("{file} / {title}: {expr}"));
+            }
+        }
+        panic!(
+            "dashboard queries without data against the seeded fleet:\n{}\n\n{text}",
+            empty.join("\n")
+        );
+    }
+}
+
+/// Every metric a dashboard or an alert rule reads is one the exporter exposes. The list comes
+/// from docs/NAMES.md for now (a real scrape later), plus the series Prometheus adds per target.
+#[test]
+fn every_metric_in_dashboards_and_rules_is_exported() {
+    let exported = exported_metrics();
+    let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut note = |metric: &str, place: String| {
+        used.entry(metric.to_string()).or_default().insert(place);
+    };
+    for (file, d) in dashboards() {
+        for (title, expr) in panel_queries(&d) {
+            for s in selectors(&expr).unwrap_or_else(|e| panic!("{file} / {title}: {e}")) {
+                note(&s.metric, format!("{file} / {title}"));
+            }
+        }
+        for v in variables(&d) {
+            if let Some(selector) = variable_query(v).as_deref().and_then(label_values_selector) {
+                for s in selectors(&selector).unwrap_or_else(|e| panic!("{file} variable: {e}")) {
+                    note(&s.metric, format!("{file} / variable {}", v["name"]));
+                }
+            }
+        }
+    }
+    for rule in alert_rules() {
+        for s in selectors(&rule.expr).unwrap_or_else(|e| panic!("{}: {e}", rule.alert)) {
+            note(&s.metric, format!("alert {}", rule.alert));
+        }
+        for text in rule.annotations.values().filter_map(|v| v.as_str()) {
+            for metric in nuki_metric_mentions(text) {
+                note(&metric, format!("alert {} (annotation)", rule.alert));
+            }
+        }
+    }
+    for test in unit_test_files() {
+        for metric in nuki_metric_mentions(&read(&test)) {
+            note(
+                &metric,
+                format!("{}", test.file_name().unwrap().to_string_lossy()),
+            );
+        }
+    }
+    let unknown: Vec<String> = used
+        .iter()
+        .filter(|(metric, _)| metric.is_empty() || !exported.contains(metric))
+        .map(|(metric, places)| format!("{metric:?} used by {places:?}"))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "metrics the exporter does not expose (exported: {:?}):\n{}",
+        exported.names(),
+        unknown.join("\n")
+    );
+    // and the main ones are used at all
+    for metric in [
+        "nuki_operation_errors_total",
+        "nuki_smartlock_info",
+        "nuki_smartlock_battery_critical",
+        "nuki_exporter_webhooks_rejected_total",
+        "nuki_exporter_label_overflow_total",
+    ] {
+        assert!(
+            used.contains_key(metric),
+            "{metric} is used by no dashboard or rule"
+        );
+    }
+}
+
+#[test]
+fn the_promql_reader_finds_every_selector() {
+    let s = selectors(
+        r#"sum by (job, smartlock_id) ((x{job="a", b=~"c|d"} unless x{job="a"} offset 15m)
+           and on (job) count by (job) (up{job="a"} offset 15m) or increase(y[5m])) > 0
+           * on (smartlock_id) group_left (name) topk by (k) (1, max without (i) (z{l!="m"}))
+           / time() - sum(rate(w[$__rate_interval])) # a comment naming no_metric
+           + {__name__="named", job=~"$job"}"#,
+    )
+    .unwrap();
+    let metrics: Vec<&str> = s.iter().map(|s| s.metric.as_str()).collect();
+    assert_eq!(metrics, ["x", "x", "up", "y", "z", "w", "named"]);
+    assert!(s[0].has("b", "=~", "c|d"));
+    assert!(s[4].has("l", "!=", "m"));
+    assert!(s[6].has("job", "=~", "$job"));
+    assert!(selectors("sum(x{job=\"a\"}").is_err());
+    assert_eq!(
+        range_windows("rate(x[5m]) + irate(y[$__rate_interval])", "rate"),
+        ["5m"]
+    );
+    assert_eq!(
+        label_values_selector("label_values(up{job=~\"$job\", a=\"b,c\"}, instance)").as_deref(),
+        Some("up{job=~\"$job\", a=\"b,c\"}")
+    );
+    assert!(
+        markdown_anchors("# Title\n## NukiSmartlockOffline\n").contains("nukismartlockoffline")
+    );
+    let exported = exported_metrics();
+    assert!(exported.contains("process_cpu_seconds_total") && exported.contains("up"));
+    assert!(!exported.contains("nuki_no_such_metric"));
+}
