@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+#
+# nuki-exporter container image: built with the official Rust image, run on distroless (glibc, CA
+# certificates, no shell, no package manager) as the unprivileged "nonroot" user (uid 65532).
+#
+#   docker build -t nuki-exporter:local .
+#   docker run --rm -p 10180:10180 -p 10181:10181 nuki-exporter:local
+#
+# Pin the distroless base by digest in production (gcr.io/distroless/cc-debian12:nonroot@sha256:...);
+# distroless publishes no version tags.
+
+FROM rust:1.95.0-slim-bookworm AS builder
+WORKDIR /build
+# Build the dependencies first so that a change in src/ does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+COPY src ./src
+RUN touch src/*.rs \
+ && cargo build --release --locked --bin nuki-exporter \
+ && cp target/release/nuki-exporter /nuki-exporter
+
+# A static busybox, used only as the "wget" of the container health check (distroless has no shell or curl).
+FROM busybox:1.36.1-musl AS probe
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="nuki-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for Nuki smart-lock fleets (Nuki Web API webhooks)" \
+      org.opencontainers.image.source="https://github.com/nuki-exporter/nuki-exporter" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /nuki-exporter /usr/local/bin/nuki-exporter
+COPY --from=probe /bin/busybox /usr/local/bin/wget
+USER nonroot:nonroot
+# 10180: webhook listener (POST /webhook), 10181: metrics listener (GET /metrics)
+EXPOSE 10180 10181
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:10181/-/ready"]
+ENTRYPOINT ["/usr/local/bin/nuki-exporter"]

@@ -1,0 +1,348 @@
+//! The container stack: docker-compose.yml (validated by Debian's docker-compose 1.29, without a
+//! Docker engine), the Dockerfile, and the files the services mount.
+
+mod stack_support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml_ng::Value;
+use stack_support::*;
+
+fn compose() -> Command {
+    // the defaults of docker-compose.yml, not a developer's own .env
+    let empty_env = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compose-empty.env");
+    std::fs::write(&empty_env, "").expect("write empty env file");
+    let mut command = Command::new(docker_compose());
+    command
+        .current_dir(repo())
+        .arg("-f")
+        .arg(repo().join("docker-compose.yml"))
+        .arg("--env-file")
+        .arg(empty_env)
+        .env_remove("NUKI_WEBHOOK_SECRET_FILE")
+        .env_remove("PAGERDUTY_ROUTING_KEY_FILE")
+        .env_remove("GRAFANA_ADMIN_PASSWORD_FILE");
+    command
+}
+
+/// docker-compose's resolved configuration (interpolated, paths made absolute).
+fn resolved() -> Value {
+    let text = run_ok(compose().arg("config"));
+    serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML")
+}
+
+fn services(config: &Value) -> Vec<(String, &Value)> {
+    config["services"]
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v))
+        .collect()
+}
+
+#[test]
+fn docker_compose_config_is_valid() {
+    run_ok(compose().args(["config", "-q"]));
+    run_ok(compose().args(["--profile", "demo", "config", "-q"]));
+}
+
+/// `image:` must name a version: a tag that is not `latest` and contains a digit (or a digest).
+fn pinned(image: &str) -> bool {
+    if image.contains("@sha256:") {
+        return true;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) => tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+        None => false,
+    }
+}
+
+#[test]
+fn every_image_tag_is_pinned() {
+    let config = resolved();
+    let mut problems = Vec::new();
+    for (name, service) in services(&config) {
+        if !service["build"].is_null() {
+            continue; // built from this repository
+        }
+        match service["image"].as_str() {
+            Some(image) if pinned(image) => {}
+            other => problems.push(format!(
+                "service {name}: image {other:?} is not pinned to a version"
+            )),
+        }
+    }
+    // The Dockerfile's base images too (distroless publishes variant tags only: pin by digest
+    // in production, see the Dockerfile).
+    for line in read(repo().join("Dockerfile")).lines() {
+        let Some(rest) = line.trim().strip_prefix("FROM ") else {
+            continue;
+        };
+        let image = rest.split_whitespace().next().unwrap_or_default();
+        let distroless_variant = image.starts_with("gcr.io/distroless/")
+            && image.rsplit(':').next().is_some_and(|t| t != "latest");
+        if !pinned(image) && !distroless_variant {
+            problems.push(format!(
+                "Dockerfile: base image {image} is not pinned to a version"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_mounted_path_exists() {
+    let config = resolved();
+    let mut problems = Vec::new();
+    let exists = |p: &Path| p.exists();
+    for (name, service) in services(&config) {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let source = match volume {
+                Value::String(s) => s.split(':').next().unwrap_or_default().to_string(),
+                other => other["source"].as_str().unwrap_or_default().to_string(),
+            };
+            if source.starts_with('/') || source.starts_with('.') {
+                if !exists(Path::new(&source)) {
+                    problems.push(format!(
+                        "service {name}: mounted path {source} does not exist"
+                    ));
+                }
+            } else if config["volumes"][source.as_str()].is_null() {
+                problems.push(format!(
+                    "service {name}: named volume {source} is not declared"
+                ));
+            }
+        }
+        if let Some(build) = service["build"].as_mapping() {
+            let context =
+                PathBuf::from(build.get("context").and_then(|c| c.as_str()).unwrap_or("."));
+            let dockerfile = build
+                .get("dockerfile")
+                .and_then(|d| d.as_str())
+                .unwrap_or("Dockerfile");
+            if !context.join(dockerfile).is_file() {
+                problems.push(format!(
+                    "service {name}: {dockerfile} not found in {}",
+                    context.display()
+                ));
+            }
+        }
+        for secret in service["secrets"].as_sequence().into_iter().flatten() {
+            let source = secret["source"]
+                .as_str()
+                .or(secret.as_str())
+                .unwrap_or_default();
+            if config["secrets"][source].is_null() {
+                problems.push(format!("service {name}: secret {source} is not declared"));
+            }
+        }
+    }
+    for (name, secret) in config["secrets"].as_mapping().into_iter().flatten() {
+        let file = secret["file"].as_str().unwrap_or_default();
+        if !Path::new(file).is_file() {
+            problems.push(format!("secret {name:?}: file {file} does not exist"));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_stack_has_its_services_health_checks_and_file_secrets() {
+    let config = resolved();
+    let names: BTreeSet<String> = services(&config).into_iter().map(|(n, _)| n).collect();
+    for required in [
+        "nuki-exporter",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "demo",
+    ] {
+        assert!(
+            names.contains(required),
+            "docker-compose.yml lacks the service {required}"
+        );
+    }
+    for (name, service) in services(&config) {
+        let in_profile = service["profiles"]
+            .as_sequence()
+            .is_some_and(|p| !p.is_empty());
+        if !in_profile {
+            assert!(
+                service["healthcheck"]["test"]
+                    .as_sequence()
+                    .is_some_and(|t| !t.is_empty()),
+                "service {name} has no health check"
+            );
+        }
+        // secrets belong in files, not in the environment
+        for (key, _) in service["environment"].as_mapping().into_iter().flatten() {
+            let key = key.as_str().unwrap_or_default().to_uppercase();
+            let secretish = ["PASSWORD", "SECRET", "TOKEN", "ROUTING_KEY", "API_KEY"]
+                .iter()
+                .any(|s| key.contains(s));
+            assert!(
+                !secretish || key.ends_with("__FILE") || key.ends_with("_FILE"),
+                "service {name}: {key} passes a secret through the environment; use a secret file"
+            );
+        }
+    }
+
+    // the exporter reads its webhook secret from a compose secret
+    let exporter = &config["services"]["nuki-exporter"];
+    let secrets: Vec<&str> = exporter["secrets"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["source"].as_str())
+        .collect();
+    assert_eq!(secrets, ["nuki_webhook_secret"]);
+    let exporter_config = read(repo().join("deploy/nuki-exporter/config.toml"));
+    assert!(exporter_config.contains("/run/secrets/nuki_webhook_secret"));
+
+    // Prometheus loads alerts/ where prometheus.yml expects them
+    let volumes: Vec<String> = config["services"]["prometheus"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let alerts = format!(
+        "{}:/etc/prometheus/rules:ro",
+        repo().join("alerts").display()
+    );
+    assert!(volumes.contains(&alerts), "{volumes:?} lacks {alerts}");
+
+    // Grafana is provisioned with the datasource and the dashboards
+    let volumes: Vec<String> = config["services"]["grafana"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let dashboards = format!(
+        "{}:/var/lib/grafana/dashboards:ro",
+        repo().join("dashboards").display()
+    );
+    assert!(
+        volumes.contains(&dashboards),
+        "{volumes:?} lacks {dashboards}"
+    );
+    let provider = yaml(repo().join("deploy/grafana/provisioning/dashboards/nuki.yml"));
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards")
+    );
+    assert_eq!(
+        provider["providers"][0]["allowUiUpdates"].as_bool(),
+        Some(false)
+    );
+    let datasource = yaml(repo().join("deploy/grafana/provisioning/datasources/prometheus.yml"));
+    let ds = &datasource["datasources"][0];
+    assert_eq!(ds["type"].as_str(), Some("prometheus"));
+    assert_eq!(ds["url"].as_str(), Some("http://prometheus:9090"));
+}
+
+#[test]
+fn the_demo_profile_runs_the_traffic_generator_against_the_exporter() {
+    let config = resolved();
+    let demo = &config["services"]["demo"];
+    let profiles: Vec<&str> = demo["profiles"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(profiles, ["demo"]);
+    let argv: Vec<&str> = demo["entrypoint"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .chain(demo["command"].as_sequence().into_iter().flatten())
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            "nuki-exporter",
+            "demo",
+            "--target",
+            "http://nuki-exporter:10180/webhook",
+            "--secret-file",
+            "/run/secrets/nuki_webhook_secret"
+        ]
+    );
+    assert_eq!(demo["image"], config["services"]["nuki-exporter"]["image"]);
+}
+
+#[test]
+fn the_dockerfile_builds_a_small_non_root_image() {
+    let text = read(repo().join("Dockerfile"));
+    let stages: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "the Dockerfile must be multi-stage");
+    assert!(
+        stages[0].contains("rust:"),
+        "the first stage builds with the Rust image"
+    );
+    let runtime = stages.last().unwrap();
+    assert!(
+        runtime.contains("distroless") || runtime.contains("scratch") || runtime.contains("alpine"),
+        "small runtime image expected, got {runtime}"
+    );
+    let runtime_part = &text[text.rfind(runtime).unwrap()..];
+    let user = runtime_part
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .next_back()
+        .expect("the runtime stage sets USER");
+    let user = user.split(':').next().unwrap().trim();
+    assert!(
+        user != "root" && user != "0",
+        "the runtime user must not be root"
+    );
+    assert!(
+        text.contains("--bin nuki-exporter"),
+        "the image builds the nuki-exporter binary"
+    );
+    assert!(runtime_part.contains("/usr/local/bin/nuki-exporter"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ENTRYPOINT") && l.contains("nuki-exporter")),
+        "ENTRYPOINT runs nuki-exporter"
+    );
+    let ignore = read(repo().join(".dockerignore"));
+    for entry in ["target", ".git", "deploy/secrets"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            ".dockerignore must exclude {entry}"
+        );
+    }
+}
+
+/// The exporter's configuration file only uses keys the exporter knows (an unknown key stops it).
+#[test]
+fn the_exporter_configuration_uses_known_keys() {
+    let names = read(repo().join("docs/NAMES.md"));
+    let mut section = String::new();
+    for line in read(repo().join("deploy/nuki-exporter/config.toml")).lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = s.trim().to_string();
+            continue;
+        }
+        let key = line.split('=').next().unwrap().trim();
+        let full = format!("{section}.{key}");
+        assert!(
+            names.contains(&format!("{full} =")),
+            "deploy/nuki-exporter/config.toml sets {full}, which docs/NAMES.md does not list"
+        );
+    }
+}
