@@ -441,7 +441,7 @@ mod tests {
     fn shipped_example_states_the_defaults() {
         let example = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/deploy/nuki-exporter.toml"
+            "/deploy/nuki-exporter/config.toml"
         ));
         let mut config =
             Config::load_from(Some(example), Env::prefixed("NUKI_EXPORTER_TEST_UNUSED_")).unwrap();
