@@ -201,67 +201,95 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A real Prometheus server (Debian's `prometheus` binary) with its own data directory.
-pub struct Prometheus {
+/// A server binary of the Prometheus project (Debian's packages), run in its own temporary
+/// directory on a free loopback port, killed when dropped.
+pub struct Daemon {
     child: std::process::Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    name: &'static str,
+    dir: tempfile::TempDir,
 }
 
-impl Prometheus {
-    /// Starts Prometheus with this configuration (YAML text) and waits until it is ready.
-    /// `files` are written beside the configuration first (rule files, CA certificates, …).
-    pub async fn start(config: &str, files: &[(&str, &[u8])]) -> Self {
-        let binary = require_tool("prometheus", "prometheus");
+impl Daemon {
+    /// Writes `files` into a fresh directory, starts `binary` there with `args` (each may use
+    /// `{dir}` and `{port}`), and waits until `/-/ready` answers 200.
+    pub async fn start(name: &'static str, package: &str, args: &[&str], files: &[(&str, &[u8])]) -> Self {
+        let binary = require_tool(name, package);
         let dir = tempfile::tempdir().unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).unwrap();
+        for (file, content) in files {
+            std::fs::write(dir.path().join(file), content).unwrap();
         }
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = std::process::Command::new(binary)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        let port = free_port().to_string();
+        let dir_text = dir.path().to_str().unwrap().to_owned();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(binary)
+            .args(args.iter().map(|arg| arg.replace("{dir}", &dir_text).replace("{port}", &port)))
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let prometheus = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
+        let daemon = Self { child, url: format!("http://127.0.0.1:{port}"), name, dir };
         let client = reqwest::Client::new();
-        for _ in 0..150 {
-            if let Ok(response) = client
-                .get(format!("{}/-/ready", prometheus.url))
-                .send()
-                .await
-            {
+        for _ in 0..300 {
+            if let Ok(response) = client.get(format!("{}/-/ready", daemon.url)).send().await {
                 if response.status().is_success() {
-                    return prometheus;
+                    return daemon;
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("Prometheus never became ready:\n{}", prometheus.log());
+        panic!("{name} never became ready:\n{}", daemon.log());
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A real Prometheus server (Debian's `prometheus` binary).
+pub struct Prometheus(pub Daemon);
+
+impl Prometheus {
+    /// Starts Prometheus with this configuration (YAML text) and waits until it is ready.
+    /// `files` are written beside the configuration first (rule files, CA certificates, …).
+    pub async fn start(config: &str, files: &[(&str, &[u8])]) -> Self {
+        let mut files = files.to_vec();
+        files.push(("prometheus.yml", config.as_bytes()));
+        let args = [
+            "--config.file={dir}/prometheus.yml",
+            "--storage.tsdb.path={dir}/data",
+            "--web.listen-address=127.0.0.1:{port}",
+        ];
+        Self(Daemon::start("prometheus", "prometheus", &args, &files).await)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    pub fn log(&self) -> String {
+        self.0.log()
     }
 
     /// The result vector of an instant query.
     pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let response: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.url))
+            .get(format!("{}/api/v1/query", self.url()))
             .query(&[("query", promql)])
             .send()
             .await
@@ -270,18 +298,11 @@ impl Prometheus {
             .await
             .unwrap();
         assert_eq!(response["status"], "success", "{promql}: {response}");
-        response["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        response["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// Polls a query until it returns at least one sample, up to `timeout`.
-    pub async fn wait_for(
-        &self,
-        promql: &str,
-        timeout: std::time::Duration,
-    ) -> Vec<serde_json::Value> {
+    pub async fn wait_for(&self, promql: &str, timeout: Duration) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let result = self.query(promql).await;
@@ -289,26 +310,32 @@ impl Prometheus {
                 return result;
             }
             if std::time::Instant::now() > deadline {
-                let targets = reqwest::get(format!("{}/api/v1/targets", self.url))
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                panic!(
-                    "{promql} stayed empty; targets: {targets}\nPrometheus log:\n{}",
-                    self.log()
-                );
+                let targets = reqwest::get(format!("{}/api/v1/targets", self.url())).await.unwrap().text().await.unwrap();
+                panic!("{promql} stayed empty; targets: {targets}");
             }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A real Alertmanager (Debian's `prometheus-alertmanager` binary), clustering off.
+pub struct Alertmanager(pub Daemon);
+
+impl Alertmanager {
+    pub async fn start(config: &str, files: &[(&str, &[u8])]) -> Self {
+        let mut files = files.to_vec();
+        files.push(("alertmanager.yml", config.as_bytes()));
+        let args = [
+            "--config.file={dir}/alertmanager.yml",
+            "--storage.path={dir}/data",
+            "--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ];
+        Self(Daemon::start("prometheus-alertmanager", "prometheus-alertmanager", &args, &files).await)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.url
     }
 }
 

@@ -1,0 +1,164 @@
+//! End to end with the real binaries: signed webhooks → nuki-exporter → Prometheus (shipped
+//! configuration and rules) → Alertmanager (shipped routing) → a pager and a webhook sink owned
+//! by this test.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Alertmanager, Prometheus, TestExporter};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use serde_json::Value;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// A lock that fails once with 0xFF: unreachable (warning, to the webhook receiver).
+const UNREACHABLE_LOCK: &str = "31000001";
+/// A lock that fails three times with 0xFF: offline (critical, to the pager).
+const OFFLINE_LOCK: &str = "31000002";
+const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
+
+/// Records every POST it receives: (path, JSON body).
+struct Sink {
+    url: String,
+    received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Sink {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let store = store.clone();
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        store.lock().unwrap().push((path, json));
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+            }
+        });
+        Self { url, received }
+    }
+
+    /// Waits for a notification on `path` whose body contains every one of `needles`.
+    async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
+                let text = body.to_string();
+                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
+            });
+            if let Some(body) = found {
+                return body;
+            }
+            let seen: Vec<String> = self.received.lock().unwrap().iter().map(|(p, b)| format!("{p}: {b}")).collect();
+            assert!(Instant::now() < deadline, "no notification on {path} with {needles:?}; received:\n{}", seen.join("\n"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
+/// that drifts from what this test rewrites fails loudly.
+fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
+    assert_eq!(text.matches(from).count(), times, "expected {from:?} {times} time(s) in:\n{text}");
+    text.replace(from, to)
+}
+
+/// The shipped Alertmanager configuration, with the pager and webhook pointed at the sink and the
+/// grouping delays shortened; routes, receivers and inhibitions stay as shipped.
+fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
+    let shipped = std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
+    let config = rewrite(
+        &shipped,
+        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
+        &format!("      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n", sink.url),
+        1,
+    );
+    let config = rewrite(&config, "http://alert-sink:8080/alertmanager", &format!("{}/alertmanager", sink.url), 1);
+    let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
+    rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
+}
+
+/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and the
+/// repository's rule files, scraping and evaluating every second.
+fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
+    let shipped = std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
+    let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
+    let config = rewrite(&config, "scrape_timeout: 10s", "scrape_timeout: 1s", 1);
+    let config = rewrite(&config, "evaluation_interval: 15s", "evaluation_interval: 1s", 1);
+    let config = rewrite(&config, "/etc/prometheus/rules/*.yml", &format!("{REPO}/alerts/*.yml"), 1);
+    let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
+    rewrite(&config, "alertmanager:9093", alertmanager, 2)
+}
+
+fn failure(lock: &str, request: u32) -> Vec<u8> {
+    format!(
+        r#"{{"type":"AuthCreation","requestId":"e2e{request:021}","success":false,"detail":[{{"smartlockId":{lock},"success":false,"errorCode":"ff","id":"{request:024}"}}]}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(&alertmanager_config(&sink, routing_key_file.to_str().unwrap()), &[]).await;
+    let exporter = TestExporter::start().await;
+    let metrics_address = exporter.metrics_base.trim_start_matches("http://").to_owned();
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(&prometheus_config(&metrics_address, &alertmanager_address), &[]).await;
+
+    // Prometheus knows the exporter before the first error, as in a running stack.
+    prometheus.wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let masterdata = format!(r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#);
+    assert_eq!(exporter.post(masterdata.as_bytes()).await, 204);
+    assert_eq!(exporter.post(&failure(UNREACHABLE_LOCK, 1)).await, 204);
+    for request in 2..5 {
+        assert_eq!(exporter.post(&failure(OFFLINE_LOCK, request)).await, 204);
+    }
+
+    let warning = sink
+        .wait_for("/alertmanager", &["NukiSmartlockUnreachable", UNREACHABLE_LOCK], Duration::from_secs(150))
+        .await;
+    let alert = warning["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["smartlock_id"] == UNREACHABLE_LOCK)
+        .unwrap();
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["labels"]["job"], "nuki-exporter");
+    assert_eq!(alert["status"], "firing");
+    let description = alert["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("Holiday flat 7"), "the lock's name is in the description: {description}");
+    assert!(alert["annotations"]["runbook_url"].as_str().unwrap().ends_with("#nukismartlockunreachable"));
+
+    let page = sink
+        .wait_for("/pagerduty", &["NukiSmartlockOffline", OFFLINE_LOCK], Duration::from_secs(150))
+        .await;
+    assert_eq!(page["routing_key"], ROUTING_KEY);
+    assert_eq!(page["event_action"], "trigger");
+    assert_eq!(page["payload"]["severity"], "critical");
+    let received = sink.received.lock().unwrap().clone();
+    assert!(
+        received.iter().all(|(path, body)| path != "/pagerduty" || !body.to_string().contains("NukiSmartlockUnreachable")),
+        "a warning never reaches the pager"
+    );
+    exporter.shutdown().await;
+}
