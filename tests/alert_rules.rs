@@ -146,50 +146,10 @@ fn is_camel_case(name: &str) -> bool {
 
 /// Minutes of a Prometheus duration such as `1h30m`, `90s`, `15m`.
 fn minutes(duration: &str) -> f64 {
-    let mut total = 0.0;
-    let mut number = String::new();
-    let mut chars = duration.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push(chars.next().unwrap());
-        }
-        let value: f64 = number
-            .parse()
-            .unwrap_or_else(|_| panic!("bad duration {duration}"));
-        number.clear();
-        total += value
-            * match unit.as_str() {
-                "ms" => 1.0 / 60_000.0,
-                "s" => 1.0 / 60.0,
-                "m" => 1.0,
-                "h" => 60.0,
-                "d" => 1440.0,
-                "w" => 10080.0,
-                other => panic!("bad unit {other} in {duration}"),
-            };
-    }
-    assert!(number.is_empty(), "bad duration {duration}");
-    total
-}
-
-/// Labels named in the `by (...)` clauses of an expression.
-fn grouping_labels(expr: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(pos) = rest.find("by (") {
-        let after = &rest[pos + 4..];
-        let end = after.find(')').unwrap_or(after.len());
-        for label in after[..end].split(',') {
-            out.insert(label.trim().to_string());
-        }
-        rest = &after[end..];
-    }
-    out
+    humantime::parse_duration(duration)
+        .unwrap_or_else(|e| panic!("bad duration {duration}: {e}"))
+        .as_secs_f64()
+        / 60.0
 }
 
 #[test]
@@ -201,6 +161,11 @@ fn alert_rules_follow_the_conventions() {
     for rule in alert_rules() {
         let name = &rule.alert;
         let mut problem = |text: String| problems.push(format!("{name}: {text}"));
+        let expr = Promql::parse(&rule.expr);
+        let grouping = expr
+            .as_ref()
+            .map(Promql::grouping_labels)
+            .unwrap_or_default();
 
         if !seen.insert(name.clone()) {
             problem("defined twice; keep one rule per alert".into());
@@ -242,7 +207,7 @@ fn alert_rules_follow_the_conventions() {
                 if !d.contains("{{") || !(d.contains("$labels.") || d.contains("$value")) {
                     problem("description must be templated with $labels or $value".into());
                 }
-                if grouping_labels(&rule.expr).contains("smartlock_id") {
+                if grouping.contains("smartlock_id") {
                     if !d.contains("$labels.smartlock_id") {
                         problem(
                             "a per-lock alert must name the lock ($labels.smartlock_id)".into(),
@@ -283,35 +248,41 @@ fn alert_rules_follow_the_conventions() {
         }
 
         // expression
-        match selectors(&rule.expr) {
-            Err(e) => problem(format!("cannot read the expression: {e}")),
-            Ok(list) => {
-                if list.is_empty() {
-                    problem("the expression selects no series".into());
-                }
-                for s in list {
-                    let (label, op, value) = ALERT_JOB_MATCHER;
-                    if !s.has(label, op, value) {
-                        problem(format!(
-                            "selector of {} lacks {label}{op}\"{value}\"",
-                            s.metric
-                        ));
-                    }
-                }
+        let expr = match expr {
+            Ok(expr) => expr,
+            Err(e) => {
+                problem(format!("cannot parse the expression: {e}"));
+                continue;
+            }
+        };
+        if expr.keeps_label("instance") {
+            problem(
+                "the expression must aggregate over replicas: its result keeps instance".into(),
+            );
+        }
+        let selectors = expr.selectors();
+        if selectors.is_empty() {
+            problem("the expression selects no series".into());
+        }
+        for s in &selectors {
+            let (label, op, value) = ALERT_JOB_MATCHER;
+            if !s.has(label, op, value) {
+                problem(format!(
+                    "selector of {} lacks {label}{op}\"{value}\"",
+                    s.metric()
+                ));
             }
         }
-        if rule.expr.contains("instance") {
-            problem("the expression must aggregate over replicas, not mention instance".into());
-        }
         // counters: a window must also count series born inside it (first error of a lock)
-        for window in range_windows(&rule.expr, "increase") {
-            if !rule.expr.contains(&format!("offset {window}")) || !rule.expr.contains("unless") {
+        let unless_offsets = expr.unless_offsets();
+        for window in expr.range_windows("increase") {
+            if !unless_offsets.contains(&window) {
                 problem(format!(
                     "increase(...[{window}]) misses a series born at 1: add `x unless x offset {window}`"
                 ));
             }
         }
-        if !range_windows(&rule.expr, "rate").is_empty() {
+        if !expr.range_windows("rate").is_empty() {
             problem("use increase() with the first-error pattern instead of rate()".into());
         }
     }

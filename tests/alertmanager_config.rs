@@ -3,8 +3,7 @@
 
 mod stack_support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -131,62 +130,6 @@ fn the_pager_is_pagerduty_events_v2_with_a_key_file_and_groups_per_alert() {
 // ------------------------------------------------------------------------------------------------
 // Inhibition, with the real Alertmanager
 
-struct Alertmanager {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn start_alertmanager(client: &reqwest::Client) -> Alertmanager {
-    let binary = alertmanager();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("log file");
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config().display()))
-        .arg(format!("--storage.path={}", dir.path().display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus-alertmanager");
-    let am = Alertmanager {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{}/-/ready", am.url)).send().await {
-            if r.status().is_success() {
-                return am;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Alertmanager did not become ready: {}",
-            std::fs::read_to_string(am._dir.path().join("alertmanager.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn alert(labels: &[(&str, &str)]) -> Value {
     let labels: serde_json::Map<String, Value> = labels
         .iter()
@@ -196,9 +139,9 @@ fn alert(labels: &[(&str, &str)]) -> Value {
 }
 
 /// alertname/job/smartlock_id -> state ("active" or "suppressed") of every alert Alertmanager holds.
-async fn states(client: &reqwest::Client, am: &Alertmanager) -> Vec<(String, String)> {
+async fn states(client: &reqwest::Client, am: &common::Alertmanager) -> Vec<(String, String)> {
     let alerts: Value = client
-        .get(format!("{}/api/v2/alerts", am.url))
+        .get(format!("{}/api/v2/alerts", am.url()))
         .send()
         .await
         .expect("GET alerts")
@@ -224,9 +167,9 @@ async fn states(client: &reqwest::Client, am: &Alertmanager) -> Vec<(String, Str
     out
 }
 
-async fn post(client: &reqwest::Client, am: &Alertmanager, alerts: Vec<Value>) {
+async fn post(client: &reqwest::Client, am: &common::Alertmanager, alerts: Vec<Value>) {
     let r = client
-        .post(format!("{}/api/v2/alerts", am.url))
+        .post(format!("{}/api/v2/alerts", am.url()))
         .json(&alerts)
         .send()
         .await
@@ -236,7 +179,7 @@ async fn post(client: &reqwest::Client, am: &Alertmanager, alerts: Vec<Value>) {
 
 async fn wait_for(
     client: &reqwest::Client,
-    am: &Alertmanager,
+    am: &common::Alertmanager,
     expected: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let mut expected: Vec<(String, String)> = expected
@@ -257,7 +200,8 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inhibition_mutes_lock_alerts_while_the_exporter_is_down_and_unreachable_while_offline() {
     let client = reqwest::Client::new();
-    let am = start_alertmanager(&client).await;
+    let shipped = read(config());
+    let am = common::Alertmanager::start(&shipped, &[]).await;
     let job = "nuki-exporter";
 
     // an offline lock mutes its own Unreachable alert, not another lock's

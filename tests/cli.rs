@@ -128,7 +128,10 @@ fn shipped_example_configuration_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nuki-exporter/config.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nuki-exporter/config.toml"
+    );
     let (ok, stdout, stderr) = run(exporter_command()
         .args(["--check-config", "--config.file", example])
         .env(

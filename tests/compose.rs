@@ -323,26 +323,3 @@ fn the_dockerfile_builds_a_small_non_root_image() {
         );
     }
 }
-
-/// The exporter's configuration file only uses keys the exporter knows (an unknown key stops it).
-#[test]
-fn the_exporter_configuration_uses_known_keys() {
-    let names = read(repo().join("docs/NAMES.md"));
-    let mut section = String::new();
-    for line in read(repo().join("deploy/nuki-exporter/config.toml")).lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            section = s.trim().to_string();
-            continue;
-        }
-        let key = line.split('=').next().unwrap().trim();
-        let full = format!("{section}.{key}");
-        assert!(
-            names.contains(&format!("{full} =")),
-            "deploy/nuki-exporter/config.toml sets {full}, which docs/NAMES.md does not list"
-        );
-    }
-}

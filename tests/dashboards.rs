@@ -133,14 +133,24 @@ fn dashboards_follow_the_linter_rules() {
                 ));
             }
             let query = variable_query(v).unwrap_or_default();
-            match label_values_selector(&query) {
-                None => problem(format!(
+            let Some(selector) = label_values_selector(&query) else {
+                problem(format!(
                     "variable {name}: query {query:?} is not label_values(...)"
-                )),
-                Some(selector) if name != "job" && !selector.contains("job=~\"$job\"") => {
-                    problem(format!("variable {name}: {query} lacks job=~\"$job\""))
+                ));
+                continue;
+            };
+            match Promql::parse(&selector) {
+                Err(e) => problem(format!("variable {name}: cannot parse {selector}: {e}")),
+                Ok(promql) if name != "job" => {
+                    let scoped = promql
+                        .selectors()
+                        .iter()
+                        .all(|s| s.has("job", "=~", "$job"));
+                    if !scoped {
+                        problem(format!("variable {name}: {query} lacks job=~\"$job\""));
+                    }
                 }
-                Some(_) => {}
+                Ok(_) => {}
             }
         }
 
@@ -191,13 +201,14 @@ fn dashboards_follow_the_linter_rules() {
                         used_variables.insert(var);
                     }
                 }
-                let selectors = match selectors(expr) {
-                    Ok(s) => s,
+                let promql = match Promql::parse(expr) {
+                    Ok(promql) => promql,
                     Err(e) => {
-                        problem(format!("cannot read {expr}: {e}"));
+                        problem(format!("cannot parse {expr}: {e}"));
                         continue;
                     }
                 };
+                let selectors = promql.selectors();
                 if selectors.is_empty() {
                     problem(format!("{expr} selects no series"));
                 }
@@ -206,22 +217,22 @@ fn dashboards_follow_the_linter_rules() {
                         if !s.has(label, "=~", value) {
                             problem(format!(
                                 "selector of {} lacks {label}=~\"{value}\"",
-                                s.metric
+                                s.metric()
                             ));
                         }
                     }
                     if names.contains("smartlock_id")
-                        && has_smartlock_label(&s.metric)
+                        && has_smartlock_label(s.metric())
                         && !s.has("smartlock_id", "=~", "$smartlock_id")
                     {
                         problem(format!(
                             "selector of {} lacks smartlock_id=~\"$smartlock_id\"",
-                            s.metric
+                            s.metric()
                         ));
                     }
                 }
                 for function in ["rate", "irate"] {
-                    for window in range_windows(expr, function) {
+                    for window in promql.range_windows(function) {
                         if window != "$__rate_interval" {
                             problem(format!(
                                 "{function}() over [{window}]: use [$__rate_interval]"
@@ -424,46 +435,48 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
     }
 }
 
-/// Every metric a dashboard or an alert rule reads is one the exporter exposes. The list comes
-/// from docs/NAMES.md for now (a real scrape later), plus the series Prometheus adds per target.
+/// Every metric a dashboard or an alert rule reads is one the exporter exposes: the metrics of a
+/// real scrape after every webhook fixture, plus the series Prometheus adds per target.
 #[test]
 fn every_metric_in_dashboards_and_rules_is_exported() {
     let exported = exported_metrics();
     let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut note = |metric: &str, place: String| {
-        used.entry(metric.to_string()).or_default().insert(place);
+    let mut note = |metrics: BTreeSet<String>, place: String| {
+        for metric in metrics {
+            used.entry(metric).or_default().insert(place.clone());
+        }
+    };
+    let selected = |expr: &str, place: &str| -> BTreeSet<String> {
+        let promql = Promql::parse(expr).unwrap_or_else(|e| panic!("{place}: {e}"));
+        promql
+            .selectors()
+            .iter()
+            .map(|s| s.metric().to_string())
+            .collect()
     };
     for (file, d) in dashboards() {
         for (title, expr) in panel_queries(&d) {
-            for s in selectors(&expr).unwrap_or_else(|e| panic!("{file} / {title}: {e}")) {
-                note(&s.metric, format!("{file} / {title}"));
-            }
+            let place = format!("{file} / {title}");
+            note(selected(&expr, &place), place);
         }
         for v in variables(&d) {
             if let Some(selector) = variable_query(v).as_deref().and_then(label_values_selector) {
-                for s in selectors(&selector).unwrap_or_else(|e| panic!("{file} variable: {e}")) {
-                    note(&s.metric, format!("{file} / variable {}", v["name"]));
-                }
+                let place = format!("{file} / variable {}", v["name"]);
+                note(selected(&selector, &place), place);
             }
         }
     }
     for rule in alert_rules() {
-        for s in selectors(&rule.expr).unwrap_or_else(|e| panic!("{}: {e}", rule.alert)) {
-            note(&s.metric, format!("alert {}", rule.alert));
-        }
+        let place = format!("alert {}", rule.alert);
+        note(selected(&rule.expr, &place), place);
         for text in rule.annotations.values().filter_map(|v| v.as_str()) {
-            for metric in nuki_metric_mentions(text) {
-                note(&metric, format!("alert {} (annotation)", rule.alert));
-            }
+            let place = format!("alert {} (annotation)", rule.alert);
+            note(nuki_metric_mentions(text), place);
         }
     }
     for test in unit_test_files() {
-        for metric in nuki_metric_mentions(&read(&test)) {
-            note(
-                &metric,
-                format!("{}", test.file_name().unwrap().to_string_lossy()),
-            );
-        }
+        let place = test.file_name().unwrap().to_string_lossy().to_string();
+        note(nuki_metric_mentions(&read(&test)), place);
     }
     let unknown: Vec<String> = used
         .iter()
@@ -492,23 +505,73 @@ fn every_metric_in_dashboards_and_rules_is_exported() {
 }
 
 #[test]
-fn the_promql_reader_finds_every_selector() {
-    let s = selectors(
-        r#"sum by (job, smartlock_id) ((x{job="a", b=~"c|d"} unless x{job="a"} offset 15m)
-           and on (job) count by (job) (up{job="a"} offset 15m) or increase(y[5m])) > 0
+fn the_promql_helpers_find_every_selector_and_window() {
+    let promql = Promql::parse(
+        r#"sum by (job, smartlock_id) (
+               (x{job="a", b=~"c|d"} unless x{job="a"} offset 15m)
+             and on (job) count by (job) (up{job="a"} offset 15m)
+             or increase(y[5m])
+           )
            * on (smartlock_id) group_left (name) topk by (k) (1, max without (i) (z{l!="m"}))
-           / time() - sum(rate(w[$__rate_interval])) # a comment naming no_metric
-           + {__name__="named", job=~"$job"}"#,
+           / scalar(sum(rate(w[$__rate_interval]))) # a comment naming no_metric
+           + ignoring (smartlock_id) max_over_time(v{smartlock_id=~"$smartlock_id"}[1h:$__interval] offset $__range)
+           + ignoring (smartlock_id) {__name__="named", job=~"${job}"}"#,
     )
     .unwrap();
-    let metrics: Vec<&str> = s.iter().map(|s| s.metric.as_str()).collect();
-    assert_eq!(metrics, ["x", "x", "up", "y", "z", "w", "named"]);
+    let s = promql.selectors();
+    let metrics: Vec<&str> = s.iter().map(|s| s.metric()).collect();
+    assert_eq!(metrics, ["x", "x", "up", "y", "z", "w", "v", "named"]);
     assert!(s[0].has("b", "=~", "c|d"));
     assert!(s[4].has("l", "!=", "m"));
-    assert!(s[6].has("job", "=~", "$job"));
-    assert!(selectors("sum(x{job=\"a\"}").is_err());
+    assert!(s[6].has("smartlock_id", "=~", "$smartlock_id"));
+    assert!(s[7].has("job", "=~", "$job"));
+    assert!(!s[7].has("job", "=", "$job"));
+    assert_eq!(promql.range_windows("increase"), ["5m"]);
+    assert_eq!(promql.range_windows("rate"), ["$__rate_interval"]);
+    assert_eq!(promql.range_windows("max_over_time"), ["1h"]);
+    assert_eq!(promql.unless_offsets(), BTreeSet::from(["15m".to_string()]));
     assert_eq!(
-        range_windows("rate(x[5m]) + irate(y[$__rate_interval])", "rate"),
+        promql.grouping_labels(),
+        BTreeSet::from(["job", "smartlock_id", "k"].map(String::from))
+    );
+    for (expr, keeps_instance) in [
+        (r#"sum by (job) (x)"#, false),
+        (r#"max by (job, instance) (x)"#, true),
+        (r#"sum without (smartlock_id) (x)"#, true),
+        (r#"x > 0"#, true),
+        (r#"time() - max by (job) (x)"#, false),
+        (r#"topk by (job) (1, x)"#, true),
+        (
+            r#"rate(x[5m]) < on (job, instance) group_left rate(up[5m])"#,
+            true,
+        ),
+        (
+            r#"sum by (job) ((x unless x offset 5m) and count_over_time(x[5m]) < on (job, instance) group_left count_over_time(up[5m]))"#,
+            false,
+        ),
+        (
+            r#"sum by (job) (x) * on (job) group_left (instance) y"#,
+            true,
+        ),
+        (r#"x / on (job) y"#, false),
+        (r#"x / ignoring (instance) y"#, false),
+        (r#"sum by (job) (x) or y"#, true),
+        (r#"sum by (job) (x) and on (job) y"#, false),
+        (r#"absent(up{job="a"})"#, false),
+        (r#"absent(up{instance="a"})"#, true),
+        (
+            r#"label_replace(sum(x), "instance", "$1", "job", "(.*)")"#,
+            true,
+        ),
+    ] {
+        let promql = Promql::parse(expr).unwrap();
+        assert_eq!(promql.keeps_label("instance"), keeps_instance, "{expr}");
+    }
+    assert!(Promql::parse("sum(x{job=\"a\"}").is_err());
+    assert_eq!(
+        Promql::parse("rate(x[5m]) + irate(y[$__rate_interval])")
+            .unwrap()
+            .range_windows("rate"),
         ["5m"]
     );
     assert_eq!(

@@ -43,10 +43,15 @@ impl Sink {
                         let body = request.into_body().collect().await?.to_bytes();
                         let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         store.lock().unwrap().push((path, json));
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"{}",
+                        ))))
                     }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
             }
         });
         Self { url, received }
@@ -63,8 +68,18 @@ impl Sink {
             if let Some(body) = found {
                 return body;
             }
-            let seen: Vec<String> = self.received.lock().unwrap().iter().map(|(p, b)| format!("{p}: {b}")).collect();
-            assert!(Instant::now() < deadline, "no notification on {path} with {needles:?}; received:\n{}", seen.join("\n"));
+            let seen: Vec<String> = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(p, b)| format!("{p}: {b}"))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "no notification on {path} with {needles:?}; received:\n{}",
+                seen.join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -73,21 +88,34 @@ impl Sink {
 /// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
 /// that drifts from what this test rewrites fails loudly.
 fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
-    assert_eq!(text.matches(from).count(), times, "expected {from:?} {times} time(s) in:\n{text}");
+    assert_eq!(
+        text.matches(from).count(),
+        times,
+        "expected {from:?} {times} time(s) in:\n{text}"
+    );
     text.replace(from, to)
 }
 
 /// The shipped Alertmanager configuration, with the pager and webhook pointed at the sink and the
 /// grouping delays shortened; routes, receivers and inhibitions stay as shipped.
 fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
-    let shipped = std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
     let config = rewrite(
         &shipped,
         "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
-        &format!("      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n", sink.url),
+        &format!(
+            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
+            sink.url
+        ),
         1,
     );
-    let config = rewrite(&config, "http://alert-sink:8080/alertmanager", &format!("{}/alertmanager", sink.url), 1);
+    let config = rewrite(
+        &config,
+        "http://alert-sink:8080/alertmanager",
+        &format!("{}/alertmanager", sink.url),
+        1,
+    );
     let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
@@ -95,11 +123,22 @@ fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
 /// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and the
 /// repository's rule files, scraping and evaluating every second.
 fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
-    let shipped = std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
     let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
     let config = rewrite(&config, "scrape_timeout: 10s", "scrape_timeout: 1s", 1);
-    let config = rewrite(&config, "evaluation_interval: 15s", "evaluation_interval: 1s", 1);
-    let config = rewrite(&config, "/etc/prometheus/rules/*.yml", &format!("{REPO}/alerts/*.yml"), 1);
+    let config = rewrite(
+        &config,
+        "evaluation_interval: 15s",
+        "evaluation_interval: 1s",
+        1,
+    );
+    let config = rewrite(
+        &config,
+        "/etc/prometheus/rules/*.yml",
+        &format!("{REPO}/alerts/*.yml"),
+        1,
+    );
     let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
 }
@@ -117,16 +156,31 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     let keys = tempfile::tempdir().unwrap();
     let routing_key_file = keys.path().join("routing_key");
     std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(&alertmanager_config(&sink, routing_key_file.to_str().unwrap()), &[]).await;
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
     let exporter = TestExporter::start().await;
-    let metrics_address = exporter.metrics_base.trim_start_matches("http://").to_owned();
+    let metrics_address = exporter
+        .metrics_base
+        .trim_start_matches("http://")
+        .to_owned();
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
-    let prometheus = Prometheus::start(&prometheus_config(&metrics_address, &alertmanager_address), &[]).await;
+    let prometheus = Prometheus::start(
+        &prometheus_config(&metrics_address, &alertmanager_address),
+        &[],
+    )
+    .await;
 
     // Prometheus knows the exporter before the first error, as in a running stack.
-    prometheus.wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30)).await;
+    prometheus
+        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let masterdata = format!(r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#);
+    let masterdata = format!(
+        r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#
+    );
     assert_eq!(exporter.post(masterdata.as_bytes()).await, 204);
     assert_eq!(exporter.post(&failure(UNREACHABLE_LOCK, 1)).await, 204);
     for request in 2..5 {
@@ -134,7 +188,11 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     }
 
     let warning = sink
-        .wait_for("/alertmanager", &["NukiSmartlockUnreachable", UNREACHABLE_LOCK], Duration::from_secs(150))
+        .wait_for(
+            "/alertmanager",
+            &["NukiSmartlockUnreachable", UNREACHABLE_LOCK],
+            Duration::from_secs(150),
+        )
         .await;
     let alert = warning["alerts"]
         .as_array()
@@ -146,18 +204,31 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     assert_eq!(alert["labels"]["job"], "nuki-exporter");
     assert_eq!(alert["status"], "firing");
     let description = alert["annotations"]["description"].as_str().unwrap();
-    assert!(description.contains("Holiday flat 7"), "the lock's name is in the description: {description}");
-    assert!(alert["annotations"]["runbook_url"].as_str().unwrap().ends_with("#nukismartlockunreachable"));
+    assert!(
+        description.contains("Holiday flat 7"),
+        "the lock's name is in the description: {description}"
+    );
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#nukismartlockunreachable")
+    );
 
     let page = sink
-        .wait_for("/pagerduty", &["NukiSmartlockOffline", OFFLINE_LOCK], Duration::from_secs(150))
+        .wait_for(
+            "/pagerduty",
+            &["NukiSmartlockOffline", OFFLINE_LOCK],
+            Duration::from_secs(150),
+        )
         .await;
     assert_eq!(page["routing_key"], ROUTING_KEY);
     assert_eq!(page["event_action"], "trigger");
     assert_eq!(page["payload"]["severity"], "critical");
     let received = sink.received.lock().unwrap().clone();
     assert!(
-        received.iter().all(|(path, body)| path != "/pagerduty" || !body.to_string().contains("NukiSmartlockUnreachable")),
+        received.iter().all(|(path, body)| path != "/pagerduty"
+            || !body.to_string().contains("NukiSmartlockUnreachable")),
         "a warning never reaches the pager"
     );
     exporter.shutdown().await;

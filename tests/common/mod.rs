@@ -213,7 +213,12 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `files` into a fresh directory, starts `binary` there with `args` (each may use
     /// `{dir}` and `{port}`), and waits until `/-/ready` answers 200.
-    pub async fn start(name: &'static str, package: &str, args: &[&str], files: &[(&str, &[u8])]) -> Self {
+    pub async fn start(
+        name: &'static str,
+        package: &str,
+        args: &[&str],
+        files: &[(&str, &[u8])],
+    ) -> Self {
         let binary = require_tool(name, package);
         let dir = tempfile::tempdir().unwrap();
         for (file, content) in files {
@@ -223,13 +228,21 @@ impl Daemon {
         let dir_text = dir.path().to_str().unwrap().to_owned();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let child = Command::new(binary)
-            .args(args.iter().map(|arg| arg.replace("{dir}", &dir_text).replace("{port}", &port)))
+            .args(
+                args.iter()
+                    .map(|arg| arg.replace("{dir}", &dir_text).replace("{port}", &port)),
+            )
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = Self { child, url: format!("http://127.0.0.1:{port}"), name, dir };
+        let daemon = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            name,
+            dir,
+        };
         let client = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(response) = client.get(format!("{}/-/ready", daemon.url)).send().await {
@@ -298,7 +311,10 @@ impl Prometheus {
             .await
             .unwrap();
         assert_eq!(response["status"], "success", "{promql}: {response}");
-        response["data"]["result"].as_array().cloned().unwrap_or_default()
+        response["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Polls a query until it returns at least one sample, up to `timeout`.
@@ -310,7 +326,12 @@ impl Prometheus {
                 return result;
             }
             if std::time::Instant::now() > deadline {
-                let targets = reqwest::get(format!("{}/api/v1/targets", self.url())).await.unwrap().text().await.unwrap();
+                let targets = reqwest::get(format!("{}/api/v1/targets", self.url()))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
                 panic!("{promql} stayed empty; targets: {targets}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -331,7 +352,15 @@ impl Alertmanager {
             "--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
         ];
-        Self(Daemon::start("prometheus-alertmanager", "prometheus-alertmanager", &args, &files).await)
+        Self(
+            Daemon::start(
+                "prometheus-alertmanager",
+                "prometheus-alertmanager",
+                &args,
+                &files,
+            )
+            .await,
+        )
     }
 
     pub fn url(&self) -> &str {

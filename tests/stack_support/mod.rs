@@ -1,11 +1,24 @@
 //! Helpers shared by the tests of the monitoring stack (alerts, dashboards, Alertmanager, compose).
-//! Include with `mod stack_support;`. Every test file uses a different subset.
+//! Include with `mod stack_support;`. Every test file uses a different subset; `common` is the
+//! HTTP tests' module (a real exporter), for the checks that need the exporter itself.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+pub mod common;
+
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use promql_parser::label::{Labels, MatchOp, Matcher, Matchers};
+use promql_parser::parser::{
+    AggregateExpr, Expr, LabelModifier, Offset, ParenExpr, StringLiteral, SubqueryExpr, UnaryExpr,
+    VectorMatchCardinality, VectorSelector,
+};
+use promql_parser::util::{ExprVisitor, display_duration, parse_duration, walk_expr};
 
 /// The job selector every alert rule carries.
 pub const ALERT_JOB_MATCHER: (&str, &str, &str) = ("job", "=", "nuki-exporter");
@@ -251,8 +264,8 @@ pub fn substitute_grafana_variables(expr: &str, smartlock_id: &str) -> String {
 // ------------------------------------------------------------------------------------------------
 // Metric names the exporter exposes
 
-/// The metrics the exporter exposes, read from docs/NAMES.md for now, plus the series Prometheus
-/// itself attaches to every target. Entries ending in `*` are prefixes (`process_*`).
+/// The metrics a real exporter exposes once it has received every webhook fixture, read from the
+/// `# TYPE` lines of its scrape, plus the series Prometheus itself attaches to every target.
 pub struct ExportedMetrics {
     names: BTreeSet<String>,
 }
@@ -268,48 +281,62 @@ pub const SCRAPE_SERIES: &[&str] = &[
 
 impl ExportedMetrics {
     pub fn contains(&self, metric: &str) -> bool {
-        SCRAPE_SERIES.contains(&metric)
-            || self.names.iter().any(|n| match n.strip_suffix('*') {
-                Some(prefix) => metric.starts_with(prefix),
-                None => n == metric,
-            })
+        SCRAPE_SERIES.contains(&metric) || self.names.contains(metric)
     }
     pub fn names(&self) -> &BTreeSet<String> {
         &self.names
     }
 }
 
+/// Starts the real exporter, posts every webhook fixture but `device-masterdata-deleted` (which
+/// removes a lock's series again) and one malformed body, and names every metric of the scrape.
+/// Runs its own tokio runtime: call it from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
-    let text = read(repo().join("docs/NAMES.md"));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let scrape = runtime.block_on(async {
+        let exporter = common::TestExporter::start().await;
+        for name in common::fixture_names()
+            .iter()
+            .filter(|n| *n != "device-masterdata-deleted")
+        {
+            assert_eq!(
+                exporter.post(&common::fixture(name)).await,
+                204,
+                "fixture {name}"
+            );
+        }
+        assert_eq!(exporter.post(b"not json").await, 400, "malformed body");
+        let scrape = exporter.scrape().await;
+        exporter.shutdown().await;
+        scrape
+    });
     let mut names = BTreeSet::new();
-    for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix('|') else {
+    for line in scrape.0.lines() {
+        let Some(family) = line.strip_prefix("# TYPE ") else {
             continue;
         };
-        let cell = rest
-            .split('|')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('`');
-        let valid = !cell.is_empty()
-            && cell.contains('_')
-            && cell.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':' || c == '*'
-            });
-        if valid {
-            names.insert(cell.to_string());
-        }
+        let (name, kind) = family
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("malformed TYPE line {line:?}"));
+        let suffixes: &[&str] = match kind.trim() {
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "summary" => &["_sum", "_count"],
+            _ => &[],
+        };
+        names.insert(name.to_string());
+        names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
     }
     assert!(
         names.len() >= 10,
-        "docs/NAMES.md lists only {} metrics: {names:?}",
-        names.len()
+        "the scrape has only {} metrics: {names:?}\n{}",
+        names.len(),
+        scrape.0
     );
     ExportedMetrics { names }
 }
 
-/// `nuki_*` metric names mentioned anywhere in a text (for the PromQL inside annotation templates).
+/// `nuki_*` metric names mentioned anywhere in a text: the PromQL inside annotation templates
+/// (built with `printf`, so not parseable before Prometheus renders it) and promtool unit tests.
 pub fn nuki_metric_mentions(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let bytes = text.as_bytes();
@@ -360,298 +387,249 @@ pub fn markdown_anchors(markdown: &str) -> BTreeSet<String> {
 }
 
 // ------------------------------------------------------------------------------------------------
-// A small PromQL reader: enough to find every series selector, its metric name and its matchers.
+// PromQL, read by the promql-parser crate
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matcher {
-    pub label: String,
-    pub op: String,
-    pub value: String,
-}
+/// Grafana's variables in dashboard queries, each with a stand-in the PromQL parser accepts: an
+/// interval no query writes itself, or a plain label value. `${name}` is read as `$name`.
+/// [`Promql`] puts the variable back in what it returns, so a check can still ask for
+/// `job=~"$job"` or `[$__rate_interval]`.
+const GRAFANA_VARIABLES: &[(&str, &str)] = &[
+    ("$__rate_interval", "1000001ms"),
+    ("$__interval", "1000002ms"),
+    ("$__range", "1000003ms"),
+    ("$job", "grafana_variable_job"),
+    ("$instance", "grafana_variable_instance"),
+    ("$smartlock_id", "grafana_variable_smartlock_id"),
+];
 
-#[derive(Debug, Clone)]
-pub struct Selector {
-    pub metric: String,
-    pub matchers: Vec<Matcher>,
-}
+/// A parsed PromQL expression (Grafana variables allowed).
+pub struct Promql(Expr);
 
-impl Selector {
-    pub fn has(&self, label: &str, op: &str, value: &str) -> bool {
-        self.matchers
-            .iter()
-            .any(|m| m.label == label && m.op == op && m.value == value)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Token {
-    Ident(String),
-    Var(String),
-    Str(String),
-    Number,
-    Punct(String),
-}
-
-fn tokenize(expr: &str) -> Result<Vec<Token>, String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '#' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '"' || c == '\'' || c == '`' {
-            let quote = c;
-            let mut s = String::new();
-            i += 1;
-            loop {
-                let Some(&d) = chars.get(i) else {
-                    return Err(format!("unterminated string in {expr}"));
-                };
-                i += 1;
-                if d == quote {
-                    break;
-                }
-                if d == '\\' && quote != '`' {
-                    if let Some(&e) = chars.get(i) {
-                        s.push(e);
-                        i += 1;
-                    }
-                    continue;
-                }
-                s.push(d);
-            }
-            out.push(Token::Str(s));
-        } else if c == '$' {
-            i += 1;
-            let braced = chars.get(i) == Some(&'{');
-            if braced {
-                i += 1;
-            }
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let name: String = chars[start..i].iter().collect();
-            if braced {
-                if chars.get(i) != Some(&'}') {
-                    return Err(format!("unterminated ${{ in {expr}"));
-                }
-                i += 1;
-            }
-            out.push(Token::Var(name));
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
-            {
-                i += 1;
-            }
-            out.push(Token::Ident(chars[start..i].iter().collect()));
-        } else if c.is_ascii_digit() || c == '.' {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-            out.push(Token::Number);
-        } else {
-            let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-            if ["==", "!=", "=~", "!~", ">=", "<="].contains(&two.as_str()) {
-                out.push(Token::Punct(two));
-                i += 2;
-            } else {
-                out.push(Token::Punct(c.to_string()));
-                i += 1;
-            }
+impl Promql {
+    pub fn parse(expr: &str) -> Result<Self, String> {
+        let mut text = expr.to_string();
+        for (variable, stand_in) in GRAFANA_VARIABLES {
+            text = text
+                .replace(&format!("${{{}}}", &variable[1..]), variable)
+                .replace(variable, stand_in);
         }
+        promql_parser::parser::parse(&text).map(Self)
     }
-    Ok(out)
-}
 
-const LABEL_LIST_KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "offset",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "atan2",
-    "inf",
-    "nan",
-    "Inf",
-    "NaN",
-];
-
-fn skip_group(tokens: &[Token], mut i: usize, open: &str, close: &str) -> Result<usize, String> {
-    let mut depth = 0;
-    while i < tokens.len() {
-        match &tokens[i] {
-            Token::Punct(p) if p == open => depth += 1,
-            Token::Punct(p) if p == close => {
-                depth -= 1;
-                if depth == 0 {
-                    return Ok(i + 1);
-                }
-            }
+    /// Every vector selector, in the order written: alone, in a range (`x[5m]`), a subquery, a
+    /// function argument, an aggregation or either side of a binary operator.
+    pub fn selectors(&self) -> Vec<VectorSelector> {
+        let mut out = Vec::new();
+        visit(&self.0, |node| match node {
+            Expr::VectorSelector(vs) => out.push(restore_variables(vs)),
+            Expr::MatrixSelector(ms) => out.push(restore_variables(&ms.vs)),
             _ => {}
-        }
-        i += 1;
+        });
+        out
     }
-    Err(format!("unbalanced {open}{close}"))
-}
 
-fn matchers(tokens: &[Token], mut i: usize) -> Result<(Vec<Matcher>, usize), String> {
-    // tokens[i] is "{"
-    i += 1;
-    let mut out = Vec::new();
-    loop {
-        match tokens.get(i) {
-            Some(Token::Punct(p)) if p == "}" => return Ok((out, i + 1)),
-            Some(Token::Punct(p)) if p == "," => i += 1,
-            Some(Token::Ident(label)) => {
-                let op = match tokens.get(i + 1) {
-                    Some(Token::Punct(op)) if ["=", "!=", "=~", "!~"].contains(&op.as_str()) => op,
-                    other => {
-                        return Err(format!(
-                            "expected a matcher operator after {label}, got {other:?}"
-                        ));
-                    }
-                };
-                let value = match tokens.get(i + 2) {
-                    Some(Token::Str(v)) => v,
-                    other => {
-                        return Err(format!(
-                            "expected a quoted value for {label}, got {other:?}"
-                        ));
-                    }
-                };
-                out.push(Matcher {
-                    label: label.clone(),
-                    op: op.clone(),
-                    value: value.clone(),
-                });
-                i += 3;
+    /// The range of every call of `function` (`5m`, `$__rate_interval`): its range-vector or
+    /// subquery argument's.
+    pub fn range_windows(&self, function: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        visit(&self.0, |node| {
+            let Expr::Call(call) = node else { return };
+            if call.func.name != function {
+                return;
             }
-            other => return Err(format!("unexpected {other:?} in a label matcher list")),
-        }
+            let window = call.args.args.iter().find_map(|arg| match arg.as_ref() {
+                Expr::MatrixSelector(ms) => Some(ms.range),
+                Expr::Subquery(sq) => Some(sq.range),
+                _ => None,
+            });
+            out.extend(window.as_ref().map(duration));
+        });
+        out
+    }
+
+    /// The `offset` of every selector on the right of an `unless` (`x unless x offset 15m`).
+    pub fn unless_offsets(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        visit(&self.0, |node| {
+            let Expr::Binary(binary) = node else { return };
+            if binary.op.to_string() != "unless" {
+                return;
+            }
+            visit(&binary.rhs, |node| {
+                let offset = match node {
+                    Expr::VectorSelector(vs) => &vs.offset,
+                    Expr::MatrixSelector(ms) => &ms.vs.offset,
+                    Expr::Subquery(sq) => &sq.offset,
+                    _ => return,
+                };
+                out.extend(offset.as_ref().map(|offset| match offset {
+                    Offset::Pos(d) => duration(d),
+                    Offset::Neg(d) => format!("-{}", duration(d)),
+                }));
+            });
+        });
+        out
+    }
+
+    /// The labels of every `by (...)` clause of an aggregation.
+    pub fn grouping_labels(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        visit(&self.0, |node| {
+            if let Expr::Aggregate(AggregateExpr {
+                modifier: Some(LabelModifier::Include(labels)),
+                ..
+            }) = node
+            {
+                out.extend(labels.labels.iter().cloned());
+            }
+        });
+        out
+    }
+
+    /// Whether the series the expression returns can carry `label`, by Prometheus' rules for
+    /// aggregations, functions and binary operators. It errs towards "yes": a function keeps its
+    /// arguments' labels, and one-to-one arithmetic those of either side.
+    pub fn keeps_label(&self, label: &str) -> bool {
+        keeps_label(&self.0, label)
     }
 }
 
-/// Every series selector of a PromQL expression (Grafana variables allowed).
-pub fn selectors(expr: &str) -> Result<Vec<Selector>, String> {
-    let tokens = tokenize(expr)?;
-    let mut out = Vec::new();
-    let mut i = 0;
-    let mut depth: [i32; 3] = [0, 0, 0];
-    while i < tokens.len() {
-        match &tokens[i] {
-            Token::Ident(name) => {
-                let next_is_paren = matches!(tokens.get(i + 1), Some(Token::Punct(p)) if p == "(")
-                    // `sum by (x) (...)`: an aggregation with its grouping first
-                    || matches!(tokens.get(i + 1), Some(Token::Ident(k)) if k == "by" || k == "without");
-                if LABEL_LIST_KEYWORDS.contains(&name.as_str()) && next_is_paren {
-                    i = skip_group(&tokens, i + 1, "(", ")")?;
-                } else if next_is_paren || KEYWORDS.contains(&name.as_str()) {
-                    i += 1; // a function, an aggregation or an operator keyword
-                } else {
-                    let (list, next) = if matches!(tokens.get(i + 1), Some(Token::Punct(p)) if p == "{")
-                    {
-                        matchers(&tokens, i + 1)?
-                    } else {
-                        (Vec::new(), i + 1)
+fn keeps_label(expr: &Expr, label: &str) -> bool {
+    let listed = |labels: &Labels| labels.labels.iter().any(|l| l == label);
+    match expr {
+        Expr::VectorSelector(_) | Expr::MatrixSelector(_) => true,
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => false,
+        Expr::Paren(ParenExpr { expr })
+        | Expr::Unary(UnaryExpr { expr })
+        | Expr::Subquery(SubqueryExpr { expr, .. }) => keeps_label(expr, label),
+        Expr::Aggregate(aggregate) => {
+            let input = keeps_label(&aggregate.expr, label);
+            match (aggregate.op.to_string().as_str(), &aggregate.modifier) {
+                // these return series of their input, whatever they group by
+                ("topk" | "bottomk" | "limitk" | "limit_ratio", _) => input,
+                (_, Some(LabelModifier::Include(by))) => input && listed(by),
+                (_, Some(LabelModifier::Exclude(without))) => input && !listed(without),
+                (_, None) => false,
+            }
+        }
+        Expr::Call(call) => {
+            let args = &call.args.args;
+            match call.func.name {
+                "scalar" | "time" | "vector" => false,
+                // labels from the selector's equality matchers
+                "absent" | "absent_over_time" => args.iter().any(|arg| {
+                    let vs = match arg.as_ref() {
+                        Expr::VectorSelector(vs) => vs,
+                        Expr::MatrixSelector(ms) => &ms.vs,
+                        _ => return false,
                     };
-                    out.push(Selector {
-                        metric: name.clone(),
-                        matchers: list,
-                    });
-                    i = next;
+                    vs.matchers
+                        .matchers
+                        .iter()
+                        .any(|m| m.name == label && m.op == MatchOp::Equal)
+                }),
+                "label_replace" | "label_join"
+                    if matches!(args.get(1).map(AsRef::as_ref),
+                        Some(Expr::StringLiteral(StringLiteral { val })) if val == label) =>
+                {
+                    true
                 }
+                _ => args.iter().any(|arg| keeps_label(arg, label)),
             }
-            Token::Punct(p) if p == "{" => {
-                let (list, next) = matchers(&tokens, i)?;
-                let metric = list
-                    .iter()
-                    .find(|m| m.label == "__name__" && m.op == "=")
-                    .map(|m| m.value.clone())
-                    .unwrap_or_default();
-                out.push(Selector {
-                    metric,
-                    matchers: list,
-                });
-                i = next;
-            }
-            Token::Punct(p) if p == "[" => i = skip_group(&tokens, i, "[", "]")?,
-            Token::Punct(p) => {
-                match p.as_str() {
-                    "(" => depth[0] += 1,
-                    ")" => depth[0] -= 1,
-                    "}" => depth[1] -= 1,
-                    "]" => depth[2] -= 1,
-                    _ => {}
-                }
-                if depth.iter().any(|d| *d < 0) {
-                    return Err(format!("unbalanced brackets in {expr}"));
-                }
-                i += 1;
-            }
-            _ => i += 1,
         }
+        Expr::Binary(binary) => {
+            let lhs = keeps_label(&binary.lhs, label);
+            let rhs = keeps_label(&binary.rhs, label);
+            let card = binary.modifier.as_ref().map(|m| (&m.card, &m.matching));
+            match (binary.op.to_string().as_str(), card) {
+                ("or", _) => lhs || rhs,
+                ("and" | "unless", _) => lhs,
+                (_, Some((VectorMatchCardinality::ManyToOne(include), _))) => {
+                    lhs || listed(include)
+                }
+                (_, Some((VectorMatchCardinality::OneToMany(include), _))) => {
+                    rhs || listed(include)
+                }
+                (_, Some((_, Some(LabelModifier::Include(on))))) => (lhs || rhs) && listed(on),
+                (_, Some((_, Some(LabelModifier::Exclude(ignoring))))) => {
+                    (lhs || rhs) && !listed(ignoring)
+                }
+                _ => lhs || rhs,
+            }
+        }
+        Expr::Extension(_) => true,
     }
-    if depth != [0, 0, 0] {
-        return Err(format!("unbalanced brackets in {expr}"));
-    }
-    Ok(out)
 }
 
-/// The range windows (`[5m]`, `[$__rate_interval]`) that follow `function(` calls in an expression,
-/// e.g. `range_windows(expr, "rate")`.
-pub fn range_windows(expr: &str, function: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let pattern = format!("{function}(");
-    let mut search = 0;
-    while let Some(pos) = expr[search..].find(&pattern) {
-        let start = search + pos;
-        let preceded = expr[..start]
-            .chars()
-            .last()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        search = start + pattern.len();
-        if preceded {
-            continue; // e.g. "irate(" when looking for "rate("
-        }
-        // the window of the first range selector inside the call
-        let mut depth = 1;
-        let mut j = search;
-        let bytes = expr.as_bytes();
-        while j < bytes.len() && depth > 0 {
-            match bytes[j] {
-                b'(' => depth += 1,
-                b')' => depth -= 1,
-                b'[' if depth == 1 => {
-                    let end = expr[j..].find(']').map(|e| j + e).unwrap_or(expr.len());
-                    out.push(expr[j + 1..end].to_string());
-                    break;
-                }
-                _ => {}
-            }
-            j += 1;
+/// Calls `f` on every node of `expr`, parents first (promql-parser's `walk_expr`).
+fn visit(expr: &Expr, f: impl FnMut(&Expr)) {
+    struct Visitor<F>(F);
+    impl<F: FnMut(&Expr)> ExprVisitor for Visitor<F> {
+        type Error = Infallible;
+        fn pre_visit(&mut self, node: &Expr) -> Result<bool, Infallible> {
+            (self.0)(node);
+            Ok(true)
         }
     }
-    out
+    let Ok(_) = walk_expr(&mut Visitor(f), expr);
+}
+
+/// A duration as Prometheus writes it, or the Grafana variable it stands in for.
+fn duration(d: &Duration) -> String {
+    GRAFANA_VARIABLES
+        .iter()
+        .find(|(_, stand_in)| parse_duration(stand_in).ok().as_ref() == Some(d))
+        .map(|(variable, _)| variable.to_string())
+        .unwrap_or_else(|| display_duration(d))
+}
+
+/// The selector with the Grafana variables back in its label values.
+fn restore_variables(vs: &VectorSelector) -> VectorSelector {
+    let mut vs = vs.clone();
+    let matchers = &mut vs.matchers;
+    for matcher in matchers
+        .matchers
+        .iter_mut()
+        .chain(matchers.or_matchers.iter_mut().flatten())
+    {
+        for (variable, stand_in) in GRAFANA_VARIABLES {
+            matcher.value = matcher.value.replace(stand_in, variable);
+        }
+    }
+    vs
+}
+
+/// What the checks ask of a vector selector.
+pub trait SelectorExt {
+    /// The metric name: written before the braces or as `__name__="..."`; "" without one.
+    fn metric(&self) -> &str;
+    /// Whether it has the matcher `label op "value"` (in each alternative of an `or` selector).
+    fn has(&self, label: &str, op: &str, value: &str) -> bool;
+}
+
+impl SelectorExt for VectorSelector {
+    fn metric(&self) -> &str {
+        let Matchers {
+            matchers,
+            or_matchers,
+        } = &self.matchers;
+        let named = matchers
+            .iter()
+            .chain(or_matchers.iter().flatten())
+            .find(|m| m.name == "__name__" && m.op == MatchOp::Equal);
+        self.name
+            .as_deref()
+            .or(named.map(|m| m.value.as_str()))
+            .unwrap_or("")
+    }
+
+    fn has(&self, label: &str, op: &str, value: &str) -> bool {
+        let is = |m: &Matcher| m.name == label && m.op.to_string() == op && m.value == value;
+        let Matchers {
+            matchers,
+            or_matchers,
+        } = &self.matchers;
+        matchers.iter().any(is)
+            || (!or_matchers.is_empty() && or_matchers.iter().all(|alt| alt.iter().any(is)))
+    }
 }
