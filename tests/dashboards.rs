@@ -16,23 +16,6 @@ const DATASOURCE_UID: &str = "${datasource}";
 /// Lock id the seeded fleet has and `$smartlock_id` stands for when queries are run.
 const SEEDED_LOCK: &str = "101";
 
-fn dashboards() -> Vec<(String, Value)> {
-    dashboard_files()
-        .into_iter()
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            (name, json(&path))
-        })
-        .collect()
-}
-
-fn variables(dashboard: &Value) -> Vec<&Value> {
-    dashboard["templating"]["list"]
-        .as_array()
-        .map(|l| l.iter().collect())
-        .unwrap_or_default()
-}
-
 fn uses_templated_datasource(v: &Value) -> bool {
     v["datasource"]["uid"].as_str() == Some(DATASOURCE_UID)
         && v["datasource"]["type"].as_str() == Some("prometheus")
@@ -253,31 +236,6 @@ fn dashboards_follow_the_linter_rules() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
-/// Every query of a dashboard, Grafana variables replaced: (dashboard, panel, PromQL).
-fn runnable_queries() -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for (file, d) in dashboards() {
-        for (title, expr) in panel_queries(&d) {
-            out.push((
-                file.clone(),
-                title,
-                substitute_grafana_variables(&expr, SEEDED_LOCK),
-            ));
-        }
-        for v in variables(&d) {
-            if let Some(selector) = variable_query(v).as_deref().and_then(label_values_selector) {
-                let title = format!("variable {}", v["name"].as_str().unwrap_or("?"));
-                out.push((
-                    file.clone(),
-                    title,
-                    substitute_grafana_variables(&selector, SEEDED_LOCK),
-                ));
-            }
-        }
-    }
-    out
-}
-
 fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -286,7 +244,7 @@ fn yaml_quote(s: &str) -> String {
 fn dashboard_queries_are_valid_promql() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
-    let queries = runnable_queries();
+    let queries = runnable_queries(SEEDED_LOCK);
     for (i, (_, _, expr)) in queries.iter().enumerate() {
         writeln!(
             rules,
@@ -392,7 +350,7 @@ const SEEDED_FLEET: &str = r#"
 #[test]
 fn dashboard_queries_return_data_for_a_seeded_fleet() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let queries = runnable_queries();
+    let queries = runnable_queries(SEEDED_LOCK);
     let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
     let mut tests = format!(
         "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{SEEDED_FLEET}    alert_rule_test:\n"

@@ -1,17 +1,18 @@
 //! End to end with the real binaries: signed webhooks → nuki-exporter → Prometheus (shipped
 //! configuration and rules) → Alertmanager (shipped routing) → a pager and a webhook sink owned
-//! by this test.
+//! by this test; then every dashboard query against that Prometheus and a seeded fleet.
 
-mod common;
+mod stack_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Alertmanager, Prometheus, TestExporter};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use serde_json::Value;
+use stack_support::common::{Alertmanager, Prometheus, TestExporter};
+use stack_support::runnable_queries;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A lock that fails once with 0xFF: unreachable (warning, to the webhook receiver).
@@ -231,5 +232,38 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
             || !body.to_string().contains("NukiSmartlockUnreachable")),
         "a warning never reaches the pager"
     );
+
+    seed_fleet(&exporter).await;
+    let mut empty = Vec::new();
+    for (dashboard, panel, query) in runnable_queries(DRILL_DOWN_LOCK) {
+        if prometheus.query(&query).await.is_empty() {
+            empty.push(format!("{dashboard} / {panel}: {query}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
     exporter.shutdown().await;
+}
+
+/// The lock the per-lock dashboard is opened for: the demo fleet's low-voltage lock.
+const DRILL_DOWN_LOCK: &str = "17000003";
+
+/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks) and a
+/// refused webhook of two kinds of refusal, with time for Prometheus to scrape in between.
+async fn seed_fleet(exporter: &TestExporter) {
+    for round in 0..3 {
+        for webhook in nuki_exporter::demo::round(round, 8) {
+            assert_eq!(
+                exporter.post(&serde_json::to_vec(&webhook).unwrap()).await,
+                204
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
+    assert_eq!(exporter.post(b"not json").await, 400);
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }

@@ -190,6 +190,49 @@ pub fn dashboard_files() -> Vec<PathBuf> {
     files(repo().join("dashboards"), ".json")
 }
 
+/// Every dashboard: (file name, JSON).
+pub fn dashboards() -> Vec<(String, serde_json::Value)> {
+    dashboard_files()
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            (name, json(&path))
+        })
+        .collect()
+}
+
+pub fn variables(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .map(|l| l.iter().collect())
+        .unwrap_or_default()
+}
+
+/// Every query of a dashboard, Grafana variables replaced: (dashboard, panel, PromQL).
+pub fn runnable_queries(smartlock_id: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (file, d) in dashboards() {
+        for (title, expr) in panel_queries(&d) {
+            out.push((
+                file.clone(),
+                title,
+                substitute_grafana_variables(&expr, smartlock_id),
+            ));
+        }
+        for v in variables(&d) {
+            if let Some(selector) = variable_query(v).as_deref().and_then(label_values_selector) {
+                let title = format!("variable {}", v["name"].as_str().unwrap_or("?"));
+                out.push((
+                    file.clone(),
+                    title,
+                    substitute_grafana_variables(&selector, smartlock_id),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Every panel of a dashboard, including the panels nested in collapsed rows.
 pub fn panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
     fn walk<'a>(list: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
