@@ -1,12 +1,14 @@
 //! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
 //! counter increments and gauge values. Nothing else touches a metric.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::catalogue;
@@ -121,36 +123,69 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// The lock ids that have their own series, with what their info series says.
+/// The lock ids that have their own series.
 struct LockTable {
     capacity: usize,
-    locks: HashMap<u64, Option<InfoLabels>>,
+    locks: HashMap<u64, TrackedLock>,
 }
 
 /// `name`, `device_type`, `firmware_version` of a lock's `nuki_smartlock_info` series.
 type InfoLabels = [String; 3];
 
-/// Where a lock's counters go.
-enum LockSlot {
+/// A lock with series of its own, and handles of its hottest series: an API webhook counts
+/// through them without hashing label values again.
+struct TrackedLock {
+    /// The decimal id: the `smartlock_id` label value.
+    label: String,
+    info: Option<InfoLabels>,
+    last_seen: Gauge,
+    /// `nuki_operations_total` by operation.
+    operations: Vec<(String, IntCounter)>,
+    /// `nuki_operation_errors_total` by operation and error code.
+    errors: Vec<(String, ErrorCode, IntCounter)>,
+}
+
+/// Where a lock's series go.
+enum LockSlot<'t> {
     /// The lock has its own series.
-    Tracked(String),
-    /// Counted, but under a shared label value (`other` or `unknown`).
+    Tracked(&'t mut TrackedLock),
+    /// Counted, but under a shared label value (`other` or `unknown`), and without gauges.
     Shared(&'static str),
 }
 
-impl LockSlot {
-    fn label(&self) -> &str {
-        match self {
-            Self::Tracked(id) => id,
-            Self::Shared(label) => label,
-        }
+impl TrackedLock {
+    fn operation_counter(&mut self, operation: &str, vec: &IntCounterVec) -> &IntCounter {
+        let index = match self.operations.iter().position(|(op, _)| op == operation) {
+            Some(index) => index,
+            None => {
+                let counter = vec.with_label_values(&[operation, &self.label]);
+                self.operations.push((operation.to_owned(), counter));
+                self.operations.len() - 1
+            }
+        };
+        &self.operations[index].1
     }
 
-    fn tracked(&self) -> Option<&str> {
-        match self {
-            Self::Tracked(id) => Some(id),
-            Self::Shared(_) => None,
-        }
+    fn error_counter(
+        &mut self,
+        operation: &str,
+        code: ErrorCode,
+        (code_label, name): (&str, &str),
+        vec: &IntCounterVec,
+    ) -> &IntCounter {
+        let found = self
+            .errors
+            .iter()
+            .position(|(op, c, _)| *c == code && op == operation);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let counter = vec.with_label_values(&[operation, code_label, name, &self.label]);
+                self.errors.push((operation.to_owned(), code, counter));
+                self.errors.len() - 1
+            }
+        };
+        &self.errors[index].2
     }
 }
 
@@ -405,65 +440,78 @@ impl Metrics {
     fn record_api(&self, api: &ApiWebhook, now: f64) {
         let operation = self.bounded("operation", api.operation.as_deref());
         self.received.with_label_values(&["api", operation]).inc();
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
         for result in &api.results {
-            let lock = self.admit(result.smartlock_id);
-            self.operations
-                .with_label_values(&[operation, lock.label()])
-                .inc();
-            if let Outcome::Failure(code) = result.outcome {
-                let (code_label, name) = match code {
-                    ErrorCode::Code(byte) => (
-                        self.code_labels[usize::from(byte)].as_str(),
-                        catalogue::name_of(byte),
-                    ),
-                    ErrorCode::Invalid => ("invalid", "INVALID"),
-                    ErrorCode::Missing => ("missing", "MISSING"),
-                };
-                self.operation_errors
-                    .with_label_values(&[operation, code_label, name, lock.label()])
-                    .inc();
+            let failure = match result.outcome {
+                Outcome::Failure(code) => Some(code),
+                Outcome::Success => None,
+            };
+            match self.admit(&mut table, result.smartlock_id) {
+                LockSlot::Tracked(lock) => {
+                    lock.operation_counter(operation, &self.operations).inc();
+                    if let Some(code) = failure {
+                        let labels = self.error_labels(code);
+                        lock.error_counter(operation, code, labels, &self.operation_errors)
+                            .inc();
+                    }
+                    lock.last_seen.set(now);
+                }
+                LockSlot::Shared(lock) => {
+                    self.operations.with_label_values(&[operation, lock]).inc();
+                    if let Some(code) = failure {
+                        let (code_label, name) = self.error_labels(code);
+                        self.operation_errors
+                            .with_label_values(&[operation, code_label, name, lock])
+                            .inc();
+                    }
+                }
             }
-            if let Some(id) = lock.tracked() {
-                self.last_seen.with_label_values(&[id]).set(now);
-            }
+        }
+    }
+
+    /// The `error_code` and `error_name` label values of a code.
+    fn error_labels(&self, code: ErrorCode) -> (&str, &'static str) {
+        match code {
+            ErrorCode::Code(byte) => (
+                self.code_labels[usize::from(byte)].as_str(),
+                catalogue::name_of(byte),
+            ),
+            ErrorCode::Invalid => ("invalid", "INVALID"),
+            ErrorCode::Missing => ("missing", "MISSING"),
         }
     }
 
     fn record_device(&self, device: &DeviceWebhook, now: f64) {
         let kind = self.bounded("kind", Some(device.feature.as_str()));
         self.received.with_label_values(&["device", kind]).inc();
+        let Some(id) = device.smartlock_id else {
+            return;
+        };
         if let DeviceEvent::Masterdata(Masterdata { deleted: true, .. }) = device.event {
-            if let Some(id) = device.smartlock_id {
-                self.forget_lock(id);
+            self.forget_lock(id);
+            return;
+        }
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        match (self.admit(&mut table, Some(id)), &device.event) {
+            (LockSlot::Shared(lock), DeviceEvent::Log(entry)) => self.record_log(lock, entry),
+            (LockSlot::Shared(_), _) => {}
+            (LockSlot::Tracked(lock), event) => {
+                match event {
+                    DeviceEvent::Log(entry) => self.record_log(&lock.label, entry),
+                    DeviceEvent::Status(status) => self.record_status(&lock.label, status),
+                    DeviceEvent::Masterdata(data) => self.record_masterdata(lock, data),
+                    DeviceEvent::Seen => {}
+                }
+                lock.last_seen.set(now);
             }
-            return;
-        }
-        if device.smartlock_id.is_none() {
-            return;
-        }
-        let lock = self.admit(device.smartlock_id);
-        match &device.event {
-            DeviceEvent::Log(entry) => self.record_log(&lock, entry),
-            DeviceEvent::Status(status) => lock
-                .tracked()
-                .into_iter()
-                .for_each(|id| self.record_status(id, status)),
-            DeviceEvent::Masterdata(data) => lock
-                .tracked()
-                .into_iter()
-                .for_each(|id| self.record_masterdata(id, data)),
-            DeviceEvent::Seen => {}
-        }
-        if let Some(id) = lock.tracked() {
-            self.last_seen.with_label_values(&[id]).set(now);
         }
     }
 
-    fn record_log(&self, lock: &LockSlot, entry: &LogEntry) {
+    fn record_log(&self, lock: &str, entry: &LogEntry) {
         let action = entry.action.map_or("missing", |a| a.label());
         let state = entry.completion_state.map_or("missing", |s| s.label());
         self.activity
-            .with_label_values(&[lock.label(), action, state])
+            .with_label_values(&[lock, action, state])
             .inc();
     }
 
@@ -491,7 +539,9 @@ impl Metrics {
         }
     }
 
-    fn record_masterdata(&self, id: &str, data: &Masterdata) {
+    /// Sets server state and the info series, replacing the lock's previous info series.
+    fn record_masterdata(&self, lock: &mut TrackedLock, data: &Masterdata) {
+        let id = lock.label.as_str();
         if let Some(state) = data.server_state {
             self.server_state.with_label_values(&[id]).set(state);
         }
@@ -501,15 +551,10 @@ impl Metrics {
             data.firmware_version
                 .map_or_else(|| UNNAMED.to_owned(), |v| v.to_string()),
         ];
-        let key = id.parse().expect("tracked ids are decimal");
-        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(current) = table.locks.get_mut(&key) else {
-            return; // deleted concurrently
-        };
-        if current.as_ref() == Some(&labels) {
+        if lock.info.as_ref() == Some(&labels) {
             return;
         }
-        if let Some(old) = current.take() {
+        if let Some(old) = lock.info.take() {
             let _ = self
                 .info
                 .remove_label_values(&[id, &old[0], &old[1], &old[2]]);
@@ -517,27 +562,35 @@ impl Metrics {
         self.info
             .with_label_values(&[id, &labels[0], &labels[1], &labels[2]])
             .set(1);
-        *current = Some(labels);
+        lock.info = Some(labels);
     }
 
     /// Where a lock's series go: its own while there is room, `other` beyond the cap.
-    fn admit(&self, id: Option<u64>) -> LockSlot {
+    fn admit<'t>(&self, table: &'t mut LockTable, id: Option<u64>) -> LockSlot<'t> {
         let Some(id) = id else {
             return LockSlot::Shared(UNNAMED);
         };
-        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        if !table.locks.contains_key(&id) {
-            if table.locks.len() >= table.capacity {
-                drop(table);
+        let (tracked, capacity) = (table.locks.len(), table.capacity);
+        match table.locks.entry(id) {
+            Entry::Occupied(entry) => LockSlot::Tracked(entry.into_mut()),
+            Entry::Vacant(_) if tracked >= capacity => {
                 self.label_overflow
                     .with_label_values(&["smartlock_id"])
                     .inc();
-                return LockSlot::Shared(OVERFLOW);
+                LockSlot::Shared(OVERFLOW)
             }
-            table.locks.insert(id, None);
-            self.smartlocks_tracked.set(table.locks.len() as i64);
+            Entry::Vacant(entry) => {
+                self.smartlocks_tracked.set(tracked as i64 + 1);
+                let label = itoa::Buffer::new().format(id).to_owned();
+                LockSlot::Tracked(entry.insert(TrackedLock {
+                    last_seen: self.last_seen.with_label_values(&[&label]),
+                    label,
+                    info: None,
+                    operations: Vec::new(),
+                    errors: Vec::new(),
+                }))
+            }
         }
-        LockSlot::Tracked(itoa::Buffer::new().format(id).to_owned())
     }
 
     /// The label value for a free-form `operation` or `kind`.
@@ -554,11 +607,11 @@ impl Metrics {
     /// Removes every series of a lock that Nuki reports deleted, and frees its slot.
     fn forget_lock(&self, id: u64) {
         let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.locks.remove(&id).is_none() {
+        let Some(lock) = table.locks.remove(&id) else {
             return;
-        }
+        };
         self.smartlocks_tracked.set(table.locks.len() as i64);
-        let id = itoa::Buffer::new().format(id).to_owned();
+        let id = lock.label;
         remove_lock_series(&self.operation_errors, &id);
         remove_lock_series(&self.operations, &id);
         remove_lock_series(&self.activity, &id);
