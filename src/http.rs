@@ -226,12 +226,12 @@ impl App {
                     .expect("static response")
             }
             Err(error) => {
+                // The parser's messages name a position or a field, never the body's content.
                 tracing::debug!(%error, "webhook refused");
-                self.refuse(
-                    RejectReason::Malformed,
-                    StatusCode::BAD_REQUEST,
-                    "Body is not a JSON object.\n",
-                )
+                self.metrics.reject(RejectReason::Malformed);
+                let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                response
             }
         }
     }

@@ -2,9 +2,17 @@
 //!
 //! Pure and total: any JSON object parses into a [`Webhook`] (fields of the wrong type read as
 //! absent, unknown fields are ignored, unknown kinds are kept by name); only a body that is not a
-//! JSON object is an error. Nothing here knows about HTTP or Prometheus.
+//! JSON object, or an object that names a field the exporter reads twice, is an error. Nothing
+//! here knows about HTTP or Prometheus.
 
-use serde_json::{Map, Value};
+mod lenient;
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+
+use lenient::{Lenient, Present, Shape};
 
 /// A body that is not a JSON object.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +21,8 @@ pub enum ParseError {
     Json(#[from] serde_json::Error),
     #[error("body is JSON but not an object")]
     NotAnObject,
+    #[error("body is not UTF-8, which JSON must be: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
 }
 
 /// One accepted webhook.
@@ -251,105 +261,268 @@ impl std::fmt::Display for FirmwareVersion {
     }
 }
 
-/// Parses a webhook body.
-pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
-    let Value::Object(root) = serde_json::from_slice::<Value>(body)? else {
-        return Err(ParseError::NotAnObject);
-    };
-    Ok(classify(&root))
+/// The fields of a webhook body that the exporter reads; every one may be absent or of another
+/// type, which reads as absent.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawWebhook<'a> {
+    #[serde(borrow)]
+    feature: Lenient<Cow<'a, str>>,
+    /// The API webhook's operation, or DEVICE_MASTERDATA's device type.
+    #[serde(rename = "type", borrow)]
+    kind: Lenient<TypeField<'a>>,
+    #[serde(rename = "requestId")]
+    request_id: Lenient<Present>,
+    #[serde(rename = "smartlockId")]
+    smartlock_id: Lenient<LockId>,
+    success: Lenient<bool>,
+    #[serde(rename = "errorCode")]
+    error_code: Lenient<ErrorCode>,
+    #[serde(borrow)]
+    detail: Lenient<Vec<RawEntity<'a>>>,
+    #[serde(borrow)]
+    state: Lenient<RawState<'a>>,
+    #[serde(rename = "serverState")]
+    server_state: Lenient<i64>,
+    deleted: Lenient<bool>,
+    #[serde(borrow)]
+    name: Lenient<Cow<'a, str>>,
+    #[serde(rename = "firmwareVersion")]
+    firmware_version: Lenient<u64>,
+    #[serde(rename = "smartlockLog", borrow)]
+    smartlock_log: Lenient<RawLogEntry<'a>>,
+    #[serde(rename = "smartlockAuth", borrow)]
+    smartlock_auth: Lenient<RawLockRef<'a>>,
 }
 
-fn classify(root: &Map<String, Value>) -> Webhook {
-    if let Some(feature) = root.get("feature").and_then(Value::as_str) {
+/// One `detail[]` entry.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawEntity<'a> {
+    #[serde(rename = "smartlockId")]
+    smartlock_id: Lenient<LockId>,
+    success: Lenient<bool>,
+    #[serde(rename = "errorCode")]
+    error_code: Lenient<ErrorCode>,
+    #[serde(skip)]
+    _borrow: PhantomData<&'a ()>,
+}
+
+/// DEVICE_STATUS `state`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawState<'a> {
+    #[serde(rename = "batteryCharge")]
+    battery_charge: Lenient<i64>,
+    #[serde(rename = "batteryCritical")]
+    battery_critical: Lenient<bool>,
+    #[serde(rename = "keypadBatteryCritical")]
+    keypad_battery_critical: Lenient<bool>,
+    #[serde(rename = "doorsensorBatteryCritical")]
+    doorsensor_battery_critical: Lenient<bool>,
+    state: Lenient<i64>,
+    #[serde(rename = "doorState")]
+    door_state: Lenient<i64>,
+    #[serde(skip)]
+    _borrow: PhantomData<&'a ()>,
+}
+
+/// DEVICE_LOGS `smartlockLog`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawLogEntry<'a> {
+    #[serde(rename = "smartlockId")]
+    smartlock_id: Lenient<LockId>,
+    action: Lenient<i64>,
+    state: Lenient<i64>,
+    #[serde(skip)]
+    _borrow: PhantomData<&'a ()>,
+}
+
+/// DEVICE_AUTHS `smartlockAuth`: only its lock is read, never its code or name.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawLockRef<'a> {
+    #[serde(rename = "smartlockId")]
+    smartlock_id: Lenient<LockId>,
+    #[serde(skip)]
+    _borrow: PhantomData<&'a ()>,
+}
+
+lenient::lenient_object!(RawWebhook, RawEntity, RawState, RawLogEntry, RawLockRef);
+
+/// `smartlockId`: a JSON integer or a string of digits.
+struct LockId(u64);
+
+impl Shape<'_> for LockId {
+    fn from_u64(id: u64) -> Option<Self> {
+        Some(LockId(id))
+    }
+    fn from_str(text: &str) -> Option<Self> {
+        text.parse().ok().map(LockId)
+    }
+}
+
+/// `type`: a name for API webhooks, a device-type code for DEVICE_MASTERDATA.
+enum TypeField<'a> {
+    Name(Cow<'a, str>),
+    Code(i64),
+    Other,
+}
+
+impl<'de: 'a, 'a> Shape<'de> for TypeField<'a> {
+    fn from_borrowed_str(text: &'de str) -> Option<Self> {
+        Some(Self::Name(Cow::Borrowed(text)))
+    }
+    fn from_str(text: &str) -> Option<Self> {
+        Some(Self::Name(Cow::Owned(text.to_owned())))
+    }
+    fn from_u64(code: u64) -> Option<Self> {
+        Some(i64::try_from(code).map_or(Self::Other, Self::Code))
+    }
+    fn from_i64(code: i64) -> Option<Self> {
+        Some(Self::Code(code))
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        Some(Self::Other)
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        Some(Self::Other)
+    }
+    fn from_null() -> Option<Self> {
+        Some(Self::Other)
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        Present::from_map(map).map(|_| Some(Self::Other))
+    }
+    fn from_seq<A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
+        Present::from_seq(seq).map(|_| Some(Self::Other))
+    }
+}
+
+/// `errorCode`: hex with or without `0x` in any case, or a JSON number; `null` is missing and
+/// any other value invalid.
+impl<'de> Shape<'de> for ErrorCode {
+    fn from_str(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let digits = text
+            .strip_prefix("0x")
+            .or_else(|| text.strip_prefix("0X"))
+            .unwrap_or(text);
+        let is_hex_byte =
+            (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit());
+        Some(match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
+            Some(Ok(code)) => ErrorCode::Code(code),
+            _ => ErrorCode::Invalid,
+        })
+    }
+    fn from_u64(number: u64) -> Option<Self> {
+        Some(u8::try_from(number).map_or(ErrorCode::Invalid, ErrorCode::Code))
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        Some(ErrorCode::Invalid)
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        Some(ErrorCode::Invalid)
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        Some(ErrorCode::Invalid)
+    }
+    fn from_null() -> Option<Self> {
+        Some(ErrorCode::Missing)
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        Present::from_map(map).map(|_| Some(ErrorCode::Invalid))
+    }
+    fn from_seq<A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
+        Present::from_seq(seq).map(|_| Some(ErrorCode::Invalid))
+    }
+}
+
+/// Parses a webhook body.
+pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
+    // Validated up front: the parser skips the fields it does not read without decoding them.
+    let text = std::str::from_utf8(body)?;
+    let root: RawWebhook = lenient::object(text)?.ok_or(ParseError::NotAnObject)?;
+    Ok(classify(root))
+}
+
+fn classify(root: RawWebhook<'_>) -> Webhook {
+    if let Some(feature) = &root.feature.0 {
         return Webhook::Device(device_webhook(Feature::parse(feature), root));
     }
-    if root.contains_key("type") || root.contains_key("requestId") {
+    if root.kind.0.is_some() || root.request_id.0.is_some() {
         return Webhook::Api(api_webhook(root));
     }
     Webhook::Unrecognised
 }
 
-fn api_webhook(root: &Map<String, Value>) -> ApiWebhook {
-    let operation = root.get("type").and_then(Value::as_str).map(str::to_owned);
-    let results = match root.get("detail") {
-        Some(Value::Array(entries)) => entries
-            .iter()
-            .filter_map(Value::as_object)
-            .map(entity_result)
+fn api_webhook(root: RawWebhook<'_>) -> ApiWebhook {
+    let operation = match &root.kind.0 {
+        Some(TypeField::Name(name)) => Some(name.clone().into_owned()),
+        _ => None,
+    };
+    let results = match root.detail.0 {
+        Some(entries) => entries
+            .into_iter()
+            .map(|e| entity_result(e.smartlock_id, e.success, e.error_code))
             .collect(),
         // The flat single-lock form: one result, when it names a lock or reports a failure.
-        _ if root.contains_key("smartlockId") || !succeeded(root) => vec![entity_result(root)],
-        _ => Vec::new(),
+        None if root.smartlock_id.0.is_some() || !succeeded(&root.success, &root.error_code) => {
+            vec![entity_result(
+                root.smartlock_id,
+                root.success,
+                root.error_code,
+            )]
+        }
+        None => Vec::new(),
     };
     ApiWebhook { operation, results }
 }
 
 /// `success`, or when absent, whether no `errorCode` was given.
-fn succeeded(entity: &Map<String, Value>) -> bool {
-    match entity.get("success").and_then(Value::as_bool) {
-        Some(success) => success,
-        None => matches!(entity.get("errorCode"), None | Some(Value::Null)),
-    }
+fn succeeded(success: &Lenient<bool>, error_code: &Lenient<ErrorCode>) -> bool {
+    success
+        .0
+        .unwrap_or(matches!(error_code.0, None | Some(ErrorCode::Missing)))
 }
 
-fn entity_result(entity: &Map<String, Value>) -> EntityResult {
-    let outcome = if succeeded(entity) {
+fn entity_result(
+    id: Lenient<LockId>,
+    success: Lenient<bool>,
+    error_code: Lenient<ErrorCode>,
+) -> EntityResult {
+    let outcome = if succeeded(&success, &error_code) {
         Outcome::Success
     } else {
-        Outcome::Failure(error_code(entity.get("errorCode")))
+        Outcome::Failure(error_code.0.unwrap_or(ErrorCode::Missing))
     };
     EntityResult {
-        smartlock_id: smartlock_id(entity),
+        smartlock_id: id.0.map(|LockId(id)| id),
         outcome,
     }
 }
 
-/// Normalises an `errorCode`: hex with or without `0x`, any case, or a JSON number.
-pub fn error_code(value: Option<&Value>) -> ErrorCode {
-    match value {
-        None | Some(Value::Null) => ErrorCode::Missing,
-        Some(Value::String(text)) => {
-            let text = text.trim();
-            let digits = text
-                .strip_prefix("0x")
-                .or_else(|| text.strip_prefix("0X"))
-                .unwrap_or(text);
-            let is_hex_byte =
-                (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit());
-            match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
-                Some(Ok(code)) => ErrorCode::Code(code),
-                _ => ErrorCode::Invalid,
-            }
-        }
-        Some(Value::Number(number)) => number
-            .as_u64()
-            .and_then(|n| u8::try_from(n).ok())
-            .map_or(ErrorCode::Invalid, ErrorCode::Code),
-        Some(_) => ErrorCode::Invalid,
-    }
-}
-
-fn device_webhook(feature: Feature, root: &Map<String, Value>) -> DeviceWebhook {
-    let nested = |key: &str| root.get(key).and_then(Value::as_object);
+fn device_webhook(feature: Feature, root: RawWebhook<'_>) -> DeviceWebhook {
+    let own_id = root.smartlock_id.0.as_ref().map(|LockId(id)| *id);
     let (smartlock_id, event) = match feature {
-        Feature::DeviceStatus => (smartlock_id(root), DeviceEvent::Status(lock_status(root))),
-        Feature::DeviceMasterdata => (
-            smartlock_id(root),
-            DeviceEvent::Masterdata(masterdata(root)),
-        ),
+        Feature::DeviceStatus => (own_id, DeviceEvent::Status(lock_status(&root))),
+        Feature::DeviceMasterdata => (own_id, DeviceEvent::Masterdata(masterdata(&root))),
         Feature::DeviceLogs => {
-            let entry = nested("smartlockLog");
-            let id = entry.and_then(smartlock_id).or_else(|| smartlock_id(root));
-            (id, DeviceEvent::Log(log_entry(entry)))
+            let entry = root.smartlock_log.0.unwrap_or_default();
+            let id = entry.smartlock_id.0.map(|LockId(id)| id).or(own_id);
+            let entry = LogEntry {
+                action: entry.action.0.map(LogAction::from_code),
+                completion_state: entry.state.0.map(CompletionState::from_code),
+            };
+            (id, DeviceEvent::Log(entry))
         }
         Feature::DeviceAuths => {
-            let id = nested("smartlockAuth")
-                .and_then(smartlock_id)
-                .or_else(|| smartlock_id(root));
-            (id, DeviceEvent::Seen)
+            let auth = root.smartlock_auth.0.and_then(|auth| auth.smartlock_id.0);
+            (auth.map(|LockId(id)| id).or(own_id), DeviceEvent::Seen)
         }
         Feature::AccountUser => (None, DeviceEvent::Seen),
-        Feature::DeviceConfig | Feature::Other(_) => (smartlock_id(root), DeviceEvent::Seen),
+        Feature::DeviceConfig | Feature::Other(_) => (own_id, DeviceEvent::Seen),
     };
     DeviceWebhook {
         feature,
@@ -358,54 +531,29 @@ fn device_webhook(feature: Feature, root: &Map<String, Value>) -> DeviceWebhook 
     }
 }
 
-fn lock_status(root: &Map<String, Value>) -> LockStatus {
-    let state = root.get("state").and_then(Value::as_object);
-    let flag = |key: &str| state.and_then(|s| s.get(key)).and_then(Value::as_bool);
-    let int = |key: &str| state.and_then(|s| s.get(key)).and_then(Value::as_i64);
+fn lock_status(root: &RawWebhook<'_>) -> LockStatus {
+    let state = root.state.0.as_ref();
     LockStatus {
-        battery_charge_percent: int("batteryCharge"),
-        battery_critical: flag("batteryCritical"),
-        keypad_battery_critical: flag("keypadBatteryCritical"),
-        doorsensor_battery_critical: flag("doorsensorBatteryCritical"),
-        lock_state: int("state"),
-        door_state: int("doorState"),
-        server_state: root.get("serverState").and_then(Value::as_i64),
+        battery_charge_percent: state.and_then(|s| s.battery_charge.0),
+        battery_critical: state.and_then(|s| s.battery_critical.0),
+        keypad_battery_critical: state.and_then(|s| s.keypad_battery_critical.0),
+        doorsensor_battery_critical: state.and_then(|s| s.doorsensor_battery_critical.0),
+        lock_state: state.and_then(|s| s.state.0),
+        door_state: state.and_then(|s| s.door_state.0),
+        server_state: root.server_state.0,
     }
 }
 
-fn masterdata(root: &Map<String, Value>) -> Masterdata {
+fn masterdata(root: &RawWebhook<'_>) -> Masterdata {
     Masterdata {
-        deleted: root
-            .get("deleted")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        name: root.get("name").and_then(Value::as_str).map(str::to_owned),
-        device_type: root
-            .get("type")
-            .and_then(Value::as_i64)
-            .map(DeviceType::from_code),
-        firmware_version: root
-            .get("firmwareVersion")
-            .and_then(Value::as_u64)
-            .map(FirmwareVersion),
-        server_state: root.get("serverState").and_then(Value::as_i64),
-    }
-}
-
-fn log_entry(entry: Option<&Map<String, Value>>) -> LogEntry {
-    let int = |key: &str| entry.and_then(|e| e.get(key)).and_then(Value::as_i64);
-    LogEntry {
-        action: int("action").map(LogAction::from_code),
-        completion_state: int("state").map(CompletionState::from_code),
-    }
-}
-
-/// `smartlockId` as a JSON integer or a string of digits.
-fn smartlock_id(object: &Map<String, Value>) -> Option<u64> {
-    match object.get("smartlockId")? {
-        Value::Number(number) => number.as_u64(),
-        Value::String(text) => text.parse().ok(),
-        _ => None,
+        deleted: root.deleted.0.unwrap_or(false),
+        name: root.name.0.as_ref().map(|name| name.clone().into_owned()),
+        device_type: match root.kind.0 {
+            Some(TypeField::Code(code)) => Some(DeviceType::from_code(code)),
+            _ => None,
+        },
+        firmware_version: root.firmware_version.0.map(FirmwareVersion),
+        server_state: root.server_state.0,
     }
 }
 
@@ -490,26 +638,58 @@ mod tests {
 
     #[test]
     fn every_spelling_of_a_code_is_the_same_byte() {
-        for spelling in ["ff", "FF", "0xff", "0xFF", "0XfF", " ff "] {
-            assert_eq!(
-                error_code(Some(&Value::from(spelling))),
-                ErrorCode::Code(0xFF),
-                "{spelling}"
-            );
+        // The errorCode of a failed flat result, given as JSON text (None: no errorCode key).
+        let code = |json: Option<&str>| {
+            let field = json.map_or(String::new(), |j| format!(r#","errorCode":{j}"#));
+            let body = format!(r#"{{"type":"X","smartlockId":1,"success":false{field}}}"#);
+            match api(body.as_bytes()).results[..] {
+                [
+                    EntityResult {
+                        outcome: Outcome::Failure(code),
+                        ..
+                    },
+                ] => code,
+                ref other => panic!("{other:?}"),
+            }
+        };
+        for spelling in [
+            r#""ff""#,
+            r#""FF""#,
+            r#""0xff""#,
+            r#""0xFF""#,
+            r#""0XfF""#,
+            r#"" ff ""#,
+            r#""\u0066f""#,
+            "255",
+        ] {
+            assert_eq!(code(Some(spelling)), ErrorCode::Code(0xFF), "{spelling}");
         }
-        assert_eq!(error_code(Some(&Value::from(255))), ErrorCode::Code(0xFF));
-        assert_eq!(error_code(Some(&Value::from("f"))), ErrorCode::Code(0x0F));
-        for invalid in ["", "0x", "fff", "zz", "0x1g", "-1"] {
-            assert_eq!(
-                error_code(Some(&Value::from(invalid))),
-                ErrorCode::Invalid,
-                "{invalid}"
-            );
+        assert_eq!(code(Some(r#""f""#)), ErrorCode::Code(0x0F));
+        for invalid in [
+            r#""""#,
+            r#""0x""#,
+            r#""fff""#,
+            r#""zz""#,
+            r#""0x1g""#,
+            r#""-1""#,
+            "256",
+            "-1",
+            "1.5",
+            "true",
+            "[]",
+            r#"{"a":1}"#,
+        ] {
+            assert_eq!(code(Some(invalid)), ErrorCode::Invalid, "{invalid}");
         }
-        assert_eq!(error_code(Some(&Value::from(256))), ErrorCode::Invalid);
-        assert_eq!(error_code(Some(&Value::from(true))), ErrorCode::Invalid);
-        assert_eq!(error_code(Some(&Value::Null)), ErrorCode::Missing);
-        assert_eq!(error_code(None), ErrorCode::Missing);
+        assert_eq!(code(Some("null")), ErrorCode::Missing);
+        assert_eq!(code(None), ErrorCode::Missing);
+    }
+
+    #[test]
+    fn escaped_strings_and_nested_junk_do_not_break_parsing() {
+        let webhook = api(br#"{"type":"AuthCreation","junk":{"detail":[1,{"x":[{}]}]},"detail":[7,"x",{"smartlockId":3,"success":false,"errorCode":"13"},null]}"#);
+        assert_eq!(webhook.operation.as_deref(), Some("AuthCreation"));
+        assert_eq!(webhook.results, vec![failed(3, ErrorCode::Code(0x13))]);
     }
 
     #[test]
@@ -641,6 +821,24 @@ mod tests {
     }
 
     #[test]
+    fn nesting_of_any_depth_in_unread_fields_is_skipped_without_recursion() {
+        let deep = format!(
+            r#"{{"type":"A","unread":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(api(deep.as_bytes()).operation.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_by_name() {
+        let error = parse(br#"{"type":"A","type":"B"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("duplicate field `type`"), "{error}");
+    }
+
+    #[test]
     fn only_json_objects_are_accepted() {
         for body in [
             &b"[]"[..],
@@ -650,6 +848,7 @@ mod tests {
             b"",
             b"{",
             b"\xff\xfe",
+            b"{\"unread\":\"\xff\"}",
         ] {
             assert!(parse(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }

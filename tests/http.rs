@@ -173,8 +173,25 @@ async fn malformed_bodies_are_refused_and_change_nothing_else() {
             String::from_utf8_lossy(body)
         );
     }
+    let duplicate = exporter
+        .client
+        .post(&exporter.webhook_url)
+        .header(
+            nuki_exporter::signature::HEADER,
+            sign(SECRET.as_bytes(), br#"{"type":"A","type":"B"}"#),
+        )
+        .body(r#"{"type":"A","type":"B"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(duplicate.status().as_u16(), 400);
+    let message = duplicate.text().await.unwrap();
+    assert!(
+        message.contains("duplicate field `type`"),
+        "a clear error: {message}"
+    );
     let after = exporter.scrape().await;
-    assert_eq!(after.value(REJECTED, &[("reason", "malformed")]), Some(6.0));
+    assert_eq!(after.value(REJECTED, &[("reason", "malformed")]), Some(7.0));
     for metric in [
         ERRORS,
         "nuki_operations_total",
