@@ -297,6 +297,10 @@ const SEEDED_FLEET: &str = r#"
         values: '0+1x180'
       - series: 'nuki_exporter_label_overflow_total{job="nuki-exporter", instance="exporter-a:10181", label="smartlock_id"}'
         values: '0+1x180'
+      - series: 'nuki_exporter_open_connections{job="nuki-exporter", instance="exporter-a:10181", listener="webhook"}'
+        values: '3x180'
+      - series: 'nuki_exporter_connection_limit_hits_total{job="nuki-exporter", instance="exporter-a:10181", limit="header_read_timeout"}'
+        values: '0+1x180'
       - series: 'process_resident_memory_bytes{job="nuki-exporter", instance="exporter-a:10181"}'
         values: '12000000x180'
       - series: 'process_cpu_seconds_total{job="nuki-exporter", instance="exporter-a:10181"}'
@@ -454,6 +458,8 @@ fn every_metric_in_dashboards_and_rules_is_exported() {
         "nuki_smartlock_battery_critical",
         "nuki_exporter_webhooks_rejected_total",
         "nuki_exporter_label_overflow_total",
+        "nuki_exporter_open_connections",
+        "nuki_exporter_connection_limit_hits_total",
     ] {
         assert!(
             used.contains_key(metric),
