@@ -95,12 +95,18 @@ fn basic_header(user: &str, password: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn tls_and_basic_auth_on_the_metrics_listener() {
+/// An exporter whose metrics listener serves TLS and basic auth; the directory holds its
+/// certificate (`cert.pem`), which clients trust.
+async fn start_behind_tls_and_basic_auth() -> (TestExporter, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     config.metrics.web_config_file = Some(web_config(dir.path(), true));
-    let exporter = TestExporter::start_with(config).await;
+    (TestExporter::start_with(config).await, dir)
+}
+
+#[tokio::test]
+async fn tls_and_basic_auth_on_the_metrics_listener() {
+    let (exporter, dir) = start_behind_tls_and_basic_auth().await;
     assert_eq!(
         exporter.post(&fixture("api-auth-creation-failed")).await,
         204,
@@ -229,10 +235,7 @@ fn promtool_and_the_exporter_accept_the_same_web_configuration() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_over_tls_with_basic_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    config.metrics.web_config_file = Some(web_config(dir.path(), true));
-    let exporter = TestExporter::start_with(config).await;
+    let (exporter, dir) = start_behind_tls_and_basic_auth().await;
     assert_eq!(
         exporter.post(&fixture("api-auth-creation-failed")).await,
         204
