@@ -23,19 +23,15 @@ RUN touch src/*.rs \
  && cargo build --release --locked --bin nuki-exporter \
  && cp target/release/nuki-exporter /nuki-exporter
 
-# A static busybox, used only as the "wget" of the container health check (distroless has no shell or curl).
-FROM busybox:1.36.1-musl AS probe
-
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="nuki-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Nuki smart-lock fleets (Nuki Web API webhooks)" \
       org.opencontainers.image.source="https://github.com/nuki-exporter/nuki-exporter" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /nuki-exporter /usr/local/bin/nuki-exporter
-COPY --from=probe /bin/busybox /usr/local/bin/wget
 USER nonroot:nonroot
 # 10180: webhook listener (POST /webhook), 10181: metrics listener (GET /metrics)
 EXPOSE 10180 10181
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["/usr/local/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:10181/-/ready"]
+  CMD ["/usr/local/bin/nuki-exporter", "healthcheck", "--url", "http://127.0.0.1:10180/-/ready"]
 ENTRYPOINT ["/usr/local/bin/nuki-exporter"]

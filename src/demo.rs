@@ -9,9 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::signature::{HEADER, sign};
@@ -142,8 +139,7 @@ pub fn round(number: u64, locks: u64) -> Vec<Value> {
 
 /// Sends rounds of webhooks until `options.rounds` is reached (or forever).
 pub async fn run(options: &DemoOptions) -> Result<(), String> {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = crate::client::new();
     let mut number = 0;
     loop {
         let webhooks = round(number, options.locks);

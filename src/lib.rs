@@ -5,6 +5,7 @@
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
 pub mod catalogue;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod http;

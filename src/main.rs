@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nuki_exporter::config::LogConfig;
-use nuki_exporter::{Config, Exporter, catalogue, demo, logging, server};
+use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, server};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
 /// their error codes, battery and lock state as metrics.
@@ -51,6 +51,17 @@ enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// Exit 0 when the exporter at URL answers 200, 1 otherwise: the container health check of
+    /// an image that has no shell or curl.
+    Healthcheck {
+        /// Readiness endpoint to ask.
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:10180/-/ready"
+        )]
+        url: hyper::Uri,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +98,10 @@ fn main() -> ExitCode {
             };
             run_demo(&options)
         }
+        Some(Command::Healthcheck { url }) => match runtime().block_on(client::probe(&url)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        },
         None => run_exporter(cli.config_file, cli.check_config),
     }
 }

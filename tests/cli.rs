@@ -360,3 +360,30 @@ fn demo_names_an_unreachable_target() {
     assert!(!ok);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
+    let exporter = common::TestExporter::start().await;
+    let ready = format!("{}/-/ready", exporter.metrics_base);
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(exporter_command().args(["healthcheck", "--url", &ready]))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    let missing = format!("{}/nowhere", exporter.metrics_base);
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(exporter_command().args(["healthcheck", "--url", &missing]))
+    })
+    .await
+    .unwrap();
+    assert!(!ok && stderr.contains("404"), "{stderr}");
+    exporter.shutdown().await;
+    let port = common::free_port();
+    let (ok, _, stderr) = run(exporter_command().args([
+        "healthcheck",
+        "--url",
+        &format!("http://127.0.0.1:{port}/-/ready"),
+    ]));
+    assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
+}

@@ -1,0 +1,25 @@
+//! The exporter's own HTTP client: the demo fleet's sender and the container health check.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A plain-HTTP client with connection reuse.
+pub fn new() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Asks `url` once, within five seconds: `Ok` for a 200.
+pub async fn probe(url: &hyper::Uri) -> Result<(), String> {
+    let request = new().get(url.clone());
+    match tokio::time::timeout(Duration::from_secs(5), request).await {
+        Ok(Ok(response)) if response.status() == hyper::StatusCode::OK => Ok(()),
+        Ok(Ok(response)) => Err(format!("{url} answered {}", response.status())),
+        Ok(Err(error)) => Err(format!("cannot reach {url}: {error}")),
+        Err(_) => Err(format!("{url} did not answer within 5 s")),
+    }
+}
