@@ -248,16 +248,18 @@ impl Metrics {
         let r = &registry;
         let lock = &["smartlock_id"];
         let metrics = Self {
+            // The prometheus crate copies a metric's HELP into each of its series: the
+            // per-lock metrics keep theirs short.
             operation_errors: counter_vec(
                 r,
                 "nuki_operation_errors_total",
-                "Failed entities of API-triggered webhooks (detail[].success=false or a failed flat result), by webhook type, errorCode and smartlockId.",
+                "Failed API webhook entities (detail[] or flat result, by type, errorCode, smartlockId).",
                 &["operation", "error_code", "error_name", "smartlock_id"],
             ),
             operations: counter_vec(
                 r,
                 "nuki_operations_total",
-                "Entity results of API-triggered webhooks (each detail[] entry or the flat result), success or failure, by webhook type and smartlockId.",
+                "API webhook entity results, success or not (detail[] or flat result, by type, smartlockId).",
                 &["operation", "smartlock_id"],
             ),
             battery_charge: gauge_vec(
@@ -295,7 +297,7 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "nuki_smartlock_last_seen_timestamp_seconds",
-                        "Unix time the exporter last received a webhook naming this smartlockId.",
+                        "Unix time of the last webhook naming this smartlockId.",
                     ),
                     lock,
                 )
