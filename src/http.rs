@@ -11,7 +11,7 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
+use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
 use crate::payload;
 use crate::signature::{self, Verifier};
 use crate::web::{Access, MetricsGuard};
@@ -43,6 +43,7 @@ pub struct App {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub guard: MetricsGuard,
+    encoder: EncoderThread,
     ready: AtomicBool,
 }
 
@@ -66,8 +67,9 @@ impl App {
         max_body_bytes: usize,
         request_timeout: Duration,
         guard: MetricsGuard,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
             metrics,
             verifier,
             webhook_path,
@@ -75,7 +77,7 @@ impl App {
             request_timeout,
             guard,
             ready: AtomicBool::new(true),
-        }
+        })
     }
 
     /// Turns `/-/ready` to 503: the exporter is shutting down.
@@ -147,20 +149,17 @@ impl App {
         }
     }
 
-    /// Encodes the registry on the blocking pool, so that a large exposition never holds up the
-    /// runtime threads that answer webhooks.
     async fn serve_metrics(&self) -> HttpResponse {
-        let metrics = Arc::clone(&self.metrics);
-        match tokio::task::spawn_blocking(move || metrics.encode()).await {
-            Ok(body) => {
+        match self.encoder.encode().await {
+            Some(body) => {
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
                 response
             }
-            Err(error) => {
-                tracing::error!(%error, "encoding /metrics failed");
+            None => {
+                tracing::error!("the metrics encoder thread is gone");
                 text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Encoding metrics failed.\n",

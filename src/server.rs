@@ -26,6 +26,8 @@ use tokio_rustls::TlsAcceptor;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the metrics encoder thread: {0}")]
+    Encoder(std::io::Error),
     #[error("cannot listen on {address} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -57,14 +59,17 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
-        let app = Arc::new(App::new(
-            metrics,
-            verifier,
-            config.webhook.path.clone(),
-            config.limits.max_body_bytes,
-            config.limits.request_timeout,
-            guard,
-        ));
+        let app = Arc::new(
+            App::new(
+                metrics,
+                verifier,
+                config.webhook.path.clone(),
+                config.limits.max_body_bytes,
+                config.limits.request_timeout,
+                guard,
+            )
+            .map_err(StartError::Encoder)?,
+        );
 
         let bind = |key, address| async move {
             TcpListener::bind(address)
