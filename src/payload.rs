@@ -1,9 +1,10 @@
 //! Nuki webhook payloads: bytes in, typed events out.
 //!
 //! Pure and total: any JSON object parses into a [`Webhook`] (fields of the wrong type read as
-//! absent, unknown fields are ignored, unknown kinds are kept by name); only a body that is not a
-//! JSON object, or an object that names a field the exporter reads twice, is an error. Nothing
-//! here knows about HTTP or Prometheus.
+//! absent, unknown fields are ignored, unknown kinds are kept by name). Errors: a body that is not
+//! a UTF-8 JSON object; an object naming a field the exporter reads twice; and, in a field the
+//! exporter reads, a value serde_json cannot represent (a number beyond f64, a lone surrogate
+//! escape). Nothing here knows about HTTP or Prometheus.
 
 mod lenient;
 

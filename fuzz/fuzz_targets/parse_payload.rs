@@ -1,0 +1,154 @@
+//! Webhook bodies: arbitrary bytes through `payload::parse`, and every accepted webhook into
+//! the metrics, as the server does after the signature check.
+//!
+//! Two `Metrics`: a fresh one per input (reproducible: a crash depends on this input alone)
+//! that is recorded into and scraped, and one that lives for the whole run with small limits,
+//! so that `-rss_limit_mb` would catch label sets growing past their caps. Every 4096 inputs
+//! the long-lived one is scraped and its label sets checked against the caps.
+
+#![no_main]
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libfuzzer_sys::fuzz_target;
+use nuki_exporter::metrics::{Limits, Metrics};
+use nuki_exporter::payload::{self, ParseError, Webhook};
+use serde::de::IgnoredAny;
+
+const NOW: f64 = 1_700_000_000.0;
+
+const LIMITS: Limits = Limits {
+    max_smartlocks: 50,
+    max_operations: 8,
+};
+
+static LONG_LIVED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(LIMITS));
+static INPUTS: AtomicU64 = AtomicU64::new(0);
+
+fuzz_target!(|data: &[u8]| {
+    let parsed = payload::parse(data);
+    let utf8 = std::str::from_utf8(data).is_ok();
+    // JSON syntax at any depth, without decoding: what the parser checks of unread fields.
+    let syntax = || serde_json::from_slice::<IgnoredAny>(data).is_ok();
+    let object = data.trim_ascii_start().first() == Some(&b'{');
+    let webhook = match parsed {
+        Ok(webhook) => {
+            assert!(
+                utf8 && object && syntax(),
+                "accepted a body that is not a JSON object"
+            );
+            webhook
+        }
+        Err(ParseError::Utf8(_)) => {
+            assert!(!utf8);
+            return;
+        }
+        Err(ParseError::NotAnObject) => {
+            assert!(utf8 && !object && syntax());
+            return;
+        }
+        Err(ParseError::Json(error)) => {
+            // Valid JSON is refused as malformed only for an object naming a field the parser
+            // reads twice, or a value the parser decodes that is a number beyond f64 or a string
+            // with a lone surrogate escape (see tests/properties.rs).
+            let error = error.to_string();
+            let undecodable = ["number out of range", "surrogate", "hex escape"];
+            let explained = (object && error.contains("duplicate field"))
+                || undecodable.iter().any(|reason| error.contains(reason));
+            assert!(explained || !syntax(), "refused valid JSON: {error}");
+            return;
+        }
+    };
+    if let Webhook::Api(api) = &webhook {
+        // Each result is a JSON object in the body (at least `{}`), or the body itself.
+        assert!(api.results.len() * 2 <= data.len());
+    }
+    assert_eq!(
+        payload::parse(data).ok().as_ref(),
+        Some(&webhook),
+        "not pure"
+    );
+
+    let fresh = Metrics::new(LIMITS);
+    fresh.record(&webhook, NOW);
+    let text = String::from_utf8(fresh.encode()).expect("exposition is UTF-8");
+    check_bounds(&text);
+
+    LONG_LIVED.record(&webhook, NOW);
+    if INPUTS.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
+        let text = String::from_utf8(LONG_LIVED.encode()).expect("exposition is UTF-8");
+        check_bounds(&text);
+    }
+});
+
+/// At most `max_smartlocks` lock ids and `max_operations` operation values besides the shared
+/// `other` and `unknown`.
+fn check_bounds(text: &str) {
+    let mut locks = BTreeSet::new();
+    let mut operations = BTreeSet::new();
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        for (name, value) in labels(line) {
+            if value == "other" || value == "unknown" {
+                continue;
+            }
+            match name.as_str() {
+                "smartlock_id" => {
+                    assert!(value.parse::<u64>().is_ok(), "smartlock_id {value:?}");
+                    locks.insert(value);
+                }
+                "operation" => {
+                    assert!(value.len() <= 64, "operation of {} bytes", value.len());
+                    operations.insert(value);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        locks.len() <= LIMITS.max_smartlocks,
+        "{} lock ids",
+        locks.len()
+    );
+    assert!(
+        operations.len() <= LIMITS.max_operations,
+        "{} operations",
+        operations.len()
+    );
+}
+
+/// The labels of one exposition line, values unescaped.
+fn labels(line: &str) -> Vec<(String, String)> {
+    let Some(open) = line.find('{') else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut chars = line[open + 1..].chars();
+    loop {
+        let name: String = chars
+            .by_ref()
+            .skip_while(|&c| c == ',')
+            .take_while(|&c| c != '=')
+            .collect();
+        if name.is_empty() || name.starts_with('}') {
+            return out;
+        }
+        assert_eq!(chars.next(), Some('"'), "{line}");
+        let mut value = String::new();
+        loop {
+            match chars.next().expect("unterminated label value") {
+                '\\' => match chars.next().expect("dangling escape") {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((name, value));
+        if chars.clone().next() == Some('}') {
+            return out;
+        }
+    }
+}
