@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, unit, HTTP and end-to-end tests, and the
-# benchmark's smoke mode. Installs the Debian packages the tests drive (promtool, Prometheus,
-# Alertmanager, docker-compose, wrk) when they are missing.
+# Runs the whole test suite: formatting, lints, unit, property, HTTP and end-to-end tests, and
+# the benchmark's and soak's smoke modes. Installs the Debian packages the tests drive (promtool,
+# Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ have promtool && have prometheus || missing+=(prometheus)
 have prometheus-alertmanager && have amtool || missing+=(prometheus-alertmanager)
 have docker-compose || missing+=(docker-compose)
 have wrk || missing+=(wrk)
+have curl || missing+=(curl)
+[ -x /usr/bin/time ] || missing+=(time)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo=""
@@ -22,3 +24,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+bench/run --smoke
+bench/soak --smoke

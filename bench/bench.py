@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run and bench/soak (standard library only).
+
+  gen      write a data file of signed API-failure webhooks for bench/webhooks.lua
+  scrape   GET /metrics a few times: wall time, bytes, series, status (JSON on stdout)
+  scrape-loop  GET /metrics once a second for a while (JSON on stdout)
+  metric   print the value of one sample of a /metrics page
+  wrk      read wrk's output, check it, print its WRK_RESULT JSON
+  report   turn bench/run's JSON-lines records into the markdown results table
+  soak-report  the same for bench/soak
+"""
+
+import argparse
+import hashlib
+import hmac
+import http.client
+import json
+import statistics
+import sys
+import time
+import urllib.parse
+
+# Nuki smartlockIds are 11-digit decimals; the benchmark's ids start here.
+ID_BASE = 17_000_000_000
+# A few catalogue codes, one per lock (so each lock has exactly one error series).
+ERROR_CODES = ["ff", "fe", "40", "41", "fd", "c2", "43", "a0"]
+
+
+def webhook_body(index, ids, first_id, entries):
+    detail = []
+    for k in range(entries):
+        lock = first_id + (index + k) % ids
+        detail.append(
+            '{"smartlockId":%d,"success":false,"errorCode":"%s","id":"%024x"}'
+            % (ID_BASE + lock, ERROR_CODES[lock % len(ERROR_CODES)], 0x68B142 << 72 | index * entries + k)
+        )
+    return (
+        '{"detail":[%s],"type":"AuthCreation","requestId":"%024x","success":false}'
+        % (",".join(detail), 0x68B143 << 72 | index)
+    )
+
+
+def cmd_gen(args):
+    """One line per webhook: hex signature, a space, the body. Webhook i names lock ids
+    first_id + (i + k) mod ids for k < entries, so `count` = `ids` webhooks rotate over
+    exactly `ids` distinct locks."""
+    key = args.secret.encode()
+    count = args.count or args.ids
+    with open(args.out, "w") as out:
+        for i in range(count):
+            body = webhook_body(i, args.ids, args.first_id, args.entries).encode()
+            signature = hmac.new(key, body, hashlib.sha256).hexdigest()
+            out.write("%s %s\n" % (signature, body.decode()))
+
+
+def get(url, timeout=60.0):
+    """(status, body bytes, seconds to the last byte) of one GET on a fresh connection."""
+    parts = urllib.parse.urlsplit(url)
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, body, time.perf_counter() - start
+    finally:
+        connection.close()
+
+
+def count_series(body):
+    return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def cmd_scrape(args):
+    results = []
+    for _ in range(args.repeat):
+        status, body, seconds = get(args.url)
+        results.append(
+            {"status": status, "seconds": seconds, "bytes": len(body), "series": count_series(body)}
+        )
+    print(json.dumps(results))
+    return 0 if all(r["status"] == 200 for r in results) else 1
+
+
+def cmd_scrape_loop(args):
+    """Scrapes due at t = 0, 1, 2, ... < duration s; one that is late (the previous scrape took
+    longer than the interval) starts at once. Stops at the duration, so slow scrapes mean fewer."""
+    results = []
+    start = time.monotonic()
+    next_at = start
+    while next_at - start < args.duration and time.monotonic() - start < args.duration:
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            status, body, seconds = get(args.url)
+            results.append({"status": status, "seconds": seconds, "bytes": len(body)})
+        except OSError as error:
+            results.append({"status": 0, "seconds": None, "error": str(error)})
+        next_at += args.interval
+    print(json.dumps(results))
+    return 0 if results and all(r["status"] == 200 for r in results) else 1
+
+
+def cmd_metric(args):
+    status, body, _ = get(args.url)
+    if status != 200:
+        print("scrape answered %d" % status, file=sys.stderr)
+        return 1
+    total = None
+    for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.split("{", 1)[0]
+        if name == args.name and all(("%s" % label) in series for label in args.label):
+            total = (total or 0.0) + float(value)
+    if total is None:
+        print("no sample of %s" % args.name, file=sys.stderr)
+        return 1
+    print("%.0f" % total if total == int(total) else total)
+    return 0
+
+
+def cmd_summary_line(args):
+    """One human line about a wrk output file, for progress logs."""
+    with open(args.file) as f:
+        for line in f:
+            if line.startswith("WRK_RESULT "):
+                w = json.loads(line[len("WRK_RESULT "):])
+                print("%s req/s, p50 %s ms, p99 %s ms" % ("{:,.0f}".format(w["requests"] / (w["duration_us"] / 1e6)),
+                      ms(w["latency_us"]["p50"]), ms(w["latency_us"]["p99"])))
+                return 0
+    print("no result")
+    return 1
+
+
+def cmd_wrk(args):
+    """Prints the WRK_RESULT JSON of a wrk output file; fails when wrk saw errors or did nothing."""
+    result = None
+    with open(args.file) as f:
+        for line in f:
+            if line.startswith("WRK_RESULT "):
+                result = json.loads(line[len("WRK_RESULT "):])
+    if result is None:
+        print("no WRK_RESULT line in %s" % args.file, file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    errors = sum(result["errors"].values())
+    if result["requests"] == 0 or errors:
+        print("wrk: %d requests, errors %s (%s)" % (result["requests"], result["errors"], args.file),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def ms(us):
+    return "%.2f" % (us / 1000.0)
+
+
+def kib(kb):
+    return "{:,}".format(kb)
+
+
+def derive(r):
+    """Adds the numbers the tables show to a raw record of bench/run."""
+    w = r.get("wrk")
+    if w:
+        seconds = w["duration_us"] / 1e6
+        r["rps"] = w["requests"] / seconds
+        r["latency_us"] = w["latency_us"]
+        cpu_s = r["cpu_ticks"] / r["clk_tck"]
+        r["cpu_util"] = cpu_s / seconds
+        r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
+        if r.get("client_cpu_s") is not None:
+            r["client_cpu_util"] = r["client_cpu_s"] / seconds
+        if "server_core_busy_ticks" in r:
+            r["server_core_other"] = (r["server_core_busy_ticks"] - r["cpu_ticks"]) / r["clk_tck"] / seconds
+            r["server_core_steal"] = r["server_core_steal_ticks"] / r["clk_tck"] / seconds
+        if "client_core_busy_ticks" in r and r.get("client_cpu_s") is not None:
+            r["client_core_other"] = (r["client_core_busy_ticks"] / r["clk_tck"] - r["client_cpu_s"]) / seconds
+    if r["stage"] == "scrape":
+        r["series"] = r["scrapes"][0]["series"]
+        r["cpu_ms_per_scrape"] = r["cpu_ticks"] / r["clk_tck"] * 1000 / len(r["scrapes"])
+        r["bytes_per_series_filled"] = (r["rss_filled_kb"] - r["rss_empty_kb"]) * 1024 / r["series"]
+        r["bytes_per_series_after"] = (r["rss_after_kb"] - r["rss_empty_kb"]) * 1024 / r["series"]
+    return r
+
+
+def pct(x):
+    return "n/a" if x is None else "%.0f%%" % (x * 100)
+
+
+def throughput_section(records, out):
+    runs = [r for r in records if r["stage"] == "throughput"]
+    variants = sorted({r["entries"] for r in runs})
+    out.append("### Webhook throughput: nuki-exporter (A) against the bare hyper baseline (B)\n")
+    out.append("Server on core 0, `wrk -t1 -c64` on core 1, 10,000 lock ids rotating, "
+               "%d-second runs, A B pairs interleaved.\n" % runs[0]["seconds"] if runs else "")
+    out.append("| entries | pair | server | req/s | server CPU | CPU µs/req | wrk CPU | other on core 0 / 1 | p50 ms | p99 ms | ratio A/B |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    summary = []
+    for entries in variants:
+        rows = [r for r in runs if r["entries"] == entries]
+        pairs = sorted({r["pair"] for r in rows})
+        ratios = []
+        for pair in pairs:
+            a = next(r for r in rows if r["pair"] == pair and r["server"] == "exporter")
+            b = next(r for r in rows if r["pair"] == pair and r["server"] == "baseline")
+            ratio = a["rps"] / b["rps"]
+            ratios.append(ratio)
+            for r, shown in ((a, ""), (b, "%.3f" % ratio)):
+                out.append("| %d | %d | %s | %s | %.0f%% | %.2f | %s | %s / %s | %s | %s | %s |" % (
+                    entries, pair, r["server"], "{:,.0f}".format(r["rps"]), r["cpu_util"] * 100,
+                    r["cpu_us_per_req"], pct(r.get("client_cpu_util")),
+                    pct(r.get("server_core_other")), pct(r.get("client_core_other")),
+                    ms(r["latency_us"]["p50"]), ms(r["latency_us"]["p99"]), shown))
+        med = lambda server, f: statistics.median(f(r) for r in rows if r["server"] == server)
+        summary.append({
+            "entries": entries,
+            "ratio": statistics.median(ratios),
+            "ratios": ratios,
+            "a_rps": med("exporter", lambda r: r["rps"]),
+            "b_rps": med("baseline", lambda r: r["rps"]),
+            "a_cpu": med("exporter", lambda r: r["cpu_us_per_req"]),
+            "b_cpu": med("baseline", lambda r: r["cpu_us_per_req"]),
+            "a_p50": med("exporter", lambda r: r["latency_us"]["p50"]),
+            "a_p99": med("exporter", lambda r: r["latency_us"]["p99"]),
+            "b_p50": med("baseline", lambda r: r["latency_us"]["p50"]),
+            "b_p99": med("baseline", lambda r: r["latency_us"]["p99"]),
+        })
+    out.append("")
+    return summary
+
+
+def scrape_section(records, out):
+    rows = [r for r in records if r["stage"] == "scrape"]
+    out.append("### /metrics: encode time and memory\n")
+    out.append("Exporter on core 0, filled with unique lock ids by webhooks (3 series per lock: "
+               "operations, operation errors, last seen). Scrapes on a fresh connection from core 1; "
+               "time = first byte sent to last byte read.\n")
+    out.append("| series | locks | body MB | first scrape ms | median scrape ms | max ms | server CPU ms/scrape "
+               "| RSS empty MiB | RSS filled MiB | RSS after scrapes MiB | B/series (filled) | B/series (after scrapes) |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        times = [s["seconds"] * 1000 for s in r["scrapes"]]
+        out.append("| {:,} | {:,} | {:.1f} | {:.0f} | {:.0f} | {:.0f} | {:.0f} | {:.1f} | {:.1f} | {:.1f} | {:.0f} | {:.0f} |".format(
+            r["series"], r["locks"], r["scrapes"][0]["bytes"] / 1e6, times[0],
+            statistics.median(times[1:] or times), max(times), r["cpu_ms_per_scrape"],
+            r["rss_empty_kb"] / 1024, r["rss_filled_kb"] / 1024, r["rss_after_kb"] / 1024,
+            r["bytes_per_series_filled"], r["bytes_per_series_after"]))
+    out.append("")
+    return rows
+
+
+def load_section(records, out):
+    rows = [r for r in records if r["stage"] == "scrape_under_load"]
+    out.append("### Webhook latency while /metrics is scraped once a second\n")
+    out.append("Same exporter (filled), same wrk load as the throughput runs (1 entry per webhook); "
+               "first without, then with a scraper on core 1 fetching /metrics every second.\n")
+    out.append("| series | scraping | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | scrapes done / due | scrape ms (median / max) |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        lat = r["latency_us"]
+        scrapes = [s["seconds"] * 1000 for s in (r.get("scrapes") or []) if s.get("seconds") is not None]
+        out.append("| {:,} | {} | {:,.0f} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["series"], "every 1 s" if r["scraping"] else "no", r["rps"], ms(lat["p50"]), ms(lat["p90"]),
+            ms(lat["p99"]), ms(lat["p999"]), ms(lat["max"]),
+            "%d / %d" % (len(scrapes), r["seconds"] - 1) if r["scraping"] else "–",
+            "%.0f / %.0f" % (statistics.median(scrapes), max(scrapes)) if scrapes else "–"))
+    out.append("")
+    return rows
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def cmd_report(args):
+    records = [derive(r) for r in load(args.records)]
+    meta = next((r for r in records if r["stage"] == "meta"), {})
+    out = ["## nuki-exporter benchmark results (%s)\n" % meta.get("mode", "full")]
+    out.append("- date: %s; commit %s%s; host: %s, %s CPUs" % (
+        meta.get("date", "?"), meta.get("commit", "?"), " (working tree modified)" if meta.get("dirty") else "",
+        meta.get("cpu", "?"), meta.get("cpus", "?")))
+    out.append("- load average before measuring: %s; after: %s" % (
+        meta.get("load_before", "?"), next((r["load"] for r in records if r["stage"] == "end"), "?")))
+    out.append("- wrk %s, rustc %s; server on CPU %s, wrk and scraper on CPU %s; baseline builder %s; session autogroup nice %s" % (
+        meta.get("wrk_version", "?"), meta.get("rustc", "?"), meta.get("server_cpu", "?"), meta.get("client_cpu", "?"),
+        meta.get("baseline_builder", "?"), meta.get("nice", 0)))
+    busy = [r["busy_before_pct"] for r in records if r.get("busy_before_pct") is not None]
+    others = [max(r.get("server_core_other") or 0, r.get("client_core_other") or 0)
+              for r in records if r["stage"] == "throughput"]
+    if busy:
+        out.append("- machine busy in the second before each measured step: at most %d%% (median %d%%)%s" % (
+            max(busy), statistics.median(busy),
+            "; other processes during the throughput runs: at most %.0f%% of a core" % (max(others) * 100) if others else ""))
+    out.append("")
+    summary = throughput_section(records, out)
+    scrapes = scrape_section(records, out)
+    loaded = load_section(records, out)
+
+    out.append("### Targets (issue 4)\n")
+    out.append("| target | measured | |")
+    out.append("|---|---|---|")
+    for s in summary:
+        target = 0.90 if s["entries"] == 1 else 0.80
+        out.append("| throughput ratio, %d %s per webhook ≥ %.2f | %.3f (median of %s; exporter %s req/s, baseline %s req/s; CPU %.1f vs %.1f µs/req) | %s |" % (
+            s["entries"], "entry" if s["entries"] == 1 else "entries", target, s["ratio"],
+            ", ".join("%.3f" % x for x in s["ratios"]), "{:,.0f}".format(s["a_rps"]),
+            "{:,.0f}".format(s["b_rps"]), s["a_cpu"], s["b_cpu"], verdict(s["ratio"] >= target)))
+    with_scrape = [r for r in loaded if r["scraping"]]
+    if with_scrape:
+        r = with_scrape[-1]
+        p99 = r["latency_us"]["p99"] / 1000
+        done = [x["seconds"] * 1000 for x in (r.get("scrapes") or []) if x.get("seconds") is not None]
+        out.append("| webhook p99 while /metrics (%s series) is scraped every second ≤ 5 ms | %.2f ms (%d of %d scrapes done, median %.0f ms each) | %s |" % (
+            "{:,}".format(r["series"]), p99, len(done), r["seconds"] - 1,
+            statistics.median(done) if done else float("nan"), verdict(p99 <= 5)))
+    if scrapes:
+        r = scrapes[-1]
+        times = [s["seconds"] * 1000 for s in r["scrapes"]]
+        worst = max(times)
+        out.append("| /metrics of %s series ≤ 200 ms | %.0f ms median of the repeated scrapes, %.0f ms the first, %.0f ms worst | %s |" % (
+            "{:,}".format(r["series"]), statistics.median(times[1:] or times), times[0], worst, verdict(worst <= 200)))
+        for r in scrapes:
+            per = max(r["bytes_per_series_filled"], r["bytes_per_series_after"])
+            out.append("| RSS ≤ 1 KiB per series (%s series) | %.0f B/series filled, %.0f B/series after scrapes | %s |" % (
+                "{:,}".format(r["series"]), r["bytes_per_series_filled"], r["bytes_per_series_after"],
+                verdict(per <= 1024)))
+    out.append("")
+    text = "\n".join(out)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+def cmd_soak_report(args):
+    records = load(args.records)
+    meta = next((r for r in records if r["stage"] == "meta"), {})
+    out = ["## nuki-exporter soak results (%s)\n" % meta.get("mode", "full")]
+    out.append("- date: %s; commit %s%s" % (meta.get("date", "?"), meta.get("commit", "?"),
+                                           " (working tree modified)" if meta.get("dirty") else ""))
+    out.append("- load average before: %s; after: %s; server on CPU %s, wrk on CPU %s; session autogroup nice %s\n" % (
+        meta.get("load_before", "?"), next((r["load"] for r in records if r["stage"] == "end"), "?"),
+        meta.get("server_cpu", "?"), meta.get("client_cpu", "?"), meta.get("nice", 0)))
+    out.append("| run | limits.max_smartlocks | after | webhooks answered (total) | distinct lock ids sent (total) | req/s | p99 ms | wrk errors | locks tracked | entries counted as `other` | series | RSS after a scrape MiB | peak RSS MiB |")
+    out.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in (r for r in records if r["stage"] == "soak"):
+        w = r.get("wrk")
+        out.append("| {} | {:,} | {} | {:,} | {:,} | {} | {} | {} | {:,} | {:,} | {:,} | {:.1f} | {:.1f} |".format(
+            r["run"], r["max_smartlocks"], r["phase"], r["sent_total"], r["distinct_total"],
+            "{:,.0f}".format(w["requests"] / (w["duration_us"] / 1e6)) if w else "–",
+            ms(w["latency_us"]["p99"]) if w else "–",
+            sum(w["errors"].values()) if w else "–", r["tracked"], r["overflow"], r["series"],
+            r["rss_kb"] / 1024, r["hwm_kb"] / 1024))
+    out.append("")
+    text = "\n".join(out)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("gen")
+    p.add_argument("--out", required=True)
+    p.add_argument("--secret", required=True)
+    p.add_argument("--ids", type=int, required=True, help="distinct lock ids")
+    p.add_argument("--first-id", type=int, default=0)
+    p.add_argument("--entries", type=int, default=1, help="detail[] entries per webhook")
+    p.add_argument("--count", type=int, default=0, help="webhooks (default: --ids)")
+    p.set_defaults(func=cmd_gen)
+    p = sub.add_parser("scrape")
+    p.add_argument("url")
+    p.add_argument("--repeat", type=int, default=1)
+    p.set_defaults(func=cmd_scrape)
+    p = sub.add_parser("scrape-loop")
+    p.add_argument("url")
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.set_defaults(func=cmd_scrape_loop)
+    p = sub.add_parser("metric")
+    p.add_argument("url")
+    p.add_argument("name")
+    p.add_argument("--label", action="append", default=[], help='e.g. reason="signature"')
+    p.set_defaults(func=cmd_metric)
+    p = sub.add_parser("wrk")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_wrk)
+    p = sub.add_parser("summary-line")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_summary_line)
+    p = sub.add_parser("report")
+    p.add_argument("records")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("soak-report")
+    p.add_argument("records")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_soak_report)
+    args = parser.parse_args()
+    sys.exit(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    main()
