@@ -13,10 +13,11 @@
 //! `PROPTEST_CASES` for more. The cargo-fuzz targets in `fuzz/` cover the same two entry
 //! points without a time limit; see `docs/fuzzing.md`.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use nuki_exporter::metrics::{Limits, Metrics};
@@ -120,16 +121,9 @@ fn parse_budget(len: usize) -> usize {
 
 fn fixtures() -> &'static [Vec<u8>] {
     static FIXTURES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-            .collect();
-        paths.sort();
-        paths
+        common::fixture_names()
             .iter()
-            .map(|path| std::fs::read(path).unwrap())
+            .map(|name| common::fixture(name))
             .collect()
     });
     &FIXTURES
@@ -763,53 +757,16 @@ fn samples(metrics: &Metrics) -> Vec<Sample> {
     let text = String::from_utf8(metrics.encode()).expect("exposition is UTF-8");
     text.lines()
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(sample)
+        .map(|line| {
+            let (name, labels, value) =
+                common::parse_sample(line).unwrap_or_else(|| panic!("{line}"));
+            Sample {
+                name,
+                labels,
+                value,
+            }
+        })
         .collect()
-}
-
-/// Parses one text-format line, unescaping label values.
-fn sample(line: &str) -> Sample {
-    let split = line.find(['{', ' ']).expect("a sample line");
-    let name = line[..split].to_owned();
-    let mut chars = line[split..].chars().peekable();
-    let mut labels = BTreeMap::new();
-    if chars.peek() == Some(&'{') {
-        chars.next();
-        loop {
-            match chars.peek() {
-                Some('}') => {
-                    chars.next();
-                    break;
-                }
-                Some(',') => {
-                    chars.next();
-                    continue;
-                }
-                _ => {}
-            }
-            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            assert_eq!(chars.next(), Some('"'), "{line}");
-            let mut value = String::new();
-            loop {
-                match chars.next().expect("unterminated label value") {
-                    '\\' => match chars.next().expect("dangling escape") {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-            labels.insert(key, value);
-        }
-    }
-    let value: String = chars.collect();
-    let value = value.trim().parse().unwrap_or_else(|_| panic!("{line}"));
-    Sample {
-        name,
-        labels,
-        value,
-    }
 }
 
 fn lock_label(id: Option<u64>) -> String {

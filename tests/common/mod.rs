@@ -160,26 +160,47 @@ impl Scrape {
     }
 }
 
-/// Splits `name{a="1",b="2"} 3` into its parts. Label values in these tests hold no `"` or `,`.
-fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = value.parse().ok()?;
-    let (name, labels) = match series.split_once('{') {
-        Some((name, rest)) => {
-            let body = rest.strip_suffix('}')?;
-            let labels = body
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .map(|pair| {
-                    let (key, value) = pair.split_once("=\"").expect("label pair");
-                    (key.to_owned(), value.trim_end_matches('"').to_owned())
-                })
-                .collect();
-            (name.to_owned(), labels)
+/// Splits one text-format sample line, `name{a="1",b="2"} 3`, into its parts, unescaping label
+/// values.
+pub fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
+    let split = line.find(['{', ' '])?;
+    let name = line[..split].to_owned();
+    let mut chars = line[split..].chars().peekable();
+    let mut labels = BTreeMap::new();
+    if chars.peek() == Some(&'{') {
+        chars.next();
+        loop {
+            match chars.peek() {
+                Some('}') => {
+                    chars.next();
+                    break;
+                }
+                Some(',') => {
+                    chars.next();
+                    continue;
+                }
+                _ => {}
+            }
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            if chars.next() != Some('"') {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.insert(key, value);
         }
-        None => (series.to_owned(), BTreeMap::new()),
-    };
-    Some((name, labels, value))
+    }
+    let value: String = chars.collect();
+    Some((name, labels, value.trim().parse().ok()?))
 }
 
 /// Runs an external tool, failing with the Debian package to install when it is missing.
