@@ -180,7 +180,7 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{DeviceEvent, ErrorCode, Outcome, Webhook, parse};
+    use crate::source::webhook::{DeviceEvent, ErrorCode, Outcome, Webhook, parse};
 
     fn parsed(number: u64, locks: u64) -> Vec<Webhook> {
         round(number, locks)

@@ -12,8 +12,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
-use crate::payload;
 use crate::signature::{self, Verifier};
+use crate::source::webhook;
 use crate::web::{Access, MetricsGuard};
 
 /// Which endpoints a listener serves.
@@ -216,7 +216,7 @@ impl App {
                 "Invalid signature.\n",
             );
         }
-        match payload::parse(&body) {
+        match webhook::parse(&body) {
             Ok(webhook) => {
                 self.metrics.record(&webhook, unix_now());
                 Response::builder()

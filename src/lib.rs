@@ -9,11 +9,12 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod lock;
 pub mod logging;
 pub mod metrics;
-pub mod payload;
 pub mod server;
 pub mod signature;
+pub mod source;
 pub mod web;
 
 pub use config::Config;

@@ -12,9 +12,9 @@ use prometheus::{
 };
 
 use crate::catalogue;
-use crate::payload::{
-    ApiWebhook, DeviceEvent, DeviceWebhook, ErrorCode, LockStatus, LogEntry, Masterdata, Outcome,
-    Webhook,
+use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
+use crate::source::webhook::{
+    ApiWebhook, DeviceEvent, DeviceWebhook, ErrorCode, LogEntry, Outcome, Webhook,
 };
 
 /// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
@@ -129,16 +129,18 @@ struct LockTable {
     locks: HashMap<u64, TrackedLock>,
 }
 
-/// `name`, `device_type`, `firmware_version` of a lock's `nuki_smartlock_info` series.
-type InfoLabels = [String; 3];
-
 /// A lock with series of its own, and handles of its hottest series: an API webhook counts
 /// through them without hashing label values again.
 struct TrackedLock {
     /// The decimal id: the `smartlock_id` label value.
     label: String,
-    info: Option<InfoLabels>,
-    last_seen: Gauge,
+    /// Last-known state: every field some source reported, the newest value of each.
+    status: LockStatus,
+    info: Option<LockInfo>,
+    /// Unix time of the last event that reported state or info.
+    updated_at: Option<f64>,
+    /// Made on the lock's first webhook: a lock only polled has no last-seen series.
+    last_seen: Option<Gauge>,
     /// `nuki_operations_total` by operation.
     operations: Vec<(String, IntCounter)>,
     /// `nuki_operation_errors_total` by operation and error code.
@@ -154,6 +156,13 @@ enum LockSlot<'t> {
 }
 
 impl TrackedLock {
+    /// Sets `nuki_smartlock_last_seen_timestamp_seconds`: the lock itself sent something.
+    fn seen(&mut self, now: f64, vec: &GaugeVec) {
+        self.last_seen
+            .get_or_insert_with(|| vec.with_label_values(&[&self.label]))
+            .set(now);
+    }
+
     fn operation_counter(&mut self, operation: &str, vec: &IntCounterVec) -> &IntCounter {
         let index = match self.operations.iter().position(|(op, _)| op == operation) {
             Some(index) => index,
@@ -456,7 +465,7 @@ impl Metrics {
                         lock.error_counter(operation, code, labels, &self.operation_errors)
                             .inc();
                     }
-                    lock.last_seen.set(now);
+                    lock.seen(now, &self.last_seen);
                 }
                 LockSlot::Shared(lock) => {
                     self.operations.with_label_values(&[operation, lock]).inc();
@@ -489,22 +498,87 @@ impl Metrics {
         let Some(id) = device.smartlock_id else {
             return;
         };
-        if let DeviceEvent::Masterdata(Masterdata { deleted: true, .. }) = device.event {
+        match &device.event {
+            DeviceEvent::Log(entry) => self.record_log_entry(id, entry, now),
+            DeviceEvent::Status(status) => {
+                self.observe(id, &[LockEvent::Seen, LockEvent::Status(*status)], now);
+            }
+            DeviceEvent::Masterdata(data) if data.deleted => {
+                self.observe(id, &[LockEvent::Removed], now);
+            }
+            DeviceEvent::Masterdata(data) => {
+                let status = LockStatus {
+                    server_state: data.server_state,
+                    ..LockStatus::default()
+                };
+                let events = [
+                    LockEvent::Seen,
+                    LockEvent::Status(status),
+                    LockEvent::Info(data.info()),
+                ];
+                self.observe(id, &events, now);
+            }
+            DeviceEvent::Seen => self.observe(id, &[LockEvent::Seen], now),
+        }
+    }
+
+    /// Records what a source learned about one lock at `now` (Unix seconds). Locks beyond
+    /// `limits.max_smartlocks` get no gauges.
+    pub fn observe(&self, id: u64, events: &[LockEvent], now: f64) {
+        if events.contains(&LockEvent::Removed) {
             self.forget_lock(id);
             return;
         }
         let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        match (self.admit(&mut table, Some(id)), &device.event) {
-            (LockSlot::Shared(lock), DeviceEvent::Log(entry)) => self.record_log(lock, entry),
-            (LockSlot::Shared(_), _) => {}
-            (LockSlot::Tracked(lock), event) => {
-                match event {
-                    DeviceEvent::Log(entry) => self.record_log(&lock.label, entry),
-                    DeviceEvent::Status(status) => self.record_status(&lock.label, status),
-                    DeviceEvent::Masterdata(data) => self.record_masterdata(lock, data),
-                    DeviceEvent::Seen => {}
+        let LockSlot::Tracked(lock) = self.admit(&mut table, Some(id)) else {
+            return;
+        };
+        for event in events {
+            match event {
+                LockEvent::Seen => lock.seen(now, &self.last_seen),
+                LockEvent::Status(status) => {
+                    self.record_status(&lock.label, status);
+                    lock.status.merge(status);
+                    lock.updated_at = Some(now);
                 }
-                lock.last_seen.set(now);
+                LockEvent::Info(info) => {
+                    self.record_info(lock, info);
+                    lock.updated_at = Some(now);
+                }
+                LockEvent::Removed => {}
+            }
+        }
+    }
+
+    /// Every tracked lock's last-known state and info.
+    pub fn known_locks(&self) -> Vec<KnownLock> {
+        let table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        table
+            .locks
+            .iter()
+            .filter(|(_, lock)| lock.updated_at.is_some())
+            .map(|(&smartlock_id, lock)| KnownLock {
+                smartlock_id,
+                status: lock.status,
+                info: lock.info.clone(),
+                updated_at: lock.updated_at,
+            })
+            .collect()
+    }
+
+    /// The ids of every lock with series of its own.
+    pub fn tracked_ids(&self) -> Vec<u64> {
+        let table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        table.locks.keys().copied().collect()
+    }
+
+    fn record_log_entry(&self, id: u64, entry: &LogEntry, now: f64) {
+        let mut table = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.admit(&mut table, Some(id)) {
+            LockSlot::Shared(lock) => self.record_log(lock, entry),
+            LockSlot::Tracked(lock) => {
+                self.record_log(&lock.label, entry);
+                lock.seen(now, &self.last_seen);
             }
         }
     }
@@ -541,30 +615,17 @@ impl Metrics {
         }
     }
 
-    /// Sets server state and the info series, replacing the lock's previous info series.
-    fn record_masterdata(&self, lock: &mut TrackedLock, data: &Masterdata) {
-        let id = lock.label.as_str();
-        if let Some(state) = data.server_state {
-            self.server_state.with_label_values(&[id]).set(state);
-        }
-        let labels: InfoLabels = [
-            data.name.clone().unwrap_or_default(),
-            data.device_type.map_or(UNNAMED, |t| t.label()).to_owned(),
-            data.firmware_version
-                .map_or_else(|| UNNAMED.to_owned(), |v| v.to_string()),
-        ];
-        if lock.info.as_ref() == Some(&labels) {
+    /// Sets the info series, replacing the lock's previous one.
+    fn record_info(&self, lock: &mut TrackedLock, info: &LockInfo) {
+        if lock.info.as_ref() == Some(info) {
             return;
         }
+        let id = lock.label.as_str();
         if let Some(old) = lock.info.take() {
-            let _ = self
-                .info
-                .remove_label_values(&[id, &old[0], &old[1], &old[2]]);
+            let _ = self.info.remove_label_values(&info_labels(id, &old));
         }
-        self.info
-            .with_label_values(&[id, &labels[0], &labels[1], &labels[2]])
-            .set(1);
-        lock.info = Some(labels);
+        self.info.with_label_values(&info_labels(id, info)).set(1);
+        lock.info = Some(info.clone());
     }
 
     /// Where a lock's series go: its own while there is room, `other` beyond the cap.
@@ -585,9 +646,11 @@ impl Metrics {
                 self.smartlocks_tracked.set(tracked as i64 + 1);
                 let label = itoa::Buffer::new().format(id).to_owned();
                 LockSlot::Tracked(entry.insert(TrackedLock {
-                    last_seen: self.last_seen.with_label_values(&[&label]),
+                    last_seen: None,
                     label,
+                    status: LockStatus::default(),
                     info: None,
+                    updated_at: None,
                     operations: Vec::new(),
                     errors: Vec::new(),
                 }))
@@ -625,6 +688,16 @@ impl Metrics {
         remove_lock_series(&self.last_seen, &id);
         remove_lock_series(&self.info, &id);
     }
+}
+
+/// The label values of a lock's `nuki_smartlock_info` series, in the metric's label order.
+fn info_labels<'a>(id: &'a str, info: &'a LockInfo) -> [&'a str; 4] {
+    [
+        id,
+        info.name.as_deref().unwrap_or_default(),
+        info.device_type.as_deref().unwrap_or(UNNAMED),
+        info.firmware_version.as_deref().unwrap_or(UNNAMED),
+    ]
 }
 
 /// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
@@ -689,7 +762,7 @@ fn remove_lock_series<T: MetricVecBuilder>(vec: &MetricVec<T>, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::parse;
+    use crate::source::webhook::parse;
 
     fn metrics() -> Metrics {
         Metrics::new(Limits {
@@ -822,6 +895,40 @@ mod tests {
             text.contains(r#"nuki_smartlock_battery_critical{battery="lock",smartlock_id="8"} 0"#)
         );
         assert!(text.contains("nuki_exporter_smartlocks_tracked 1"));
+    }
+
+    #[test]
+    fn observed_state_is_merged_kept_and_forgotten_on_removal() {
+        let m = metrics();
+        let battery = LockStatus {
+            battery_charge_percent: Some(12),
+            battery_critical: Some(true),
+            ..LockStatus::default()
+        };
+        let server = LockStatus {
+            server_state: Some(4),
+            ..LockStatus::default()
+        };
+        m.observe(9, &[LockEvent::Status(battery)], 10.0);
+        m.observe(9, &[LockEvent::Status(server)], 20.0);
+        let text = exposition(&m);
+        assert!(text.contains(r#"nuki_smartlock_battery_charge_percent{smartlock_id="9"} 12"#));
+        assert!(text.contains(r#"nuki_smartlock_server_state{smartlock_id="9"} 4"#));
+        // A poll is no webhook: the lock did not speak.
+        assert!(
+            !text.contains("nuki_smartlock_last_seen_timestamp_seconds{"),
+            "{text}"
+        );
+        assert!(!text.contains("nuki_smartlock_lock_state{"), "{text}");
+        let known = m.known_locks();
+        assert_eq!(known.len(), 1);
+        assert_eq!(known[0].smartlock_id, 9);
+        assert_eq!(known[0].status.battery_charge_percent, Some(12));
+        assert_eq!(known[0].status.server_state, Some(4));
+        assert_eq!(known[0].updated_at, Some(20.0));
+        m.observe(9, &[LockEvent::Removed], 30.0);
+        assert!(!exposition(&m).contains(r#"smartlock_id="9""#));
+        assert!(m.known_locks().is_empty());
     }
 
     #[tokio::test]

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use nuki_exporter::metrics::{Limits, Metrics};
-use nuki_exporter::payload::{
+use nuki_exporter::signature::{SignatureError, Verifier, sign};
+use nuki_exporter::source::webhook::{
     self, CompletionState, DeviceEvent, EntityResult, ErrorCode, Feature, LockStatus, LogAction,
     LogEntry, Outcome, ParseError, Webhook,
 };
-use nuki_exporter::signature::{SignatureError, Verifier, sign};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -417,7 +417,7 @@ fn refused_valid_json(error: &str, object: bool) -> bool {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_and_allocate_in_proportion(body in any_body()) {
-        let (parsed, peak) = peak_heap(|| payload::parse(&body));
+        let (parsed, peak) = peak_heap(|| webhook::parse(&body));
         prop_assert!(
             peak <= parse_budget(body.len()),
             "{} bytes held {peak} bytes at peak",
@@ -449,7 +449,7 @@ proptest! {
             }
         }
         // Pure: the same bytes give the same answer.
-        let again = payload::parse(&body);
+        let again = webhook::parse(&body);
         match (&parsed, &again) {
             (Ok(first), Ok(second)) => prop_assert_eq!(first, second),
             (Err(_), Err(_)) => {}
@@ -460,7 +460,7 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics_and_only_non_objects_are_errors(value in json_root()) {
         let body = serde_json::to_vec(&value).unwrap();
-        let parsed = payload::parse(&body);
+        let parsed = webhook::parse(&body);
         match serde_json::from_slice::<Value>(&body).unwrap() {
             Value::Object(root) => {
                 let webhook = parsed.map_err(|e| TestCaseError::fail(format!("{e}")))?;
@@ -471,7 +471,7 @@ proptest! {
         }
         // Pretty-printed, the same value is the same webhook.
         let pretty = serde_json::to_vec_pretty(&value).unwrap();
-        match (payload::parse(&body), payload::parse(&pretty)) {
+        match (webhook::parse(&body), webhook::parse(&pretty)) {
             (Ok(compact), Ok(pretty)) => prop_assert_eq!(compact, pretty),
             (Err(_), Err(_)) => {}
             (compact, pretty) => prop_assert!(false, "{compact:?} vs {pretty:?}"),
@@ -494,7 +494,7 @@ proptest! {
             3 => format!(r#"{{"feature":"DEVICE_STATUS","state":{{"state":{deep}}}}}"#),
             _ => format!(r#"{{"feature":"DEVICE_LOGS","smartlockLog":{deep}}}"#),
         };
-        let parsed = payload::parse(body.as_bytes());
+        let parsed = webhook::parse(body.as_bytes());
         prop_assert!(parsed.is_ok(), "depth {depth} at {position}: {parsed:?}");
     }
 
@@ -517,7 +517,7 @@ proptest! {
             "action",
         ];
         let body = format!(r#"{{"{key}":{first},"{key}":{second}}}"#);
-        let parsed = payload::parse(body.as_bytes());
+        let parsed = webhook::parse(body.as_bytes());
         if nested_only.contains(&key) {
             prop_assert!(parsed.is_ok(), "{body}: {parsed:?}");
         } else {
@@ -528,7 +528,7 @@ proptest! {
             prop_assert!(duplicate, "{body}: {parsed:?}");
         }
         let body = format!(r#"{{"type":"A","x{unread}":{first},"x{unread}":{second}}}"#);
-        prop_assert!(payload::parse(body.as_bytes()).is_ok(), "{body}");
+        prop_assert!(webhook::parse(body.as_bytes()).is_ok(), "{body}");
     }
 }
 
@@ -555,7 +555,7 @@ fn worst_case_bodies_stay_within_the_allocation_budget() {
     for (open, item, close) in shapes {
         let count = (limit - open.len() - close.len()) / (item.len() + 1);
         let body = format!("{open}{}{close}", vec![item.as_str(); count].join(","));
-        let (_, peak) = peak_heap(|| payload::parse(body.as_bytes()));
+        let (_, peak) = peak_heap(|| webhook::parse(body.as_bytes()));
         assert!(
             peak <= parse_budget(body.len()),
             "{open}{item}…: {} bytes held {peak} bytes",
@@ -574,7 +574,7 @@ fn invalid_utf8_anywhere_is_refused() {
         b"{\"type\":\"A\",\"unread\":[{\"x\":\"\xc3\"}]}",
         b"{\"feature\":\"DEVICE_STATUS\",\"state\":{\"mode\":\"\xed\xa0\x80\"}}",
     ] {
-        let parsed = payload::parse(body);
+        let parsed = webhook::parse(body);
         assert!(
             matches!(parsed, Err(ParseError::Utf8(_))),
             "{:?}: {parsed:?}",
@@ -587,7 +587,7 @@ fn invalid_utf8_anywhere_is_refused() {
 fn every_fixture_parses() {
     assert!(fixtures().len() >= 10);
     for body in fixtures() {
-        payload::parse(body).unwrap();
+        webhook::parse(body).unwrap();
     }
 }
 
@@ -799,8 +799,8 @@ fn code_or_any(known: &'static [i64]) -> impl Strategy<Value = i64> {
     prop_oneof![3 => select(known), 1 => any::<i64>()]
 }
 
-fn device(body: &[u8]) -> Result<payload::DeviceWebhook, TestCaseError> {
-    match payload::parse(body) {
+fn device(body: &[u8]) -> Result<webhook::DeviceWebhook, TestCaseError> {
+    match webhook::parse(body) {
         Ok(Webhook::Device(device)) => Ok(device),
         other => Err(TestCaseError::fail(format!(
             "expected a device webhook, got {other:?}"
@@ -834,7 +834,7 @@ proptest! {
         }))
         .unwrap();
         let expected: Vec<EntityResult> = entities.iter().map(Entity::expected).collect();
-        let webhook = payload::parse(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let webhook = webhook::parse(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let Webhook::Api(api) = &webhook else {
             return Err(TestCaseError::fail(format!("expected an API webhook, got {webhook:?}")));
         };
@@ -884,8 +884,8 @@ proptest! {
             vec![]
         };
         prop_assert_eq!(
-            payload::parse(&body).unwrap(),
-            Webhook::Api(payload::ApiWebhook { operation: Some(operation), results: expected })
+            webhook::parse(&body).unwrap(),
+            Webhook::Api(webhook::ApiWebhook { operation: Some(operation), results: expected })
         );
     }
 
@@ -1225,7 +1225,7 @@ proptest! {
         let metrics = Metrics::new(FLEET_LIMITS);
         for webhook in &webhooks {
             let body = serde_json::to_vec(webhook).unwrap();
-            if let Ok(parsed) = payload::parse(&body) {
+            if let Ok(parsed) = webhook::parse(&body) {
                 metrics.record(&parsed, NOW);
             }
         }
@@ -1263,7 +1263,7 @@ fn ten_thousand_lock_ids_keep_fifty_series_each() {
             }],
         })
         .to_string();
-        metrics.record(&payload::parse(body.as_bytes()).unwrap(), NOW);
+        metrics.record(&webhook::parse(body.as_bytes()).unwrap(), NOW);
     }
     let samples = samples(&metrics);
     assert_eq!(distinct(&samples, "smartlock_id", None).len(), 50);

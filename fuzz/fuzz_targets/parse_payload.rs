@@ -1,4 +1,4 @@
-//! Webhook bodies: arbitrary bytes through `payload::parse`, and every accepted webhook into
+//! Webhook bodies: arbitrary bytes through `webhook::parse`, and every accepted webhook into
 //! the metrics, as the server does after the signature check.
 //!
 //! Two `Metrics`: a fresh one per input (reproducible: a crash depends on this input alone)
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
 use nuki_exporter::metrics::{Limits, Metrics};
-use nuki_exporter::payload::{self, ParseError, Webhook};
+use nuki_exporter::source::webhook::{self, ParseError, Webhook};
 use serde::de::IgnoredAny;
 
 const NOW: f64 = 1_700_000_000.0;
@@ -28,7 +28,7 @@ static LONG_LIVED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(LIMITS));
 static INPUTS: AtomicU64 = AtomicU64::new(0);
 
 fuzz_target!(|data: &[u8]| {
-    let parsed = payload::parse(data);
+    let parsed = webhook::parse(data);
     let utf8 = std::str::from_utf8(data).is_ok();
     // JSON syntax at any depth, without decoding: what the parser checks of unread fields.
     let syntax = || serde_json::from_slice::<IgnoredAny>(data).is_ok();
@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(api.results.len() * 2 <= data.len());
     }
     assert_eq!(
-        payload::parse(data).ok().as_ref(),
+        webhook::parse(data).ok().as_ref(),
         Some(&webhook),
         "not pure"
     );

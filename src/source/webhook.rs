@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use lenient::{Lenient, Present, Shape};
 
+use crate::lock::LockInfo;
+pub use crate::lock::LockStatus;
+
 /// A body that is not a JSON object.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -127,18 +130,6 @@ pub enum DeviceEvent {
     Seen,
 }
 
-/// DEVICE_STATUS: `state.*` and the top-level `serverState`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LockStatus {
-    pub battery_charge_percent: Option<i64>,
-    pub battery_critical: Option<bool>,
-    pub keypad_battery_critical: Option<bool>,
-    pub doorsensor_battery_critical: Option<bool>,
-    pub lock_state: Option<i64>,
-    pub door_state: Option<i64>,
-    pub server_state: Option<i64>,
-}
-
 /// DEVICE_MASTERDATA.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Masterdata {
@@ -148,6 +139,17 @@ pub struct Masterdata {
     pub device_type: Option<DeviceType>,
     pub firmware_version: Option<FirmwareVersion>,
     pub server_state: Option<i64>,
+}
+
+impl Masterdata {
+    /// What `nuki_smartlock_info` shows of this lock.
+    pub fn info(&self) -> LockInfo {
+        LockInfo {
+            name: self.name.clone(),
+            device_type: self.device_type.map(|t| t.label().to_owned()),
+            firmware_version: self.firmware_version.map(|v| v.to_string()),
+        }
+    }
 }
 
 /// DEVICE_LOGS: the activity-log entry under `smartlockLog`.
@@ -564,7 +566,13 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_bytes!(concat!("../tests/fixtures/webhooks/", $name, ".json")).as_slice()
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/webhooks/",
+                $name,
+                ".json"
+            ))
+            .as_slice()
         };
     }
 
