@@ -20,6 +20,11 @@ pub struct LockStatus {
     pub lock_state: Option<i64>,
     pub door_state: Option<i64>,
     pub server_state: Option<i64>,
+    /// Operating mode (`state.mode`, Bridge `mode`): 2 door mode, 3 continuous mode (opener), 4
+    /// maintenance.
+    pub mode: Option<i64>,
+    /// A Nuki battery pack is charging (`state.batteryCharging`, Bridge `batteryCharging`).
+    pub battery_charging: Option<bool>,
 }
 
 impl LockStatus {
@@ -46,6 +51,8 @@ impl LockStatus {
         take(&mut self.lock_state, newer.lock_state);
         take(&mut self.door_state, newer.door_state);
         take(&mut self.server_state, newer.server_state);
+        take(&mut self.mode, newer.mode);
+        take(&mut self.battery_charging, newer.battery_charging);
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Metrics {
     server_state: IntGaugeVec,
     lock_state: IntGaugeVec,
     door_state: IntGaugeVec,
+    mode: IntGaugeVec,
+    battery_charging: IntGaugeVec,
     last_seen: GaugeVec,
     info: IntGaugeVec,
     activity: IntCounterVec,
@@ -299,6 +301,18 @@ impl Metrics {
                 r,
                 "nuki_smartlock_door_state",
                 "Door state from DEVICE_STATUS state.doorState: 0 unavailable, 1 deactivated, 2 closed, 3 opened, 4 unknown, 5 calibrating, 16 uncalibrated, 240 removed, 255 unknown.",
+                lock,
+            ),
+            mode: gauge_vec(
+                r,
+                "nuki_smartlock_mode",
+                "Operating mode from state.mode (Bridge: mode): 0 uninitialised, 1 pairing, 2 door, 3 continuous (opener), 4 maintenance, 5 off-door charging.",
+                lock,
+            ),
+            battery_charging: gauge_vec(
+                r,
+                "nuki_smartlock_battery_charging",
+                "1 while a Nuki battery pack charges, from state.batteryCharging (Bridge: batteryCharging).",
                 lock,
             ),
             last_seen: register(
@@ -601,6 +615,11 @@ impl Metrics {
         set(&self.lock_state, status.lock_state);
         set(&self.door_state, status.door_state);
         set(&self.server_state, status.server_state);
+        set(&self.mode, status.mode);
+        set(
+            &self.battery_charging,
+            status.battery_charging.map(i64::from),
+        );
         let batteries = [
             ("lock", status.battery_critical),
             ("keypad", status.keypad_battery_critical),
@@ -685,6 +704,8 @@ impl Metrics {
         remove_lock_series(&self.server_state, &id);
         remove_lock_series(&self.lock_state, &id);
         remove_lock_series(&self.door_state, &id);
+        remove_lock_series(&self.mode, &id);
+        remove_lock_series(&self.battery_charging, &id);
         remove_lock_series(&self.last_seen, &id);
         remove_lock_series(&self.info, &id);
     }

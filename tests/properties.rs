@@ -936,6 +936,8 @@ proptest! {
                 lock_state,
                 door_state,
                 server_state,
+                mode: Some(2),
+                battery_charging: None,
             })
         );
     }

@@ -326,6 +326,9 @@ struct RawState<'a> {
     state: Lenient<i64>,
     #[serde(rename = "doorState")]
     door_state: Lenient<i64>,
+    mode: Lenient<i64>,
+    #[serde(rename = "batteryCharging")]
+    battery_charging: Lenient<bool>,
     #[serde(skip)]
     _borrow: PhantomData<&'a ()>,
 }
@@ -544,6 +547,8 @@ fn lock_status(root: &RawWebhook<'_>) -> LockStatus {
         lock_state: state.and_then(|s| s.state.0),
         door_state: state.and_then(|s| s.door_state.0),
         server_state: root.server_state.0,
+        mode: state.and_then(|s| s.mode.0),
+        battery_charging: state.and_then(|s| s.battery_charging.0),
     }
 }
 
@@ -750,6 +755,8 @@ mod tests {
                 lock_state: Some(1),
                 door_state: Some(2),
                 server_state: Some(0),
+                mode: Some(2),
+                battery_charging: Some(false),
             })
         );
     }
