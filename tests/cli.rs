@@ -157,6 +157,41 @@ fn bad_configuration_stops_start_up() {
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
 
+#[test]
+fn starts_with_the_variables_kubernetes_injects_for_a_service_named_nuki_exporter() {
+    let mut command = exporter_command();
+    for (key, value) in [
+        ("NUKI_EXPORTER_SERVICE_HOST", "10.96.0.12"),
+        ("NUKI_EXPORTER_SERVICE_PORT", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_WEBHOOK", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_METRICS", "10181"),
+        ("NUKI_EXPORTER_PORT", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PROTO", "tcp"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PORT", "10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_ADDR", "10.96.0.12"),
+        ("NUKI_EXPORTER_PORT_10181_TCP", "tcp://10.96.0.12:10181"),
+        ("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0"),
+        ("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.1:0"),
+    ] {
+        command.env(key, value);
+    }
+    let mut running = Running::spawn(&mut command);
+    let listening = running.wait_for("listening");
+    // stderr is a pipe here: no colour escapes in the text log.
+    assert!(!listening.contains('\x1b'), "{listening:?}");
+    let (clean, lines) = running.terminate();
+    assert!(clean, "exit status after SIGTERM:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn a_log_level_that_is_not_a_level_stops_start_up() {
+    let (ok, _, stderr) = run(exporter_command().env("NUKI_EXPORTER_LOG__LEVEL", "warning"));
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("log.level"), "{stderr}");
+}
+
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
     let mut running = Running::spawn(&mut exporter_command());
