@@ -22,6 +22,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    pub forward: ForwardConfig,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +163,51 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// The application behind the sidecar (`http://127.0.0.1:8080/nuki`): each webhook that
+    /// passes the signature check is relayed to it. Unset: no relay.
+    pub url: Option<String>,
+    /// Time the application has to answer a relayed webhook; slower ones get 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM file of CA certificates trusted for an `https` url, besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// The application's URL, when one is configured and usable.
+    pub fn upstream(&self) -> Result<Option<hyper::Uri>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Key {
+            key: "forward.url",
+            reason,
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(format!(
+                "{url:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+        Ok(Some(uri))
+    }
+}
+
 /// A configuration that cannot be used, with the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -245,6 +291,10 @@ impl Config {
                 "limits.request_timeout",
                 "must be longer than 0s",
             ));
+        }
+        self.forward.upstream()?;
+        if self.forward.timeout.is_zero() {
+            return Err(key_error("forward.timeout", "must be longer than 0s"));
         }
         validate_log_level(&self.log.level).map_err(|reason| key_error("log.level", &reason))?;
         Ok(())
@@ -580,6 +630,24 @@ mod tests {
             error.starts_with(&format!("configuration file {}:", dir.path().display())),
             "{error}"
         );
+    }
+
+    #[test]
+    fn forward_url_must_be_an_http_or_https_url() {
+        let config = load_toml("[forward]\nurl = \"https://app.internal:8443/nuki\"\n").unwrap();
+        let upstream = config.forward.upstream().unwrap().unwrap();
+        assert_eq!(upstream.host(), Some("app.internal"));
+        assert_eq!(config.forward.timeout, Duration::from_secs(10));
+        for url in ["127.0.0.1:8080", "ftp://app/x", "http://", "/nuki"] {
+            let error = load_toml(&format!("[forward]\nurl = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("forward.url"), "{url}: {error}");
+        }
+        let zero = load_toml("[forward]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("forward.timeout"), "{zero}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
 use crate::payload;
 use crate::signature::{self, Verifier};
@@ -45,6 +46,8 @@ pub struct App {
     pub guard: MetricsGuard,
     encoder: EncoderThread,
     ready: AtomicBool,
+    /// Relay mode: webhooks go on to the application, which answers the sender.
+    relay: Option<Relay>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -77,7 +80,13 @@ impl App {
             request_timeout,
             guard,
             ready: AtomicBool::new(true),
+            relay: None,
         })
+    }
+
+    /// Relays every webhook that passes the signature check (`forward.url`).
+    pub fn with_relay(self, relay: Option<Relay>) -> Self {
+        Self { relay, ..self }
     }
 
     /// Turns `/-/ready` to 503: the exporter is shutting down.
@@ -91,7 +100,11 @@ impl App {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        match tokio::time::timeout(self.request_timeout, self.route(role, request)).await {
+        // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
+        // the application's answer.
+        let deadline =
+            self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
+        match tokio::time::timeout(deadline, self.route(role, request)).await {
             Ok(response) => response,
             Err(_) => self.refuse(
                 RejectReason::Timeout,
@@ -216,18 +229,25 @@ impl App {
                 "Invalid signature.\n",
             );
         }
-        match payload::parse(&body) {
-            Ok(webhook) => {
-                self.metrics.record(&webhook, unix_now());
-                Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(Full::default())
-                    .expect("static response")
-            }
+        let parsed = payload::parse(&body);
+        match &parsed {
+            Ok(webhook) => self.metrics.record(webhook, unix_now()),
             Err(error) => {
                 // The parser's messages name a position or a field, never the body's content.
                 tracing::debug!(%error, "webhook refused");
                 self.metrics.reject(RejectReason::Malformed);
+            }
+        }
+        // A signed body the exporter cannot read is still Nuki's: the application decides.
+        if let Some(relay) = &self.relay {
+            return relay.forward(&parts, body).await;
+        }
+        match parsed {
+            Ok(_) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response"),
+            Err(error) => {
                 let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
                 *response.status_mut() = StatusCode::BAD_REQUEST;
                 response

@@ -8,6 +8,7 @@ pub mod catalogue;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod forward;
 pub mod http;
 pub mod logging;
 pub mod metrics;

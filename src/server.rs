@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
 use crate::signature::Verifier;
@@ -59,6 +60,11 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
+        let relay = Relay::new(&config.forward)?;
+        if let Some(relay) = &relay {
+            relay.register(metrics.registry());
+            tracing::info!(upstream = ?config.forward.url, "relaying webhooks to the application");
+        }
         let app = Arc::new(
             App::new(
                 metrics,
@@ -68,7 +74,8 @@ impl Exporter {
                 config.limits.request_timeout,
                 guard,
             )
-            .map_err(StartError::Encoder)?,
+            .map_err(StartError::Encoder)?
+            .with_relay(relay),
         );
 
         let bind = |key, address| async move {
@@ -202,7 +209,7 @@ impl Acceptor {
                 biased;
                 _ = stopped.changed() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%error, "accepting a connection failed");
@@ -211,9 +218,15 @@ impl Acceptor {
                     }
                 },
             };
+            let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
-            let service = service_fn(move |request| {
+            let connection = ClientConnection {
+                peer,
+                https: self.tls.is_some(),
+            };
+            let service = service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(connection);
                 let app = Arc::clone(&app);
                 async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
             });
@@ -271,6 +284,7 @@ impl Acceptor {
 pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
     let secrets = config.read_secrets()?;
     let guard = MetricsGuard::load(&config.metrics)?;
+    Relay::new(&config.forward)?;
     Ok((Verifier::new(&secrets), guard))
 }
 
