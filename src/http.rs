@@ -14,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
 use crate::payload;
+use crate::reload::FileBacked;
 use crate::signature::{self, Verifier};
 use crate::web::{Access, MetricsGuard};
 
@@ -39,11 +40,13 @@ impl Role {
 #[derive(Debug)]
 pub struct App {
     pub metrics: Arc<Metrics>,
-    pub verifier: Verifier,
+    /// Rebuilt from `webhook.secret_files` on SIGHUP.
+    pub verifier: Arc<FileBacked<Verifier>>,
     pub webhook_path: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub guard: MetricsGuard,
+    /// Rebuilt from the metrics listener's files on SIGHUP.
+    pub guard: Arc<FileBacked<MetricsGuard>>,
     encoder: EncoderThread,
     ready: AtomicBool,
     /// Relay mode: webhooks go on to the application, which answers the sender.
@@ -65,11 +68,11 @@ const LANDING_PAGE: &str = concat!(
 impl App {
     pub fn new(
         metrics: Arc<Metrics>,
-        verifier: Verifier,
+        verifier: Arc<FileBacked<Verifier>>,
         webhook_path: String,
         max_body_bytes: usize,
         request_timeout: Duration,
-        guard: MetricsGuard,
+        guard: Arc<FileBacked<MetricsGuard>>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
@@ -136,23 +139,24 @@ impl App {
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-            "/metrics" | "/" if role.metrics => match self.guard.authorize(request.headers()).await
-            {
-                Access::Denied(challenge) => {
-                    let mut response = self.refuse(
-                        RejectReason::Unauthorized,
-                        StatusCode::UNAUTHORIZED,
-                        "Unauthorized.\n",
-                    );
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(challenge),
-                    );
-                    response
+            "/metrics" | "/" if role.metrics => {
+                match self.guard.current().authorize(request.headers()).await {
+                    Access::Denied(challenge) => {
+                        let mut response = self.refuse(
+                            RejectReason::Unauthorized,
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized.\n",
+                        );
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                        response
+                    }
+                    Access::Granted if path == "/metrics" => self.serve_metrics().await,
+                    Access::Granted => html(LANDING_PAGE),
                 }
-                Access::Granted if path == "/metrics" => self.serve_metrics().await,
-                Access::Granted => html(LANDING_PAGE),
-            },
+            }
             _ => {
                 if role.webhook {
                     self.metrics.reject(RejectReason::NotFound);
@@ -221,7 +225,7 @@ impl App {
             .headers
             .get(signature::HEADER)
             .map(HeaderValue::as_bytes);
-        if let Err(error) = self.verifier.verify(signature, &body) {
+        if let Err(error) = self.verifier.current().verify(signature, &body) {
             tracing::debug!(%error, "webhook signature refused");
             return self.refuse(
                 RejectReason::Signature,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod payload;
+pub mod reload;
 pub mod server;
 pub mod signature;
 pub mod web;
