@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property, HTTP and end-to-end tests, and
 # the benchmark's and soak's smoke modes. Installs the Debian packages the tests drive (promtool,
-# Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time, kubectl, python3-venv) when they
-# are missing, and kubernetes-validate from PyPI into target/kubernetes-validate.
+# Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time, kubectl, python3-venv, Caddy,
+# busybox) when they are missing, and kubernetes-validate from PyPI into target/kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,11 @@ have curl || missing+=(curl)
 # kubectl kustomize renders deploy/kubernetes (needs kubectl 1.21+, kustomize v4+).
 have kubectl || missing+=(kubernetes-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The compose stack's TLS front (caddy validate, a real Caddy in front of the exporter) and its
+# preflight check (busybox sh, as in the container; setpriv runs it as nobody).
+have caddy || missing+=(caddy)
+have busybox || missing+=(busybox)
+have setpriv || missing+=(util-linux)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo=""
