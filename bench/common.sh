@@ -94,9 +94,12 @@ wait_http() {
     return 1
 }
 
-# start_exporter WEBHOOK_PORT METRICS_PORT MAX_SMARTLOCKS: sets EXPORTER_PID.
+# start_exporter WEBHOOK_PORT METRICS_PORT MAX_SMARTLOCKS [FORWARD_URL]: sets EXPORTER_PID.
+# With FORWARD_URL, the exporter relays every webhook there (forward.url).
 start_exporter() {
-    local webhook_port=$1 metrics_port=$2 max_smartlocks=$3
+    local webhook_port=$1 metrics_port=$2 max_smartlocks=$3 forward=()
+    [[ -n ${4:-} ]] && forward=("NUKI_EXPORTER_FORWARD__URL=$4")
+    env "${forward[@]}" \
     NUKI_EXPORTER_WEBHOOK__LISTEN=127.0.0.1:$webhook_port \
     NUKI_EXPORTER_METRICS__LISTEN=127.0.0.1:$metrics_port \
     NUKI_EXPORTER_WEBHOOK__SECRETS="[$SECRET]" \
