@@ -178,9 +178,10 @@ def derive(r):
         seconds = w["duration_us"] / 1e6
         r["rps"] = w["requests"] / seconds
         r["latency_us"] = w["latency_us"]
-        cpu_s = r["cpu_ticks"] / r["clk_tck"]
-        r["cpu_util"] = cpu_s / seconds
-        r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
+        if "cpu_ticks" in r:
+            cpu_s = r["cpu_ticks"] / r["clk_tck"]
+            r["cpu_util"] = cpu_s / seconds
+            r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
         if r.get("client_cpu_s") is not None:
             r["client_cpu_util"] = r["client_cpu_s"] / seconds
         if "server_core_busy_ticks" in r:
@@ -312,6 +313,19 @@ def relay_section(records, out):
     for mode, m in med.items():
         out.append("| %s | %s | %.1f | %s | %s |" % (mode, "{:,.0f}".format(m["rps"]), m["cpu"], ms(m["p50"]), ms(m["p99"])))
     d, e, r = med["direct"], med["exporter"], med["relay"]
+    single = [x for x in records if x["stage"] == "relay_latency"]
+    if single:
+        out.append("")
+        out.append("One connection, one webhook at a time (no queueing): the hop's own latency.\n")
+        out.append("| mode | req/s | p50 ms | p90 ms | p99 ms |")
+        out.append("|---|---:|---:|---:|---:|")
+        for mode in ("direct", "relay"):
+            rows = [x["wrk"] for x in single if x["mode"] == mode]
+            rate = statistics.median(w["requests"] / (w["duration_us"] / 1e6) for w in rows)
+            lat = {q: statistics.median(w["latency_us"][q] for w in rows) for q in ("p50", "p90", "p99")}
+            med[mode + "_single"] = lat
+            out.append("| %s | %s | %s | %s | %s |" % (mode, "{:,.0f}".format(rate), ms(lat["p50"]),
+                                                      ms(lat["p90"]), ms(lat["p99"])))
     out.append("")
     out.append("Relaying costs %.1f µs of CPU per webhook over the exporter answering by itself (the "
                "hop: one more HTTP exchange on loopback plus the application's own %.1f µs), %.1f µs "
@@ -319,6 +333,10 @@ def relay_section(records, out):
                "direct (+%s ms), p99 %s against %s ms.\n" % (
                    r["cpu"] - e["cpu"], d["cpu"], r["cpu"] - d["cpu"], ms(r["p50"]), ms(d["p50"]),
                    ms(r["p50"] - d["p50"]), ms(r["p99"]), ms(d["p99"])))
+    if "relay_single" in med:
+        out.append("Unloaded, the relay adds %s ms to the median webhook (%s ms against %s ms direct).\n" % (
+            ms(med["relay_single"]["p50"] - med["direct_single"]["p50"]), ms(med["relay_single"]["p50"]),
+            ms(med["direct_single"]["p50"])))
     return med
 
 

@@ -168,6 +168,8 @@ impl Relay {
         let mut headers = parts.headers.clone();
         remove_hop_by_hop(&mut headers);
         let original_host = headers.remove(header::HOST);
+        // The body is complete already: nothing to wait for a 100 Continue about.
+        headers.remove(header::EXPECT);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         if let Some(connection) = parts.extensions.get::<ClientConnection>() {
             let peer = connection.peer.ip().to_string();
@@ -315,6 +317,7 @@ mod tests {
             .header("x-nuki-signature-sha256", "ABCDEF")
             .header("x-forwarded-for", "203.0.113.7")
             .header("connection", "close")
+            .header("expect", "100-continue")
             .body(())
             .unwrap();
         incoming.extensions_mut().insert(ClientConnection {
@@ -335,6 +338,7 @@ mod tests {
             "the client sets the upstream's"
         );
         assert!(!headers.contains_key("connection"));
+        assert!(!headers.contains_key("expect"));
     }
 
     #[test]
