@@ -68,11 +68,15 @@ impl Relay {
         .expect("ring supports the default protocol versions")
         .with_root_certificates(trusted_roots(config)?)
         .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        // A relayed request is written once and answered once: no reason to wait for more.
+        tcp.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         let requests = IntCounterVec::new(
             Opts::new(
                 "nuki_exporter_forward_requests_total",
