@@ -22,6 +22,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    pub forward: ForwardConfig,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +163,51 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// The application behind the sidecar (`http://127.0.0.1:8080/nuki`): each webhook that
+    /// passes the signature check is relayed to it. Unset: no relay.
+    pub url: Option<String>,
+    /// Time the application has to answer a relayed webhook; slower ones get 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM file of CA certificates trusted for an `https` url, besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// The application's URL, when one is configured and usable.
+    pub fn upstream(&self) -> Result<Option<hyper::Uri>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Key {
+            key: "forward.url",
+            reason,
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(format!(
+                "{url:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+        Ok(Some(uri))
+    }
+}
+
 /// A configuration that cannot be used, with the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -184,15 +230,15 @@ impl Config {
     fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            // figment treats a missing file as empty; a named file must exist.
-            std::fs::metadata(path).map_err(|e| ConfigError::File {
+            // figment treats a missing file as empty; a named file must exist and be readable.
+            std::fs::read(path).map_err(|e| ConfigError::File {
                 path: path.to_owned(),
                 reason: e.to_string(),
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
         let config: Config = figment
-            .merge(env)
+            .merge(env.filter(|key| !is_service_link(key.as_str())))
             .extract()
             .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
         config.validate()?;
@@ -206,6 +252,12 @@ impl Config {
         };
         if !self.webhook.path.starts_with('/') {
             return Err(key_error("webhook.path", "must start with '/'"));
+        }
+        if !matchable_path(&self.webhook.path) {
+            return Err(key_error(
+                "webhook.path",
+                "can never match a request: use a plain URL path, without '?', '#', spaces or other characters a URL must escape",
+            ));
         }
         if ["/metrics", "/", "/-/healthy", "/-/ready"].contains(&self.webhook.path.as_str()) {
             return Err(key_error(
@@ -240,8 +292,11 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| key_error("log.level", &e.to_string()))?;
+        self.forward.upstream()?;
+        if self.forward.timeout.is_zero() {
+            return Err(key_error("forward.timeout", "must be longer than 0s"));
+        }
+        validate_log_level(&self.log.level).map_err(|reason| key_error("log.level", &reason))?;
         Ok(())
     }
 
@@ -271,6 +326,63 @@ impl Config {
     }
 }
 
+/// Whether a request path can equal `path`: hyper hands the handler the path as sent, so it
+/// must be a valid URL path that has no query or fragment.
+fn matchable_path(path: &str) -> bool {
+    path.parse::<hyper::http::uri::PathAndQuery>()
+        .is_ok_and(|parsed| parsed.as_str() == path && parsed.query().is_none())
+        && !path.contains('#')
+}
+
+/// A `tracing` filter reads a bare word as a target name (`warning` enables every level of a
+/// target called "warning", and so silences every line of the exporter): a bare word must be a
+/// level; anything else needs the `target=level` form.
+fn validate_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    for directive in level.split(',').map(str::trim) {
+        let bare_word = !directive.contains(['=', '[', ':']);
+        if bare_word && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {} or target=level directives",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an environment variable (after the `NUKI_EXPORTER_` prefix) is one Kubernetes
+/// injects for a Service whose name starts with `nuki-exporter`: `SERVICE_HOST`,
+/// `SERVICE_PORT[_NAME]`, `PORT`, `PORT_10180_TCP[_ADDR|_PORT|_PROTO]`, each possibly after the
+/// rest of the Service's name (`METRICS_SERVICE_HOST` for `nuki-exporter-metrics`). Every
+/// configuration key has a `__`, which Kubernetes cannot produce, so these are never keys.
+fn is_service_link(key: &str) -> bool {
+    // figment has already turned `__` into `.` when the filter runs.
+    if key.contains("__") || key.contains('.') {
+        return false;
+    }
+    let words: Vec<String> = key.split('_').map(str::to_ascii_uppercase).collect();
+    let is_link_tail = |tail: &[String]| match tail {
+        [service, host] => service == "SERVICE" && host == "HOST",
+        [service, port, ..] if service == "SERVICE" => port == "PORT",
+        [port] => port == "PORT",
+        [port, number, protocol, rest @ ..] => {
+            port == "PORT"
+                && !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && ["TCP", "UDP", "SCTP"].contains(&protocol.as_str())
+                && match rest {
+                    [] => true,
+                    [field] => ["ADDR", "PORT", "PROTO"].contains(&field.as_str()),
+                    _ => false,
+                }
+        }
+        _ => false,
+    };
+    (0..words.len()).any(|start| is_link_tail(&words[start..]))
+}
+
 /// figment errors can span several lines (one per nested error); start-up reports one line,
 /// naming each key in its configuration form and where the bad value came from.
 fn one_line(error: &figment::Error) -> String {
@@ -293,14 +405,29 @@ fn one_line(error: &figment::Error) -> String {
                     .unwrap_or_default(),
                 None => String::new(),
             };
+            let kind = without_snippets(&e.kind.to_string());
             if key.is_empty() {
-                format!("{}{origin}", e.kind)
+                format!("{kind}{origin}")
             } else {
-                format!("key {key}: {}{origin}", e.kind)
+                format!("key {key}: {kind}{origin}")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A TOML syntax error quotes the offending line under a gutter (`1 | [webhook`, `  |    ^`);
+/// the position and the explanation are kept, on one line.
+fn without_snippets(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            let gutter = line.trim_start_matches(|c: char| c.is_ascii_digit());
+            !line.is_empty() && !gutter.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
@@ -405,6 +532,122 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(format.contains("format"), "{format}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn kubernetes_service_variables_are_not_keys() {
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in [
+                ("NUKI_EXPORTER_SERVICE_HOST", "10.96.0.12"),
+                ("NUKI_EXPORTER_SERVICE_PORT", "10180"),
+                ("NUKI_EXPORTER_SERVICE_PORT_WEBHOOK", "10180"),
+                ("NUKI_EXPORTER_PORT", "tcp://10.96.0.12:10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP", "tcp://10.96.0.12:10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_PROTO", "tcp"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_PORT", "10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_ADDR", "10.96.0.12"),
+                ("NUKI_EXPORTER_METRICS_SERVICE_HOST", "10.96.0.13"),
+                ("NUKI_EXPORTER_METRICS_PORT_10181_TCP_ADDR", "10.96.0.13"),
+                ("NUKI_EXPORTER_WEBHOOK__PATH", "/nuki"),
+            ] {
+                jail.set_env(key, value);
+            }
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.webhook.path, "/nuki");
+            // A key with one underscore where two belong is still a typo, not a service link.
+            jail.set_env("NUKI_EXPORTER_WEBHOOK_LISTEN", "0.0.0.0:1");
+            let typo = Config::load(None).unwrap_err().to_string();
+            assert!(typo.contains("NUKI_EXPORTER_WEBHOOK_LISTEN"), "{typo}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn service_link_shapes() {
+        for link in ["PORT_53_UDP", "SERVICE_PORT", "A_B_PORT_1_SCTP_PROTO"] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for key in [
+            "PORTS",
+            "PORT_X_TCP",
+            "PORT_1_TCP_HOST",
+            "SERVICE",
+            "WEBHOOK.PORT",
+            "LOG",
+        ] {
+            assert!(!is_service_link(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn log_levels_must_be_levels_or_target_directives() {
+        for level in ["warning", "inf", "info,warning"] {
+            let error = load_toml(&format!("[log]\nlevel = \"{level}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("log.level"), "{error}");
+            assert!(error.contains("is not a level"), "{error}");
+        }
+        for level in [
+            "WARN",
+            "off",
+            "info,nuki_exporter=debug",
+            "hyper[conn]=trace",
+        ] {
+            load_toml(&format!("[log]\nlevel = \"{level}\"\n"))
+                .unwrap_or_else(|e| panic!("{level}: {e}"));
+        }
+    }
+
+    #[test]
+    fn webhook_paths_that_never_match_are_refused() {
+        for path in ["/webhook?key=1", "/web#hook", "/web hook", "/webhook\\t"] {
+            let error = load_toml(&format!("[webhook]\npath = \"{path}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("can never match"), "{path}: {error}");
+        }
+        let config = load_toml("[webhook]\npath = \"/nuki/hooks-1.0/%41\"\n").unwrap();
+        assert_eq!(config.webhook.path, "/nuki/hooks-1.0/%41");
+    }
+
+    #[test]
+    fn toml_syntax_errors_and_unreadable_files_are_one_line() {
+        let syntax = load_toml("[webhook\nlisten = 1\n").unwrap_err().to_string();
+        assert!(!syntax.contains('\n'), "{syntax}");
+        assert!(syntax.contains("line 1"), "{syntax}");
+        assert!(syntax.contains("invalid table header"), "{syntax}");
+        let dir = tempfile::tempdir().unwrap();
+        let error = Config::load_from(
+            Some(dir.path()),
+            Env::prefixed("NUKI_EXPORTER_TEST_UNUSED_"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(
+            error.starts_with(&format!("configuration file {}:", dir.path().display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn forward_url_must_be_an_http_or_https_url() {
+        let config = load_toml("[forward]\nurl = \"https://app.internal:8443/nuki\"\n").unwrap();
+        let upstream = config.forward.upstream().unwrap().unwrap();
+        assert_eq!(upstream.host(), Some("app.internal"));
+        assert_eq!(config.forward.timeout, Duration::from_secs(10));
+        for url in ["127.0.0.1:8080", "ftp://app/x", "http://", "/nuki"] {
+            let error = load_toml(&format!("[forward]\nurl = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("forward.url"), "{url}: {error}");
+        }
+        let zero = load_toml("[forward]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("forward.timeout"), "{zero}");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
+use crate::reload::FileBacked;
 use crate::signature::{self, Verifier};
 use crate::source::webhook;
 use crate::web::{Access, MetricsGuard};
@@ -38,13 +40,17 @@ impl Role {
 #[derive(Debug)]
 pub struct App {
     pub metrics: Arc<Metrics>,
-    pub verifier: Verifier,
+    /// Rebuilt from `webhook.secret_files` on SIGHUP.
+    pub verifier: Arc<FileBacked<Verifier>>,
     pub webhook_path: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub guard: MetricsGuard,
+    /// Rebuilt from the metrics listener's files on SIGHUP.
+    pub guard: Arc<FileBacked<MetricsGuard>>,
     encoder: EncoderThread,
     ready: AtomicBool,
+    /// Relay mode: webhooks go on to the application, which answers the sender.
+    relay: Option<Relay>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -62,11 +68,11 @@ const LANDING_PAGE: &str = concat!(
 impl App {
     pub fn new(
         metrics: Arc<Metrics>,
-        verifier: Verifier,
+        verifier: Arc<FileBacked<Verifier>>,
         webhook_path: String,
         max_body_bytes: usize,
         request_timeout: Duration,
-        guard: MetricsGuard,
+        guard: Arc<FileBacked<MetricsGuard>>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
@@ -77,7 +83,13 @@ impl App {
             request_timeout,
             guard,
             ready: AtomicBool::new(true),
+            relay: None,
         })
+    }
+
+    /// Relays every webhook that passes the signature check (`forward.url`).
+    pub fn with_relay(self, relay: Option<Relay>) -> Self {
+        Self { relay, ..self }
     }
 
     /// Turns `/-/ready` to 503: the exporter is shutting down.
@@ -91,7 +103,11 @@ impl App {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        match tokio::time::timeout(self.request_timeout, self.route(role, request)).await {
+        // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
+        // the application's answer.
+        let deadline =
+            self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
+        match tokio::time::timeout(deadline, self.route(role, request)).await {
             Ok(response) => response,
             Err(_) => self.refuse(
                 RejectReason::Timeout,
@@ -123,23 +139,24 @@ impl App {
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-            "/metrics" | "/" if role.metrics => match self.guard.authorize(request.headers()).await
-            {
-                Access::Denied(challenge) => {
-                    let mut response = self.refuse(
-                        RejectReason::Unauthorized,
-                        StatusCode::UNAUTHORIZED,
-                        "Unauthorized.\n",
-                    );
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(challenge),
-                    );
-                    response
+            "/metrics" | "/" if role.metrics => {
+                match self.guard.current().authorize(request.headers()).await {
+                    Access::Denied(challenge) => {
+                        let mut response = self.refuse(
+                            RejectReason::Unauthorized,
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized.\n",
+                        );
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                        response
+                    }
+                    Access::Granted if path == "/metrics" => self.serve_metrics().await,
+                    Access::Granted => html(LANDING_PAGE),
                 }
-                Access::Granted if path == "/metrics" => self.serve_metrics().await,
-                Access::Granted => html(LANDING_PAGE),
-            },
+            }
             _ => {
                 if role.webhook {
                     self.metrics.reject(RejectReason::NotFound);
@@ -208,7 +225,7 @@ impl App {
             .headers
             .get(signature::HEADER)
             .map(HeaderValue::as_bytes);
-        if let Err(error) = self.verifier.verify(signature, &body) {
+        if let Err(error) = self.verifier.current().verify(signature, &body) {
             tracing::debug!(%error, "webhook signature refused");
             return self.refuse(
                 RejectReason::Signature,
@@ -216,18 +233,25 @@ impl App {
                 "Invalid signature.\n",
             );
         }
-        match webhook::parse(&body) {
-            Ok(webhook) => {
-                self.metrics.record(&webhook, unix_now());
-                Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(Full::default())
-                    .expect("static response")
-            }
+        let parsed = webhook::parse(&body);
+        match &parsed {
+            Ok(webhook) => self.metrics.record(webhook, unix_now()),
             Err(error) => {
                 // The parser's messages name a position or a field, never the body's content.
                 tracing::debug!(%error, "webhook refused");
                 self.metrics.reject(RejectReason::Malformed);
+            }
+        }
+        // A signed body the exporter cannot read is still Nuki's: the application decides.
+        if let Some(relay) = &self.relay {
+            return relay.forward(&parts, body).await;
+        }
+        match parsed {
+            Ok(_) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response"),
+            Err(error) => {
                 let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
                 *response.status_mut() = StatusCode::BAD_REQUEST;
                 response

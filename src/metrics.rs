@@ -453,6 +453,11 @@ impl Metrics {
         self.open_connections.with_label_values(&[listener])
     }
 
+    /// The registry, for parts of the exporter that own metrics of their own (the relay).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         let mut buffer = Vec::with_capacity(64 * 1024);

@@ -15,8 +15,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
+use crate::reload::{FileBacked, Reloader};
 use crate::signature::Verifier;
 use crate::web::MetricsGuard;
 use tokio_rustls::TlsAcceptor;
@@ -49,8 +51,12 @@ pub struct Exporter {
 impl Exporter {
     /// Reads the secrets, binds the listeners and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let (verifier, guard) = check(config)?;
-        if !verifier.is_enabled() {
+        let Loaded {
+            verifier,
+            guard,
+            relay,
+        } = check(config)?;
+        if !verifier.current().is_enabled() {
             tracing::warn!(
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
             );
@@ -59,6 +65,13 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
+        let mut reloader = Reloader::new(metrics.registry());
+        reloader.add(Arc::clone(&verifier));
+        reloader.add(Arc::clone(&guard));
+        if let Some(relay) = &relay {
+            relay.register(metrics.registry());
+            tracing::info!(upstream = ?config.forward.url, "relaying webhooks to the application");
+        }
         let app = Arc::new(
             App::new(
                 metrics,
@@ -68,7 +81,8 @@ impl Exporter {
                 config.limits.request_timeout,
                 guard,
             )
-            .map_err(StartError::Encoder)?,
+            .map_err(StartError::Encoder)?
+            .with_relay(relay),
         );
 
         let bind = |key, address| async move {
@@ -111,7 +125,6 @@ impl Exporter {
             .map(|(listener, role)| {
                 tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
                 let acceptor = Acceptor {
-                    tls: app.guard.tls().filter(|_| role.metrics).cloned(),
                     listener,
                     role,
                     app: Arc::clone(&app),
@@ -123,6 +136,8 @@ impl Exporter {
                 (stop, tokio::spawn(acceptor.run(stopped)))
             })
             .collect();
+        // Ends with the runtime; SIGHUP no longer terminates the process from here on.
+        tokio::spawn(reloader.run_on_sighup());
         Ok(Self {
             webhook_addr,
             metrics_addr,
@@ -165,8 +180,6 @@ impl Exporter {
 /// Accepts and serves the connections of one listener.
 struct Acceptor {
     listener: TcpListener,
-    /// Set when the listener serves HTTPS.
-    tls: Option<TlsAcceptor>,
     role: Role,
     app: Arc<App>,
     /// One permit per open connection: `limits.max_connections`.
@@ -202,7 +215,7 @@ impl Acceptor {
                 biased;
                 _ = stopped.changed() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%error, "accepting a connection failed");
@@ -211,13 +224,25 @@ impl Acceptor {
                     }
                 },
             };
+            let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
-            let service = service_fn(move |request| {
+            // Read per connection: a reload may bring a new certificate.
+            let tls: Option<TlsAcceptor> = if self.role.metrics {
+                self.app.guard.current().tls().cloned()
+            } else {
+                None
+            };
+            let connection = ClientConnection {
+                peer,
+                https: tls.is_some(),
+            };
+            let service = service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(connection);
                 let app = Arc::clone(&app);
                 async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
             });
-            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
+            let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
             let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
@@ -266,12 +291,39 @@ impl Acceptor {
     }
 }
 
+/// What the files the configuration names hold.
+pub struct Loaded {
+    pub verifier: Arc<FileBacked<Verifier>>,
+    pub guard: Arc<FileBacked<MetricsGuard>>,
+    pub relay: Option<Relay>,
+}
+
 /// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens), as start-up and `--check-config` do.
-pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
-    let secrets = config.read_secrets()?;
-    let guard = MetricsGuard::load(&config.metrics)?;
-    Ok((Verifier::new(&secrets), guard))
+/// certificate and key, bearer tokens, the relay's CA file), as start-up and `--check-config` do.
+pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
+    let webhook = config.clone();
+    let verifier = FileBacked::load(
+        "webhook.secret_files",
+        config.webhook.secret_files.clone(),
+        move || Ok(Verifier::new(&webhook.read_secrets()?)),
+    )?;
+    let metrics = config.metrics.clone();
+    let guard = FileBacked::load(
+        "metrics",
+        config
+            .metrics
+            .web_config_file
+            .iter()
+            .chain(&config.metrics.bearer_token_files)
+            .cloned()
+            .collect(),
+        move || MetricsGuard::load(&metrics),
+    )?;
+    Ok(Loaded {
+        verifier,
+        guard,
+        relay: Relay::new(&config.forward)?,
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -157,6 +157,117 @@ fn bad_configuration_stops_start_up() {
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
 
+#[test]
+fn starts_with_the_variables_kubernetes_injects_for_a_service_named_nuki_exporter() {
+    let mut command = exporter_command();
+    for (key, value) in [
+        ("NUKI_EXPORTER_SERVICE_HOST", "10.96.0.12"),
+        ("NUKI_EXPORTER_SERVICE_PORT", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_WEBHOOK", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_METRICS", "10181"),
+        ("NUKI_EXPORTER_PORT", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PROTO", "tcp"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PORT", "10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_ADDR", "10.96.0.12"),
+        ("NUKI_EXPORTER_PORT_10181_TCP", "tcp://10.96.0.12:10181"),
+        ("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0"),
+        ("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.1:0"),
+    ] {
+        command.env(key, value);
+    }
+    let mut running = Running::spawn(&mut command);
+    let listening = running.wait_for("listening");
+    // stderr is a pipe here: no colour escapes in the text log.
+    assert!(!listening.contains('\x1b'), "{listening:?}");
+    let (clean, lines) = running.terminate();
+    assert!(clean, "exit status after SIGTERM:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn a_log_level_that_is_not_a_level_stops_start_up() {
+    let (ok, _, stderr) = run(exporter_command().env("NUKI_EXPORTER_LOG__LEVEL", "warning"));
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("log.level"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_rotated_secret_and_token_files_and_a_failed_reload_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, token) = (dir.path().join("webhook-secret"), dir.path().join("token"));
+    std::fs::write(&secret, "first-secret\n").unwrap();
+    std::fs::write(&token, "token-1\n").unwrap();
+    let mut running = Running::spawn(
+        exporter_command()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json")
+            .env(
+                "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
+                format!("[\"{}\"]", secret.display()),
+            )
+            .env(
+                "NUKI_EXPORTER_METRICS__BEARER_TOKEN_FILES",
+                format!("[\"{}\"]", token.display()),
+            ),
+    );
+    let webhook = format!("http://{}/webhook", running.address_of("webhook"));
+    let metrics = format!("http://{}/metrics", running.address_of("metrics"));
+    let client = reqwest::Client::new();
+    let body = fixture("device-status");
+    let post = |secret: &str| {
+        client
+            .post(&webhook)
+            .header(HEADER, sign(secret.as_bytes(), &body))
+            .body(body.clone())
+            .send()
+    };
+    let scrape = |token: &str| client.get(&metrics).bearer_auth(token).send();
+    assert_eq!(post("first-secret").await.unwrap().status(), 204);
+    assert_eq!(scrape("token-1").await.unwrap().status(), 200);
+
+    std::fs::write(&secret, "second-secret\n").unwrap();
+    std::fs::write(&token, "token-2\n").unwrap();
+    running.signal("HUP");
+    let reloaded = running.wait_for("reloaded the secret and token files");
+    assert!(reloaded.contains(&*secret.to_string_lossy()), "{reloaded}");
+    assert!(reloaded.contains(&*token.to_string_lossy()), "{reloaded}");
+    assert!(!reloaded.contains("second-secret") && !reloaded.contains("token-2"));
+    assert_eq!(post("second-secret").await.unwrap().status(), 204);
+    assert_eq!(post("first-secret").await.unwrap().status(), 401);
+    assert_eq!(scrape("token-1").await.unwrap().status(), 401);
+    let text = scrape("token-2").await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("nuki_exporter_config_reloads_total{result=\"success\"} 1"),
+        "{text}"
+    );
+
+    // An empty secret file would accept forged webhooks: the reload fails, nothing changes.
+    std::fs::write(&secret, "").unwrap();
+    std::fs::write(&token, "token-3\n").unwrap();
+    running.signal("HUP");
+    let failed = running.wait_for("reload failed");
+    assert!(failed.contains(&*secret.to_string_lossy()), "{failed}");
+    assert_eq!(post("second-secret").await.unwrap().status(), 204);
+    assert_eq!(scrape("token-3").await.unwrap().status(), 401);
+    let text = scrape("token-2").await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("nuki_exporter_config_last_reload_successful 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nuki_exporter_config_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    let (clean, lines) = running.terminate();
+    assert!(
+        clean,
+        "still running after both reloads:\n{}",
+        lines.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
     let mut running = Running::spawn(&mut exporter_command());

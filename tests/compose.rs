@@ -169,7 +169,9 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         let in_profile = service["profiles"]
             .as_sequence()
             .is_some_and(|p| !p.is_empty());
-        if !in_profile {
+        // A one-shot service (the preflight check) exits instead of staying healthy.
+        let one_shot = service["restart"] == "no";
+        if !in_profile && !one_shot {
             assert!(
                 service["healthcheck"]["test"]
                     .as_sequence()
@@ -322,4 +324,207 @@ fn the_dockerfile_builds_a_small_non_root_image() {
             ".dockerignore must exclude {entry}"
         );
     }
+}
+
+/// The host address a published port binds (`127.0.0.1:10180:10180/tcp`; all interfaces when
+/// none is named).
+fn published_host_ip(port: &Value) -> String {
+    match port {
+        Value::String(text) => {
+            let parts: Vec<&str> = text.split(':').collect();
+            if parts.len() == 3 {
+                parts[0].to_owned()
+            } else {
+                "0.0.0.0".to_owned()
+            }
+        }
+        other => other["host_ip"].as_str().unwrap_or("0.0.0.0").to_owned(),
+    }
+}
+
+#[test]
+fn only_the_tls_front_is_published_beyond_this_host() {
+    let config = resolved();
+    let mut problems = Vec::new();
+    for (name, service) in services(&config) {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let host_ip = published_host_ip(port);
+            if name != "tls-proxy" && host_ip != "127.0.0.1" {
+                problems.push(format!(
+                    "service {name} publishes {port:?} on {host_ip}: only tls-proxy faces the network"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    let proxy = &config["services"]["tls-proxy"];
+    assert!(
+        proxy["volumes"].as_sequence().unwrap().iter().any(|v| v
+            .as_str()
+            .is_some_and(|v| v.ends_with("/deploy/caddy/Caddyfile:/etc/caddy/Caddyfile:ro"))),
+        "tls-proxy mounts deploy/caddy/Caddyfile"
+    );
+}
+
+fn caddy() -> PathBuf {
+    tool("caddy", "caddy")
+}
+
+#[test]
+fn caddy_accepts_the_tls_front_configuration() {
+    let home = tempfile::tempdir().unwrap();
+    let report = run_ok(
+        Command::new(caddy())
+            .args(["validate", "--adapter", "caddyfile", "--config"])
+            .arg(repo().join("deploy/caddy/Caddyfile"))
+            .env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path()),
+    );
+    assert!(report.contains("Valid configuration"), "{report}");
+}
+
+/// HTTP status of a curl request to the TLS front (its certificate is Caddy's local CA's).
+fn curl_status(url: &str, body: Option<(&[u8], &str)>) -> u16 {
+    let mut command = Command::new(tool("curl", "curl"));
+    command.args([
+        "-k",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ]);
+    if let Some((body, signature)) = body {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        command
+            .arg("--data-binary")
+            .arg(format!("@{}", file.path().display()))
+            .args(["-H", &format!("X-Nuki-Signature-SHA256: {signature}")]);
+        let output = run(command.arg(url));
+        return String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0);
+    }
+    let output = run(command.arg(url));
+    String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
+    use stack_support::common::{SECRET, TestExporter, fixture};
+    let exporter = TestExporter::start().await;
+    let upstream = exporter
+        .webhook_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/webhook")
+        .to_owned();
+    let home = tempfile::tempdir().unwrap();
+    let https_port = stack_support::common::free_port();
+    let http_port = stack_support::common::free_port();
+    let mut proxy = Command::new(caddy())
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(repo().join("deploy/caddy/Caddyfile"))
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("CADDY_ADMIN", "off")
+        .env("CADDY_HTTPS_PORT", https_port.to_string())
+        .env("CADDY_HTTP_PORT", http_port.to_string())
+        .env("NUKI_EXPORTER_DOMAIN", "localhost")
+        .env("NUKI_EXPORTER_WEBHOOK_UPSTREAM", &upstream)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("caddy starts");
+    let base = format!("https://localhost:{https_port}");
+    let body = fixture("device-status");
+    let signature = nuki_exporter::signature::sign(SECRET.as_bytes(), &body);
+    // Wait (with a deadline) until Caddy serves https with its local certificate.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while curl_status(&format!("{base}/"), None) != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caddy never served {base}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let webhook = tokio::task::spawn_blocking({
+        let (url, body, signature) = (format!("{base}/webhook"), body.clone(), signature.clone());
+        move || curl_status(&url, Some((&body, &signature)))
+    })
+    .await
+    .unwrap();
+    let metrics = curl_status(&format!("{base}/metrics"), None);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(webhook, 204, "a signed webhook through the TLS front");
+    assert_eq!(
+        metrics, 404,
+        "/metrics is not reachable through the TLS front"
+    );
+    let scrape = exporter.scrape().await;
+    assert_eq!(
+        scrape.sum("nuki_exporter_webhooks_received_total", &[]),
+        1.0
+    );
+    exporter.shutdown().await;
+}
+
+/// The preflight service's shell script, as the container runs it (compose's `$$` is `$`).
+fn preflight_script() -> String {
+    let config = resolved();
+    let command = config["services"]["preflight"]["command"]
+        .as_sequence()
+        .expect("preflight command");
+    assert_eq!(command[0], "sh");
+    command[2].as_str().unwrap().replace("$$", "$")
+}
+
+/// Runs the preflight script as the containers' "nobody" over copies of the mounted files made
+/// with `umask` (the mount points themselves are Docker's, readable); returns whether it passed
+/// and what it printed.
+fn preflight_over_a_checkout_with_umask(umask: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (stack, secrets) = (dir.path().join("stack"), dir.path().join("secrets"));
+    let copy = format!(
+        "mkdir -p {stack}/deploy {secrets} && umask {umask} && cp -r {repo}/deploy/nuki-exporter {repo}/deploy/prometheus {repo}/deploy/caddy {stack}/deploy/ && cp -r {repo}/alerts {repo}/dashboards {stack}/ && cp {repo}/deploy/secrets/nuki_webhook_secret.example {secrets}/nuki_webhook_secret",
+        stack = stack.display(),
+        secrets = secrets.display(),
+        repo = repo().display()
+    );
+    run_ok(Command::new("sh").args(["-c", &copy]));
+    let output = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tool("busybox", "busybox"))
+        .args(["sh", "-c", &preflight_script()])
+        .env("STACK", &stack)
+        .env("SECRETS", &secrets));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn preflight_passes_a_normal_checkout_and_names_what_a_umask_077_checkout_hides() {
+    let (passed, report) = preflight_over_a_checkout_with_umask("022");
+    assert!(passed, "{report}");
+    assert!(
+        report.contains("every mounted file is readable"),
+        "{report}"
+    );
+    let (passed, report) = preflight_over_a_checkout_with_umask("077");
+    assert!(!passed, "{report}");
+    assert!(report.contains("umask 077"), "{report}");
+    assert!(report.contains("/stack/deploy/nuki-exporter"), "{report}");
+    assert!(report.contains("/secrets/nuki_webhook_secret"), "{report}");
+    assert!(report.contains("chmod -R a+rX"), "{report}");
 }
