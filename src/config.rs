@@ -188,7 +188,7 @@ impl Default for ApiConfig {
             token_file: None,
             url: "https://api.nuki.io".into(),
             poll_interval: Duration::from_secs(60),
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
             advanced_key_id: None,
         }
     }
@@ -225,6 +225,8 @@ pub enum ConfigError {
     Key { key: &'static str, reason: String },
     #[error("webhook.secret_files: cannot read {path}: {reason}")]
     SecretFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    ApiToken(#[from] crate::nuki_api::TokenError),
 }
 
 impl Config {
