@@ -81,7 +81,12 @@ impl Poller {
         let mut retries = None;
         let mut failing = false;
         loop {
-            let delay = match self.poll().await {
+            // A poll in flight is abandoned at shutdown rather than waited for.
+            let polled = tokio::select! {
+                polled = self.poll() => polled,
+                _ = stop.changed() => return,
+            };
+            let delay = match polled {
                 Ok(()) => {
                     if failing {
                         tracing::info!("Nuki Web API poll succeeded again");
