@@ -7,6 +7,7 @@
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod decentral_webhook;
 pub mod demo;
 pub mod http;
 pub mod lock;
