@@ -3,7 +3,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::nuki_api_stub::{NukiApiStub, Reply};
@@ -21,13 +21,19 @@ fn webhook(stub: &NukiApiStub, token_file: &Path, args: &[&str]) -> (bool, Strin
     run(&mut command)
 }
 
-// Multi-threaded: the stand-in answers while a test thread waits for the binary.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_writes_the_secret_0600_and_list_and_delete_see_it() {
+/// The stand-in, a temporary directory and a token file in it.
+async fn setup() -> (NukiApiStub, tempfile::TempDir, PathBuf) {
     let stub = NukiApiStub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
+    (stub, dir, token_file)
+}
+
+// Multi-threaded: the stand-in answers while a test thread waits for the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_writes_the_secret_0600_and_list_and_delete_see_it() {
+    let (stub, dir, token_file) = setup().await;
     let secret_file = dir.path().join("nuki_webhook_secret");
     let secret_arg = secret_file.to_str().unwrap();
 
@@ -108,10 +114,7 @@ async fn register_writes_the_secret_0600_and_list_and_delete_see_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_and_leave_no_secret_file() {
-    let stub = NukiApiStub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
+    let (stub, dir, token_file) = setup().await;
     let secret_file = dir.path().join("secret");
     let secret_arg = secret_file.to_str().unwrap();
 
