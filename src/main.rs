@@ -35,16 +35,21 @@ enum Command {
         markdown: bool,
     },
     /// Simulate a small fleet: send signed webhooks of every kind to an exporter, with two
-    /// locks going unreachable (0xFF) and one reporting low voltage (0x4C).
+    /// locks going unreachable (0xFF) and one reporting low voltage (0x4C); with --api-listen,
+    /// also answer as a SIMULATED Nuki Web API (for the demo only) that the exporter can poll.
     Demo {
         /// Webhook URL of the exporter, e.g. http://127.0.0.1:10180/webhook.
-        #[arg(long, value_name = "URL")]
-        target: hyper::Uri,
+        #[arg(long, value_name = "URL", required_unless_present = "api_listen")]
+        target: Option<hyper::Uri>,
+        /// Serve the fleet as a simulated Nuki Web API on this address (GET /smartlock, an
+        /// ACTIVE advanced key, the demo's deliveries as its webhook log).
+        #[arg(long = "api-listen", value_name = "ADDRESS")]
+        api_listen: Option<std::net::SocketAddr>,
         /// File holding the webhook secret to sign with; unsigned without it.
         #[arg(long = "secret-file", value_name = "PATH")]
         secret_file: Option<PathBuf>,
         /// Number of simulated locks.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         locks: u64,
         /// Time between rounds of webhooks.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Demo {
             target,
+            api_listen,
             secret_file,
             locks,
             interval,
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
             };
             let options = demo::DemoOptions {
                 target,
+                api_listen,
                 secret,
                 locks,
                 interval,

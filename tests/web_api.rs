@@ -51,11 +51,11 @@ async fn the_fleet_is_visible_before_any_webhook_and_absent_fields_give_no_serie
     let dir = tempfile::tempdir().unwrap();
     let exporter =
         TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    // `api_up` is set once a poll has asked every endpoint.
     let scrape = exporter
-        .scrape_until(WAIT, |s| {
-            s.value("nuki_exporter_api_smartlocks", &[]) == Some(3.0)
-        })
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
+    assert_eq!(scrape.value("nuki_exporter_api_smartlocks", &[]), Some(3.0));
 
     let battery = "nuki_smartlock_battery_charge_percent";
     assert_eq!(lock_value(&scrape, battery, "17891012"), Some(78.0));
@@ -418,4 +418,41 @@ async fn retry_after_is_honoured() {
     assert_eq!(stub.count("/smartlock"), 1);
     second.shutdown().await;
     exporter.shutdown().await;
+}
+
+/// The demo profile's simulated Web API is one the exporter can poll: the demo fleet appears
+/// without any webhook, and the key's delivery is ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exporter_polls_the_demo_fleets_simulated_api() {
+    let mut demo = common::Running::spawn(common::exporter_command().args([
+        "demo",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--locks",
+        "5",
+        "--interval",
+        "1h",
+    ]));
+    let line = demo.wait_for("SIMULATED Nuki Web API");
+    // `… listening address=127.0.0.1:PORT`, with colour codes around the key.
+    let address = line[line.rfind("127.0.0.1:").expect("bound address")..].trim();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.api.token_file = Some(write_token(dir.path(), "demo"));
+    config.api.url = format!("http://{address}");
+    config.api.advanced_key_id = Some(1);
+    let exporter = TestExporter::start_with(config).await;
+    // Each poll sets `api_up` once it has asked every endpoint.
+    let scrape = exporter
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
+        .await;
+    assert_eq!(scrape.value("nuki_exporter_api_smartlocks", &[]), Some(5.0));
+    let batteries = scrape.samples("nuki_smartlock_battery_charge_percent");
+    assert_eq!(batteries.len(), 5);
+    assert_eq!(
+        scrape.value("nuki_webhook_delivery_active", &[("api_key_id", "1")]),
+        Some(1.0)
+    );
+    exporter.shutdown().await;
+    demo.kill();
 }
