@@ -7,7 +7,7 @@ pub use web_api::{Endpoint, WebApiMetrics};
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
@@ -117,7 +117,8 @@ pub struct Metrics {
     smartlocks_tracked: IntGauge,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
-    web_api: WebApiMetrics,
+    /// Registered when the Web API is first polled: a webhook-only exporter has none of them.
+    web_api: OnceLock<WebApiMetrics>,
     /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
     code_labels: Vec<String>,
     locks: Mutex<LockTable>,
@@ -389,7 +390,7 @@ impl Metrics {
                 "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
                 &["listener"],
             ),
-            web_api: WebApiMetrics::register(r),
+            web_api: OnceLock::new(),
             code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
             locks: Mutex::new(LockTable {
                 capacity: limits.max_smartlocks,
@@ -459,9 +460,10 @@ impl Metrics {
         self.open_connections.with_label_values(&[listener])
     }
 
-    /// The Nuki Web API source's own metrics.
+    /// The Nuki Web API source's own metrics, registered on first use.
     pub fn web_api(&self) -> &WebApiMetrics {
-        &self.web_api
+        self.web_api
+            .get_or_init(|| WebApiMetrics::register(&self.registry))
     }
 
     /// The text exposition of every metric.

@@ -331,13 +331,55 @@ impl ExportedMetrics {
     }
 }
 
-/// Starts the real exporter, posts every webhook fixture but `device-masterdata-deleted` (which
+/// Starts the real exporter polling a Nuki Web API stand-in (lock list, delivery health and two
+/// reads of the webhook log), posts every webhook fixture but `device-masterdata-deleted` (which
 /// removes a lock's series again) and one malformed body, and names every metric of the scrape.
 /// Runs its own tokio runtime: call it from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
+    use common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let scrape = runtime.block_on(async {
-        let exporter = common::TestExporter::start().await;
+        let api = NukiApiStub::start().await;
+        api.route(
+            "GET",
+            "/smartlock",
+            Reply::json(web_api_fixture("smartlock.json")),
+        );
+        api.route(
+            "GET",
+            "/api/key/812/advanced",
+            Reply::json(web_api_fixture("advanced-active.json")),
+        );
+        api.route(
+            "GET",
+            "/api/key/812/webhook/logs",
+            Reply::json(b"[]".to_vec()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, "token").unwrap();
+        let mut config = common::test_config();
+        config.api.token_file = Some(token_file);
+        config.api.url = api.url.clone();
+        config.api.poll_interval = Duration::from_millis(100);
+        config.api.advanced_key_id = Some(812);
+        let exporter = common::TestExporter::start_with(config).await;
+        exporter
+            .scrape_until(Duration::from_secs(15), |s| {
+                s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+            })
+            .await;
+        api.route(
+            "GET",
+            "/api/key/812/webhook/logs",
+            Reply::json(web_api_fixture("webhook-logs.json")),
+        );
+        exporter
+            .scrape_until(Duration::from_secs(15), |s| {
+                !s.samples("nuki_webhook_delivery_responses_total")
+                    .is_empty()
+            })
+            .await;
         for name in common::fixture_names()
             .iter()
             .filter(|n| *n != "device-masterdata-deleted")
