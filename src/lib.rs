@@ -4,6 +4,7 @@
 //!
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
+pub mod background;
 pub mod catalogue;
 pub mod client;
 pub mod config;

@@ -15,6 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::background::BackgroundThread;
 use crate::catalogue;
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
 use crate::source::webhook::{
@@ -734,45 +735,25 @@ fn info_labels<'a>(id: &'a str, info: &'a LockInfo) -> [&'a str; 4] {
     ]
 }
 
-/// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
-/// exposition never takes CPU time from the threads that answer webhooks. Scrapes queue up and
-/// are encoded one at a time. The thread ends when the last handle is dropped.
+/// Encodes `/metrics` on a [`BackgroundThread`] of its own, so that encoding a large exposition
+/// never takes CPU time from the threads that answer webhooks. Scrapes queue up and are encoded
+/// one at a time.
 #[derive(Clone, Debug)]
 pub struct EncoderThread {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Vec<u8>>>,
+    thread: BackgroundThread,
+    metrics: std::sync::Arc<Metrics>,
 }
-
-/// The encoder's niceness: below the webhook threads, above idle.
-const ENCODER_NICENESS: libc::c_int = 10;
 
 impl EncoderThread {
     pub fn spawn(metrics: std::sync::Arc<Metrics>) -> std::io::Result<Self> {
-        let (requests, queue) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Vec<u8>>>();
-        std::thread::Builder::new()
-            .name("metrics-encoder".into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                for reply in queue {
-                    let _ = reply.send(metrics.encode());
-                }
-            })?;
-        Ok(Self { requests })
+        let thread = BackgroundThread::spawn("metrics-encoder")?;
+        Ok(Self { thread, metrics })
     }
 
     /// The text exposition, or `None` if the encoder thread is gone.
     pub async fn encode(&self) -> Option<Vec<u8>> {
-        let (reply, body) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).ok()?;
-        body.await.ok()
-    }
-}
-
-/// Raises the calling thread's niceness (Linux gives each thread its own).
-fn lower_current_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, ENCODER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "metrics encoder keeps the default priority");
+        let metrics = std::sync::Arc::clone(&self.metrics);
+        self.thread.run(move || metrics.encode()).await
     }
 }
 
@@ -991,7 +972,7 @@ mod tests {
             })
             .collect();
         assert!(
-            niceness.contains(&i64::from(ENCODER_NICENESS)),
+            niceness.contains(&i64::from(crate::background::BACKGROUND_NICENESS)),
             "{niceness:?}"
         );
     }
