@@ -4,15 +4,10 @@
 
 mod stack_support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use serde_json::Value;
 use stack_support::common::{Alertmanager, Prometheus, TestExporter};
-use stack_support::runnable_queries;
+use stack_support::{Sink, rewrite, runnable_queries, shipped_alertmanager_config};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A lock that fails once with 0xFF: unreachable (warning, to the webhook receiver).
@@ -21,102 +16,10 @@ const UNREACHABLE_LOCK: &str = "31000001";
 const OFFLINE_LOCK: &str = "31000002";
 const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
 
-/// Records every POST it receives: (path, JSON body).
-struct Sink {
-    url: String,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Sink {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let store = store.clone();
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let body = request.into_body().collect().await?.to_bytes();
-                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        store.lock().unwrap().push((path, json));
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"{}",
-                        ))))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
-            }
-        });
-        Self { url, received }
-    }
-
-    /// Waits for a notification on `path` whose body contains every one of `needles`.
-    async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
-                let text = body.to_string();
-                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
-            });
-            if let Some(body) = found {
-                return body;
-            }
-            let seen: Vec<String> = self
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(p, b)| format!("{p}: {b}"))
-                .collect();
-            assert!(
-                Instant::now() < deadline,
-                "no notification on {path} with {needles:?}; received:\n{}",
-                seen.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
-/// that drifts from what this test rewrites fails loudly.
-fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        times,
-        "expected {from:?} {times} time(s) in:\n{text}"
-    );
-    text.replace(from, to)
-}
-
-/// The shipped Alertmanager configuration, with the pager and webhook pointed at the sink and the
-/// grouping delays shortened; routes, receivers and inhibitions stay as shipped.
+/// The shipped Alertmanager configuration pointed at the sink, with the grouping delays shortened;
+/// routes, receivers and inhibitions stay as shipped.
 fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
-    let shipped =
-        std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
-    let config = rewrite(
-        &shipped,
-        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
-        &format!(
-            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
-            sink.url
-        ),
-        1,
-    );
-    let config = rewrite(
-        &config,
-        "http://alert-sink:8080/alertmanager",
-        &format!("{}/alertmanager", sink.url),
-        1,
-    );
+    let config = shipped_alertmanager_config(sink, routing_key_file);
     let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }

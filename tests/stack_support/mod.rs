@@ -11,7 +11,13 @@ use std::convert::Infallible;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use serde_json::Value;
 
 use promql_parser::label::{Labels, MatchOp, Matcher, Matchers};
 use promql_parser::parser::{
@@ -129,6 +135,7 @@ pub struct AlertRule {
     pub alert: String,
     pub expr: String,
     pub for_: Option<String>,
+    pub keep_firing_for: Option<String>,
     pub labels: serde_yaml_ng::Mapping,
     pub annotations: serde_yaml_ng::Mapping,
 }
@@ -170,6 +177,7 @@ pub fn alert_rules() -> Vec<AlertRule> {
                     alert: alert.to_string(),
                     expr: rule["expr"].as_str().unwrap_or_default().to_string(),
                     for_: rule["for"].as_str().map(str::to_string),
+                    keep_firing_for: rule["keep_firing_for"].as_str().map(str::to_string),
                     labels: rule["labels"].as_mapping().cloned().unwrap_or_default(),
                     annotations: rule["annotations"]
                         .as_mapping()
@@ -181,6 +189,117 @@ pub fn alert_rules() -> Vec<AlertRule> {
     }
     assert!(!out.is_empty(), "no alert rules found under alerts/");
     out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Alertmanager receivers
+
+/// Records every POST it receives: (path, JSON body).
+pub struct Sink {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Sink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let store = store.clone();
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        store.lock().unwrap().push((path, json));
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"{}",
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { url, received }
+    }
+
+    /// The bodies received on `path`, in arrival order.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Waits for a notification on `path` whose body contains every one of `needles`.
+    pub async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
+                let text = body.to_string();
+                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
+            });
+            if let Some(body) = found {
+                return body;
+            }
+            let seen: Vec<String> = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(p, b)| format!("{p}: {b}"))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "no notification on {path} with {needles:?}; received:\n{}",
+                seen.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
+/// that drifts from what this test rewrites fails loudly.
+pub fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        times,
+        "expected {from:?} {times} time(s) in:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The shipped Alertmanager configuration with its pager and webhook pointed at `sink`
+/// (`/pagerduty`, `/alertmanager`); routes, grouping, timing and inhibitions stay as shipped.
+pub fn shipped_alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
+    let shipped = read(repo().join("deploy/alertmanager/alertmanager.yml"));
+    let config = rewrite(
+        &shipped,
+        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
+        &format!(
+            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
+            sink.url
+        ),
+        1,
+    );
+    rewrite(
+        &config,
+        "http://alert-sink:8080/alertmanager",
+        &format!("{}/alertmanager", sink.url),
+        1,
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
