@@ -12,6 +12,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod payload;
+mod request_progress;
 pub mod server;
 pub mod signature;
 pub mod web;
