@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{Prometheus, TestExporter, fixture, require_tool, test_config};
 
 const PASSWORD: &str = "scrape-password";
@@ -140,12 +142,27 @@ async fn tls_and_basic_auth_on_the_metrics_listener() {
     let (status, _) = https_get(&address, "/-/healthy", &ca, None).await;
     assert_eq!(status, 200, "probes need no credentials");
 
-    // Plain HTTP on a TLS listener gets no answer.
-    let plain = reqwest::Client::new()
-        .get(format!("{}/metrics", exporter.metrics_base))
-        .send()
-        .await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // Plain HTTP on a TLS listener gets no HTTP answer: the listener accepts the connection and
+    // its TLS layer refuses the bytes with an alert record (0x15) or closes the connection.
+    let mut plain = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("the TLS listener accepts connections");
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(30), plain.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "the listener never closed the plain connection"
+    );
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "plain HTTP got an answer other than a TLS alert: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 
     let (_, body) = https_get(
         &address,

@@ -327,6 +327,17 @@ pub fn variables(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A panel query without its `or vector(0)` fallbacks (a stat that shows 0 when there is no
+/// data): with them every query "returns data", so a check for data must look at the rest.
+pub fn without_zero_fallback(expr: &str) -> String {
+    let stripped = expr.replace(" or vector(0)", "");
+    assert!(
+        !stripped.contains("vector("),
+        "write a zero fallback as ` or vector(0)`: {expr}"
+    );
+    stripped
+}
+
 /// Every query of a dashboard, Grafana variables replaced: (dashboard, panel, PromQL).
 pub fn runnable_queries(smartlock_id: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
