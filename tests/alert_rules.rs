@@ -493,14 +493,10 @@ fn promtool_fails_with_changed_rules(test_file: &str, change: impl Fn(String) ->
     fs::create_dir(dir.path().join("tests")).expect("tests dir");
     let test = dir.path().join("tests").join(test_file);
     fs::copy(repo().join("alerts/tests").join(test_file), &test).expect("copy test");
-    let output = run(Command::new(promtool()).arg("test").arg("rules").arg(&test));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let ran = run(Command::new(promtool()).arg("test").arg("rules").arg(&test));
+    let text = ran.output();
     assert!(
-        !output.status.success() && text.contains("FAILED"),
+        !ran.ok && text.contains("FAILED"),
         "{test_file} passed against the changed rules:\n{text}"
     );
     text

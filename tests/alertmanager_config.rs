@@ -24,13 +24,9 @@ fn route(labels: &[(&str, &str)]) -> Vec<String> {
     for (k, v) in labels {
         command.arg(format!("{k}={v}"));
     }
-    let output = run(&mut command);
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+    let ran = run(&mut command);
+    assert!(ran.ok, "{command:?} failed: {}", ran.stderr);
+    ran.stdout
         .trim()
         .split(',')
         .map(|r| r.trim().to_string())

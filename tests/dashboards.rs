@@ -258,7 +258,7 @@ fn dashboard_queries_are_valid_promql() {
     let output = run(Command::new(promtool())
         .args(["check", "rules", "--lint=none"])
         .arg(&file));
-    if !output.status.success() {
+    if !output.ok {
         let listing: Vec<String> = queries
             .iter()
             .enumerate()
@@ -266,8 +266,8 @@ fn dashboard_queries_are_valid_promql() {
             .collect();
         panic!(
             "promtool rejects a dashboard query:\n{}{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
+            output.stdout,
+            output.stderr,
             listing.join("\n")
         );
     }
@@ -380,12 +380,8 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
     let output = run(Command::new(promtool())
         .args(["test", "rules"])
         .arg(&test_file));
-    if !output.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+    if !output.ok {
+        let text = output.output();
         let mut empty = Vec::new();
         for (i, (file, title, expr)) in queries.iter().enumerate() {
             if text.contains(&format!("alertname: DashboardQuery{i},")) {

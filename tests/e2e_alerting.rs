@@ -26,9 +26,9 @@ fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
-/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and the
+/// The shipped Prometheus configuration, pointed at `targets`, this test's Alertmanager and the
 /// repository's rule files, scraping and evaluating every second.
-fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
+fn prometheus_config(targets: &[&str], alertmanager: &str) -> String {
     let shipped =
         std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
     let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
@@ -45,7 +45,16 @@ fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
         &format!("{REPO}/alerts/*.yml"),
         1,
     );
-    let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("          - {t}\n"))
+        .collect();
+    let config = rewrite(
+        &config,
+        "          - nuki-exporter:10181\n",
+        &targets.concat(),
+        1,
+    );
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
 }
 
@@ -68,22 +77,25 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     )
     .await;
     let exporter = TestExporter::start().await;
-    let metrics_address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
+    let metrics_address = exporter.metrics_address();
+    // A second target that is down (the webhook listener has no /metrics), so the health
+    // dashboard's "Targets down" has a target to show.
+    let down_target = exporter.webhook_address();
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(
-        &prometheus_config(&metrics_address, &alertmanager_address),
+        &prometheus_config(&[&metrics_address, &down_target], &alertmanager_address),
         &[],
     )
     .await;
 
     // Prometheus knows the exporter before the first error, as in a running stack.
+    // (a few scrapes: the new-series guard needs an `up` sample from before the first error)
     prometheus
-        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
+        .wait_for(
+            r#"count_over_time(up{job="nuki-exporter"}[1m]) >= 3"#,
+            Duration::from_secs(60),
+        )
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let masterdata = format!(
         r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#
     );
@@ -138,16 +150,30 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         "a warning never reaches the pager"
     );
 
-    seed_fleet(&exporter).await;
-    let mut empty = Vec::new();
-    for (dashboard, panel, query) in runnable_queries(DRILL_DOWN_LOCK) {
-        if prometheus
-            .query(&without_zero_fallback(&query))
-            .await
-            .is_empty()
-        {
-            empty.push(format!("{dashboard} / {panel}: {query}"));
+    seed_fleet(&exporter, &prometheus).await;
+    // Each query is retried until it has data (rule evaluation and rate windows lag a scrape).
+    let mut empty: Vec<String> = runnable_queries(DRILL_DOWN_LOCK)
+        .into_iter()
+        .map(|(dashboard, panel, query)| format!("{dashboard} / {panel}: {query}"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut still_empty = Vec::new();
+        for entry in empty {
+            let query = entry.split_once(": ").unwrap().1;
+            if prometheus
+                .query(&without_zero_fallback(query))
+                .await
+                .is_empty()
+            {
+                still_empty.push(entry);
+            }
         }
+        empty = still_empty;
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         empty.is_empty(),
@@ -161,8 +187,8 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
 const DRILL_DOWN_LOCK: &str = "17000003";
 
 /// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks) and a
-/// refused webhook of two kinds of refusal, with time for Prometheus to scrape in between.
-async fn seed_fleet(exporter: &TestExporter) {
+/// refused webhook of two kinds of refusal; after each, waits until Prometheus scraped it.
+async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus) {
     for round in 0..3 {
         for webhook in nuki_exporter::demo::round(round, 8) {
             assert_eq!(
@@ -170,9 +196,30 @@ async fn seed_fleet(exporter: &TestExporter) {
                 204
             );
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        scraped(
+            exporter,
+            prometheus,
+            "nuki_exporter_webhooks_received_total",
+        )
+        .await;
     }
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    scraped(
+        exporter,
+        prometheus,
+        "nuki_exporter_webhooks_rejected_total",
+    )
+    .await;
+}
+
+/// Waits until Prometheus holds the exporter's current total of `counter`.
+async fn scraped(exporter: &TestExporter, prometheus: &Prometheus, counter: &str) {
+    let total = exporter.scrape().await.sum(counter, &[]);
+    prometheus
+        .wait_for(
+            &format!(r#"sum({counter}{{job="nuki-exporter"}}) >= {total}"#),
+            Duration::from_secs(60),
+        )
+        .await;
 }

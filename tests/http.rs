@@ -228,7 +228,7 @@ async fn bodies_over_the_limit_get_413() {
         chunked.extend(b"\r\n");
     }
     chunked.extend(b"0\r\n\r\n");
-    let response = raw_request(&exporter.webhook_url, &chunked).await;
+    let response = raw_request(&exporter.webhook_address(), &chunked).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert_eq!(
         exporter.post(&fixture("device-status")).await,
@@ -243,10 +243,9 @@ async fn bodies_over_the_limit_get_413() {
     exporter.shutdown().await;
 }
 
-/// Sends raw bytes to the listener of `url` and reads the answer until the server closes.
-async fn raw_request(url: &str, request: &[u8]) -> String {
+/// Sends raw bytes to `address` (`host:port`) and reads the answer until the server closes.
+async fn raw_request(address: &str, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = url.trim_start_matches("http://").split('/').next().unwrap();
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     // The server may answer 413 and close before the whole body is written.
     let _ = stream.write_all(request).await;
@@ -463,13 +462,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503()
     config.server.shutdown_delay = std::time::Duration::from_millis(500);
     let mut exporter = TestExporter::start_with(config).await;
     let body = fixture("api-auth-creation-failed");
-    let address = exporter
-        .webhook_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let address = exporter.webhook_address();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nX-Nuki-Signature-SHA256: {}\r\n\r\n",

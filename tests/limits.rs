@@ -57,14 +57,6 @@ async fn closed_by_the_server(stream: &mut TcpStream) {
     );
 }
 
-fn address(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Opens a connection that sends a request head one byte at a time, a byte every 100 ms.
 fn trickle(address: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -90,7 +82,7 @@ async fn a_thousand_idle_and_trickling_connections_do_not_delay_webhooks() {
     let mut config = test_config();
     config.limits.header_read_timeout = Duration::from_secs(600);
     let exporter = TestExporter::start_with(config).await;
-    let address = address(&exporter.webhook_url);
+    let address = exporter.webhook_address();
     let mut idle = Vec::new();
     for _ in 0..500 {
         idle.push(TcpStream::connect(&address).await.unwrap());
@@ -140,7 +132,7 @@ async fn slowloris_clients_cannot_hold_the_connection_slots() {
     config.limits.max_connections = 20;
     config.limits.header_read_timeout = Duration::from_secs(1);
     let exporter = TestExporter::start_with(config).await;
-    let address = address(&exporter.webhook_url);
+    let address = exporter.webhook_address();
     let trickling: Vec<_> = (0..30).map(|_| trickle(address.clone())).collect();
     wait_until("trickling clients hold every slot", || async {
         scrape(&exporter)
@@ -172,7 +164,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     let mut config = test_config();
     config.limits.header_read_timeout = Duration::from_millis(500);
     let exporter = TestExporter::start_with(config).await;
-    let mut stream = TcpStream::connect(address(&exporter.webhook_url))
+    let mut stream = TcpStream::connect(exporter.webhook_address())
         .await
         .unwrap();
     closed_by_the_server(&mut stream).await;
@@ -184,7 +176,7 @@ async fn a_request_whose_body_trickles_past_the_request_timeout_gets_408() {
     let mut config = test_config();
     config.limits.request_timeout = Duration::from_millis(500);
     let exporter = TestExporter::start_with(config).await;
-    let mut stream = TcpStream::connect(address(&exporter.webhook_url))
+    let mut stream = TcpStream::connect(exporter.webhook_address())
         .await
         .unwrap();
     stream
@@ -251,7 +243,7 @@ async fn an_hour_of_keep_alive_scrapes_idle_past_the_header_timeout_trips_no_lim
     let mut config = test_config();
     config.limits.header_read_timeout = Duration::from_millis(100);
     let exporter = TestExporter::start_with(config).await;
-    let address = address(&exporter.metrics_base);
+    let address = exporter.metrics_address();
     let mut closed_while_idle = 0;
     for _ in 0..240 {
         let mut stream = TcpStream::connect(&address).await.unwrap();
@@ -276,7 +268,7 @@ async fn only_a_request_cut_off_while_its_head_arrives_counts_as_a_header_timeou
     let mut config = test_config();
     config.limits.header_read_timeout = Duration::from_millis(200);
     let exporter = TestExporter::start_with(config).await;
-    let address = address(&exporter.webhook_url);
+    let address = exporter.webhook_address();
     let mut silent = TcpStream::connect(&address).await.unwrap();
     let mut partial = TcpStream::connect(&address).await.unwrap();
     partial

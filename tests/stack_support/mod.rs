@@ -6,11 +6,13 @@
 #[path = "../common/mod.rs"]
 pub mod common;
 
+#[allow(unused_imports)] // each test crate uses a different part
+pub use common::{Ran, run, run_ok, tool};
+
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,21 +71,6 @@ pub fn files(dir: impl AsRef<Path>, suffix: &str) -> Vec<PathBuf> {
 // ------------------------------------------------------------------------------------------------
 // External tools
 
-/// The path of `tool`, or a failing test that names the Debian package to install.
-pub fn tool(tool: &str, debian_package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(tool);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "`{tool}` is not installed: install the Debian package `{debian_package}` \
-         (apt-get install --no-install-recommends {debian_package}), or run scripts/test.sh"
-    );
-}
-
 pub fn promtool() -> PathBuf {
     tool("promtool", "prometheus")
 }
@@ -98,31 +85,6 @@ pub fn alertmanager() -> PathBuf {
 
 pub fn docker_compose() -> PathBuf {
     tool("docker-compose", "docker-compose")
-}
-
-/// Runs a command; on a non-zero exit the test fails with the command line and its output.
-pub fn run_ok(command: &mut Command) -> String {
-    let output = run(command);
-    if !output.status.success() {
-        panic!(
-            "{:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
-            command,
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-pub fn run(command: &mut Command) -> Output {
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
 // ------------------------------------------------------------------------------------------------
