@@ -105,6 +105,54 @@ fn dashboards_follow_the_linter_rules() {
                 problem(format!("no {required} variable"));
             }
         }
+        for v in vars.iter().filter(|v| v["includeAll"] == json!(true)) {
+            // without allValue, Grafana's "All" sends every value as one long regex alternation
+            if v["allValue"]
+                .as_str()
+                .is_none_or(|a| ![".+", ".*"].contains(&a))
+            {
+                problem(format!(
+                    "variable {} offers All: set allValue to \".+\"",
+                    v["name"]
+                ));
+            }
+        }
+
+        // firing alerts as annotations, scoped like the dashboard's queries
+        let alerts: Vec<&str> = d["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| uses_templated_datasource(a) && a["enable"] == json!(true))
+            .filter_map(|a| a["expr"].as_str())
+            .filter(|e| e.starts_with("ALERTS{"))
+            .collect();
+        match alerts.as_slice() {
+            [expr] => match Promql::parse(expr) {
+                Ok(promql) => {
+                    let s = &promql.selectors()[0];
+                    let per_lock = names.contains("smartlock_id");
+                    if !s.has("alertstate", "=", "firing")
+                        || !s.has("job", "=~", "$job")
+                        || (per_lock && !s.has("smartlock_id", "=~", "$smartlock_id"))
+                    {
+                        problem(format!(
+                            "the alerts annotation must select alertstate=\"firing\", job=~\"$job\"{}: {expr}",
+                            if per_lock {
+                                " and smartlock_id=~\"$smartlock_id\""
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                }
+                Err(e) => problem(format!("annotation {expr}: {e}")),
+            },
+            other => problem(format!(
+                "needs one enabled annotation of firing ALERTS on the datasource variable, has {other:?}"
+            )),
+        }
+
         for v in vars.iter().filter(|v| v["type"] == "query") {
             let name = v["name"].as_str().unwrap_or("?");
             if !uses_templated_datasource(v) {
@@ -214,6 +262,18 @@ fn dashboards_follow_the_linter_rules() {
                         ));
                     }
                 }
+                // one rate unit everywhere: per minute (CPU seconds per second and ratios aside)
+                let unit = panel["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !promql.range_windows("rate").is_empty()
+                    && unit != "percentunit"
+                    && !(["reqpm", "cpm", "opm"].contains(&unit) && expr.ends_with(" * 60"))
+                {
+                    problem(format!(
+                        "a rate must be shown per minute (`* 60`, unit reqpm, cpm or opm), has unit {unit:?}: {expr}"
+                    ));
+                }
                 for function in ["rate", "irate"] {
                     for window in promql.range_windows(function) {
                         if window != "$__rate_interval" {
@@ -238,6 +298,39 @@ fn dashboards_follow_the_linter_rules() {
 
 fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The color a stat panel shows for `value`: the last threshold step at or below it.
+fn threshold_color(panel: &Value, value: f64) -> String {
+    let steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .expect("threshold steps");
+    steps
+        .iter()
+        .rfind(|s| s["value"].as_f64().is_none_or(|v| v <= value))
+        .and_then(|s| s["color"].as_str())
+        .expect("a base step")
+        .to_string()
+}
+
+#[test]
+fn no_scrapeable_target_is_not_shown_green() {
+    let (_, health) = dashboards()
+        .into_iter()
+        .find(|(file, _)| file == "nuki-exporter-health.json")
+        .expect("the health dashboard");
+    let panel = |title: &str| {
+        panels(&health)
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))
+            .clone()
+    };
+    let (up, down) = (&panel("Targets up"), &panel("Targets down"));
+    assert_eq!(threshold_color(up, 0.0), "red");
+    assert_eq!(threshold_color(up, 1.0), "green");
+    assert_eq!(threshold_color(down, 0.0), "green");
+    assert_ne!(threshold_color(down, 1.0), "green");
 }
 
 #[test]
