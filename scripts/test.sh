@@ -25,4 +25,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 bench/run --smoke
+bench/web_api --smoke
 bench/soak --smoke
