@@ -1,9 +1,13 @@
 //! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
 //! counter increments and gauge values. Nothing else touches a metric.
 
+mod web_api;
+
+pub use web_api::{Endpoint, WebApiMetrics};
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
@@ -11,6 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::background::BackgroundThread;
 use crate::catalogue;
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
 use crate::source::webhook::{
@@ -70,7 +75,7 @@ impl RejectReason {
 pub enum ConnectionLimit {
     /// A new connection waited because the listener had `limits.max_connections` open.
     MaxConnections,
-    /// A connection was closed because its request headers did not arrive in time.
+    /// A client was cut off while still sending its request headers (not an idle keep-alive).
     HeaderReadTimeout,
 }
 
@@ -113,6 +118,8 @@ pub struct Metrics {
     smartlocks_tracked: IntGauge,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
+    /// Registered when the Web API is first polled: a webhook-only exporter has none of them.
+    web_api: OnceLock<WebApiMetrics>,
     /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
     code_labels: Vec<String>,
     locks: Mutex<LockTable>,
@@ -375,7 +382,7 @@ impl Metrics {
             connection_limit_hits: counter_vec(
                 r,
                 "nuki_exporter_connection_limit_hits_total",
-                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a connection was closed because its request headers did not arrive in time).",
+                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a client was cut off while still sending request headers; idle keep-alive connections do not count).",
                 &["limit"],
             ),
             open_connections: gauge_vec(
@@ -384,6 +391,7 @@ impl Metrics {
                 "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
                 &["listener"],
             ),
+            web_api: OnceLock::new(),
             code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
             locks: Mutex::new(LockTable {
                 capacity: limits.max_smartlocks,
@@ -456,6 +464,12 @@ impl Metrics {
     /// The registry, for parts of the exporter that own metrics of their own (the relay).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The Nuki Web API source's own metrics, registered on first use.
+    pub fn web_api(&self) -> &WebApiMetrics {
+        self.web_api
+            .get_or_init(|| WebApiMetrics::register(&self.registry))
     }
 
     /// The text exposition of every metric.
@@ -726,45 +740,25 @@ fn info_labels<'a>(id: &'a str, info: &'a LockInfo) -> [&'a str; 4] {
     ]
 }
 
-/// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
-/// exposition never takes CPU time from the threads that answer webhooks. Scrapes queue up and
-/// are encoded one at a time. The thread ends when the last handle is dropped.
+/// Encodes `/metrics` on a [`BackgroundThread`] of its own, so that encoding a large exposition
+/// never takes CPU time from the threads that answer webhooks. Scrapes queue up and are encoded
+/// one at a time.
 #[derive(Clone, Debug)]
 pub struct EncoderThread {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Vec<u8>>>,
+    thread: BackgroundThread,
+    metrics: std::sync::Arc<Metrics>,
 }
-
-/// The encoder's niceness: below the webhook threads, above idle.
-const ENCODER_NICENESS: libc::c_int = 10;
 
 impl EncoderThread {
     pub fn spawn(metrics: std::sync::Arc<Metrics>) -> std::io::Result<Self> {
-        let (requests, queue) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Vec<u8>>>();
-        std::thread::Builder::new()
-            .name("metrics-encoder".into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                for reply in queue {
-                    let _ = reply.send(metrics.encode());
-                }
-            })?;
-        Ok(Self { requests })
+        let thread = BackgroundThread::spawn("metrics-encoder")?;
+        Ok(Self { thread, metrics })
     }
 
     /// The text exposition, or `None` if the encoder thread is gone.
     pub async fn encode(&self) -> Option<Vec<u8>> {
-        let (reply, body) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).ok()?;
-        body.await.ok()
-    }
-}
-
-/// Raises the calling thread's niceness (Linux gives each thread its own).
-fn lower_current_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, ENCODER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "metrics encoder keeps the default priority");
+        let metrics = std::sync::Arc::clone(&self.metrics);
+        self.thread.run(move || metrics.encode()).await
     }
 }
 
@@ -983,7 +977,7 @@ mod tests {
             })
             .collect();
         assert!(
-            niceness.contains(&i64::from(ENCODER_NICENESS)),
+            niceness.contains(&i64::from(crate::background::BACKGROUND_NICENESS)),
             "{niceness:?}"
         );
     }

@@ -197,16 +197,20 @@ impl Reloader {
         }
     }
 
-    /// Reloads on every SIGHUP until the task is dropped.
-    pub async fn run_on_sighup(self) {
+    /// Reloads on every SIGHUP until the task is dropped. The handler is installed when this is
+    /// called, so a SIGHUP right after start-up reloads instead of killing the process.
+    pub fn run_on_sighup(self) -> impl Future<Output = ()> {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: secrets are read at start-up only");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received");
-            self.reload();
+        let hangups = signal(SignalKind::hangup());
+        async move {
+            let Ok(mut hangups) = hangups else {
+                tracing::warn!("cannot listen for SIGHUP: secrets are read at start-up only");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+                self.reload();
+            }
         }
     }
 }

@@ -18,8 +18,12 @@ use crate::config::Config;
 use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
+use crate::nuki_api::{ApiToken, NukiApi};
+use crate::poller::Poller;
 use crate::reload::{FileBacked, Reloader};
+use crate::request_progress::RequestProgress;
 use crate::signature::Verifier;
+use crate::state::{self, StateWriter};
 use crate::web::MetricsGuard;
 use tokio_rustls::TlsAcceptor;
 
@@ -28,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start the metrics encoder thread: {0}")]
+    #[error("cannot start a background thread: {0}")]
     Encoder(std::io::Error),
     #[error("cannot listen on {address} ({key}): {source}")]
     Bind {
@@ -45,6 +49,10 @@ pub struct Exporter {
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The Web API poller's stop signal and task.
+    poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The state file writer's: stopped last, it writes once more.
+    state_writer: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     shutdown_delay: Duration,
 }
 
@@ -65,6 +73,36 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
+        // Restored before the listeners open: the first scrape already has the last-known state.
+        let restored = match &config.state.file {
+            Some(path) => state::restore(path, &metrics),
+            None => Vec::new(),
+        };
+        let poller = match &config.api.token_file {
+            Some(token_file) => {
+                let api = NukiApi::new(&config.api, token_file, Some(metrics.web_api().clone()))
+                    .map_err(crate::config::ConfigError::from)?;
+                let poller = Poller::new(
+                    api,
+                    Arc::clone(&metrics),
+                    config.api.poll_interval,
+                    config.api.advanced_key_id,
+                    restored,
+                )
+                .map_err(StartError::Encoder)?;
+                tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
+                Some(spawn_stoppable(|stop| poller.run(stop)))
+            }
+            None => None,
+        };
+        let state_writer = config.state.file.as_ref().map(|path| {
+            let writer = StateWriter {
+                path: path.clone(),
+                metrics: Arc::clone(&metrics),
+                interval: config.state.write_interval,
+            };
+            spawn_stoppable(|stop| writer.run(stop))
+        });
         let mut reloader = Reloader::new(metrics.registry());
         reloader.add(Arc::clone(&verifier));
         reloader.add(Arc::clone(&guard));
@@ -120,6 +158,9 @@ impl Exporter {
             address
         };
 
+        // Ends with the runtime; SIGHUP no longer terminates the process from here on, before
+        // "listening" is logged.
+        tokio::spawn(reloader.run_on_sighup());
         let acceptors = listeners
             .into_iter()
             .map(|(listener, role)| {
@@ -132,17 +173,16 @@ impl Exporter {
                     header_read_timeout: config.limits.header_read_timeout,
                     grace_period: config.server.shutdown_grace_period,
                 };
-                let (stop, stopped) = watch::channel(false);
-                (stop, tokio::spawn(acceptor.run(stopped)))
+                spawn_stoppable(|stopped| acceptor.run(stopped))
             })
             .collect();
-        // Ends with the runtime; SIGHUP no longer terminates the process from here on.
-        tokio::spawn(reloader.run_on_sighup());
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
             acceptors,
+            poller,
+            state_writer,
             shutdown_delay: config.server.shutdown_delay,
         })
     }
@@ -168,12 +208,30 @@ impl Exporter {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
+        stop(self.poller).await;
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
             let _ = stop.send(true);
             let _ = acceptor.await;
         }
+        stop(self.state_writer).await;
         tracing::info!("stopped");
+    }
+}
+
+/// Spawns a task that ends when its stop signal is sent.
+fn spawn_stoppable<F: Future<Output = ()> + Send + 'static>(
+    task: impl FnOnce(watch::Receiver<bool>) -> F,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    (stop, tokio::spawn(task(stopped)))
+}
+
+/// Stops a task of [`spawn_stoppable`] and waits for it to end.
+async fn stop(task: Option<(watch::Sender<bool>, JoinHandle<()>)>) {
+    if let Some((stop, task)) = task {
+        let _ = stop.send(true);
+        let _ = task.await;
     }
 }
 
@@ -247,32 +305,41 @@ impl Acceptor {
             let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
             tokio::spawn(async move {
-                let served = match tls {
+                // The header-read timeout also ends idle keep-alive connections; only a client cut
+                // off while sending (a TLS handshake or a request) tripped the limit.
+                let (stream, started) = RequestProgress::new(stream);
+                let (served, request_started) = match tls {
                     None => {
-                        watcher
+                        let served = watcher
                             .watch(builder.serve_connection(TokioIo::new(stream), service))
-                            .await
+                            .await;
+                        (served, started)
                     }
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                watcher
+                                let (stream, request_started) = RequestProgress::new(stream);
+                                let served = watcher
                                     .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                    .await
+                                    .await;
+                                (served, request_started)
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
-                                Ok(())
+                                (Ok(()), started)
                             }
                             Err(_) => {
-                                metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
-                                Ok(())
+                                if started.get() {
+                                    metrics
+                                        .connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                                }
+                                (Ok(()), started)
                             }
                         }
                     }
                 };
                 if let Err(error) = served {
-                    if error.is_timeout() {
+                    if error.is_timeout() && request_started.get() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
                     tracing::debug!(%error, "connection ended with an error");
@@ -299,7 +366,8 @@ pub struct Loaded {
 }
 
 /// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens, the relay's CA file), as start-up and `--check-config` do.
+/// certificate and key, bearer tokens, the relay's CA file, the Web API token), as start-up and
+/// `--check-config` do.
 pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
     let webhook = config.clone();
     let verifier = FileBacked::load(
@@ -319,6 +387,9 @@ pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
             .collect(),
         move || MetricsGuard::load(&metrics),
     )?;
+    if let Some(token_file) = &config.api.token_file {
+        ApiToken::read(token_file)?;
+    }
     Ok(Loaded {
         verifier,
         guard,
@@ -326,13 +397,17 @@ pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that arrives while the exporter starts is not lost (and does
+/// not kill the process the default way).
+pub fn termination_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

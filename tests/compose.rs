@@ -22,6 +22,7 @@ fn compose() -> Command {
         .arg("--env-file")
         .arg(empty_env)
         .env_remove("NUKI_WEBHOOK_SECRET_FILE")
+        .env_remove("NUKI_API_TOKEN_FILE")
         .env_remove("PAGERDUTY_ROUTING_KEY_FILE")
         .env_remove("GRAFANA_ADMIN_PASSWORD_FILE");
     command
@@ -48,15 +49,35 @@ fn docker_compose_config_is_valid() {
     run_ok(compose().args(["--profile", "demo", "config", "-q"]));
 }
 
-/// `image:` must name a version: a tag that is not `latest` and contains a digit (or a digest).
+/// `image:` must name a version: a tag that is not `latest` and contains a digit, or a digest.
 fn pinned(image: &str) -> bool {
-    if image.contains("@sha256:") {
-        return true;
+    if let Some((_, digest)) = image.split_once("@sha256:") {
+        return digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit());
     }
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.split_once(':') {
         Some((_, tag)) => tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
         None => false,
+    }
+}
+
+#[test]
+fn pinned_accepts_versions_and_digests_only() {
+    for image in [
+        "prom/prometheus:v3.5.0",
+        "rust:1.95.0-slim-bookworm",
+        "gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f",
+    ] {
+        assert!(pinned(image), "{image}");
+    }
+    for image in [
+        "prom/prometheus",
+        "prom/prometheus:latest",
+        "gcr.io/distroless/cc-debian12:nonroot",
+        "localhost:5000/app",
+        "app@sha256:123",
+    ] {
+        assert!(!pinned(image), "{image}");
     }
 }
 
@@ -75,16 +96,14 @@ fn every_image_tag_is_pinned() {
             )),
         }
     }
-    // The Dockerfile's base images too (distroless publishes variant tags only: pin by digest
-    // in production, see the Dockerfile).
+    // The Dockerfile's base images too, with no exemption (distroless has variant tags only, so
+    // its image is pinned by digest).
     for line in read(repo().join("Dockerfile")).lines() {
         let Some(rest) = line.trim().strip_prefix("FROM ") else {
             continue;
         };
         let image = rest.split_whitespace().next().unwrap_or_default();
-        let distroless_variant = image.starts_with("gcr.io/distroless/")
-            && image.rsplit(':').next().is_some_and(|t| t != "latest");
-        if !pinned(image) && !distroless_variant {
+        if !pinned(image) {
             problems.push(format!(
                 "Dockerfile: base image {image} is not pinned to a version"
             ));
@@ -192,7 +211,8 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         }
     }
 
-    // the exporter reads its webhook secret from a compose secret
+    // the exporter reads its webhook secret (and, with api.token_file, its Web API token) from
+    // compose secrets
     let exporter = &config["services"]["nuki-exporter"];
     let secrets: Vec<&str> = exporter["secrets"]
         .as_sequence()
@@ -200,7 +220,7 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         .flatten()
         .filter_map(|s| s["source"].as_str())
         .collect();
-    assert_eq!(secrets, ["nuki_webhook_secret"]);
+    assert_eq!(secrets, ["nuki_webhook_secret", "nuki_api_token"]);
     let exporter_config = read(repo().join("deploy/nuki-exporter/config.toml"));
     assert!(exporter_config.contains("/run/secrets/nuki_webhook_secret"));
 
@@ -273,10 +293,62 @@ fn the_demo_profile_runs_the_traffic_generator_against_the_exporter() {
             "--target",
             "http://nuki-exporter:10180/webhook",
             "--secret-file",
-            "/run/secrets/nuki_webhook_secret"
+            "/run/secrets/nuki_webhook_secret",
+            "--api-listen",
+            "0.0.0.0:10190"
         ]
     );
     assert_eq!(demo["image"], config["services"]["nuki-exporter"]["image"]);
+}
+
+/// The base stack keeps state on a volume and polls no Web API; `docker-compose.demo.yml`
+/// points the exporter at the demo's simulated API, never at api.nuki.io.
+#[test]
+fn state_lives_on_a_volume_and_the_demo_override_polls_the_simulated_api() {
+    let base = resolved();
+    let exporter = &base["services"]["nuki-exporter"];
+    let environment = &exporter["environment"];
+    assert_eq!(
+        environment["NUKI_EXPORTER_STATE__FILE"].as_str(),
+        Some("/var/lib/nuki-exporter/state.json")
+    );
+    assert!(environment["NUKI_EXPORTER_API__TOKEN_FILE"].is_null());
+    // docker-compose 1.29 prints short volume syntax: `source:target:mode`.
+    let volumes: Vec<&str> = exporter["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"nuki_exporter_state:/var/lib/nuki-exporter:rw"),
+        "{volumes:?}"
+    );
+
+    let text = run_ok(compose().args([
+        "-f",
+        "docker-compose.demo.yml",
+        "--profile",
+        "demo",
+        "config",
+    ]));
+    let demo: Value = serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML");
+    let environment = &demo["services"]["nuki-exporter"]["environment"];
+    assert_eq!(
+        environment["NUKI_EXPORTER_API__URL"].as_str(),
+        Some("http://demo:10190")
+    );
+    assert_eq!(
+        environment["NUKI_EXPORTER_API__TOKEN_FILE"].as_str(),
+        Some("/run/secrets/nuki_api_token")
+    );
+    let secrets: Vec<&str> = demo["services"]["nuki-exporter"]["secrets"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["source"].as_str().or(s.as_str()))
+        .collect();
+    assert!(secrets.contains(&"nuki_api_token"), "{secrets:?}");
 }
 
 #[test]
@@ -404,11 +476,9 @@ fn curl_status(url: &str, body: Option<(&[u8], &str)>) -> u16 {
             .arg("--data-binary")
             .arg(format!("@{}", file.path().display()))
             .args(["-H", &format!("X-Nuki-Signature-SHA256: {signature}")]);
-        let output = run(command.arg(url));
-        return String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0);
+        return run(command.arg(url)).stdout.parse().unwrap_or(0);
     }
-    let output = run(command.arg(url));
-    String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0)
+    run(command.arg(url)).stdout.parse().unwrap_or(0)
 }
 
 #[tokio::test]
@@ -421,35 +491,9 @@ async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
         .trim_end_matches("/webhook")
         .to_owned();
     let home = tempfile::tempdir().unwrap();
-    let https_port = stack_support::common::free_port();
-    let http_port = stack_support::common::free_port();
-    let mut proxy = Command::new(caddy())
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(repo().join("deploy/caddy/Caddyfile"))
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path())
-        .env("CADDY_ADMIN", "off")
-        .env("CADDY_HTTPS_PORT", https_port.to_string())
-        .env("CADDY_HTTP_PORT", http_port.to_string())
-        .env("NUKI_EXPORTER_DOMAIN", "localhost")
-        .env("NUKI_EXPORTER_WEBHOOK_UPSTREAM", &upstream)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("caddy starts");
-    let base = format!("https://localhost:{https_port}");
+    let (mut proxy, base) = start_caddy(home.path(), &upstream).await;
     let body = fixture("device-status");
     let signature = nuki_exporter::signature::sign(SECRET.as_bytes(), &body);
-    // Wait (with a deadline) until Caddy serves https with its local certificate.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while curl_status(&format!("{base}/"), None) != 404 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "caddy never served {base}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
     let webhook = tokio::task::spawn_blocking({
         let (url, body, signature) = (format!("{base}/webhook"), body.clone(), signature.clone());
         move || curl_status(&url, Some((&body, &signature)))
@@ -470,6 +514,48 @@ async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
         1.0
     );
     exporter.shutdown().await;
+}
+
+/// Starts Caddy with the shipped Caddyfile on loopback ports and waits (with a deadline) until it
+/// serves https with its local certificate. Caddy cannot report a port it picked itself, so a
+/// port pair another process holds makes Caddy exit, and the next pair is tried.
+async fn start_caddy(home: &Path, upstream: &str) -> (std::process::Child, String) {
+    let seed = std::process::id() as u16;
+    for attempt in 0..8u16 {
+        let https_port = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 2)) % 40_000;
+        let http_port = https_port + 1;
+        let mut proxy = Command::new(caddy())
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(repo().join("deploy/caddy/Caddyfile"))
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home)
+            .env("XDG_CONFIG_HOME", home)
+            .env("CADDY_ADMIN", "off")
+            .env("CADDY_HTTPS_PORT", https_port.to_string())
+            .env("CADDY_HTTP_PORT", http_port.to_string())
+            .env("NUKI_EXPORTER_DOMAIN", "localhost")
+            .env("NUKI_EXPORTER_WEBHOOK_UPSTREAM", upstream)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("caddy starts");
+        let base = format!("https://localhost:{https_port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if proxy.try_wait().unwrap().is_some() {
+                break; // a port was taken: the next pair
+            }
+            if curl_status(&format!("{base}/"), None) == 404 {
+                return (proxy, base);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "caddy never served {base}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    panic!("caddy exited on every port pair it was given");
 }
 
 /// The preflight service's shell script, as the container runs it (compose's `$$` is `$`).
@@ -506,11 +592,7 @@ fn preflight_over_a_checkout_with_umask(umask: &str) -> (bool, String) {
         .args(["sh", "-c", &preflight_script()])
         .env("STACK", &stack)
         .env("SECRETS", &secrets));
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    (output.ok, output.output())
 }
 
 #[test]

@@ -245,8 +245,9 @@ async fn without_secrets_every_webhook_is_relayed_even_one_the_exporter_cannot_r
 
 #[tokio::test]
 async fn application_down_gives_502_and_the_webhook_is_still_counted() {
-    // A port that was free a moment ago: connections to it are refused.
-    let down = format!("http://127.0.0.1:{}/nuki", common::free_port());
+    // Bound but never listening: connections to it are refused.
+    let (_guard, refused) = common::refused_address();
+    let down = format!("http://{refused}/nuki");
     let exporter = relaying_exporter(&down).await;
     let body = fixture("api-auth-creation-failed");
     let response = post(&exporter, &body, Some(&sign(SECRET.as_bytes(), &body))).await;

@@ -40,12 +40,12 @@ fn render(kustomization: &str) -> Vec<Value> {
         .arg("kustomize")
         .arg(kubernetes_dir().join(kustomization)));
     assert!(
-        output.status.success(),
+        output.ok,
         "kubectl kustomize deploy/kubernetes/{kustomization} failed (needs kubectl 1.21 or later, kustomize v4+; {}):\n{}",
         kustomize_version(),
-        String::from_utf8_lossy(&output.stderr)
+        output.stderr
     );
-    let text = String::from_utf8(output.stdout).expect("UTF-8 YAML");
+    let text = output.stdout;
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|document| Value::deserialize(document).expect("kustomize prints YAML"))
         .collect()
@@ -53,7 +53,8 @@ fn render(kustomization: &str) -> Vec<Value> {
 
 fn kustomize_version() -> String {
     let output = run(Command::new(kubectl()).args(["version", "--client"]));
-    String::from_utf8_lossy(&output.stdout)
+    output
+        .stdout
         .lines()
         .find(|line| line.contains("Kustomize"))
         .unwrap_or("kustomize version unknown")
@@ -116,14 +117,10 @@ fn every_kustomization_renders_and_validates_strictly_against_the_kubernetes_sch
             let output = run(Command::new(&validator)
                 .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
                 .arg(&file));
-            let report = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let report = output.output();
             // A warning is a kind without a schema: every built-in kind has one.
             assert!(
-                output.status.success() && !report.contains("WARN"),
+                output.ok && !report.contains("WARN"),
                 "{kustomization}: {} {} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{report}",
                 kind(object),
                 name(object)
@@ -167,10 +164,10 @@ fn promtool_accepts_the_rendered_prometheus_rule_groups() {
 #[test]
 fn the_generator_reproduces_the_committed_prometheus_rule() {
     let generated = run(Command::new(repo().join(REGENERATE_RULES)).arg("--stdout"));
-    assert!(generated.status.success());
+    assert!(generated.ok);
     let committed = read(kubernetes_dir().join("monitoring/prometheusrule.yaml"));
     assert!(
-        String::from_utf8_lossy(&generated.stdout) == committed,
+        generated.stdout == committed,
         "deploy/kubernetes/monitoring/prometheusrule.yaml is not what `{REGENERATE_RULES}` writes: rerun it"
     );
 }
