@@ -38,10 +38,12 @@ pub enum RejectReason {
     NotFound,
     Timeout,
     Unauthorized,
+    /// A bridge callback from an address that is no configured bridge's.
+    Forbidden,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
@@ -49,6 +51,7 @@ impl RejectReason {
         Self::NotFound,
         Self::Timeout,
         Self::Unauthorized,
+        Self::Forbidden,
     ];
 
     pub fn label(self) -> &'static str {
@@ -60,6 +63,7 @@ impl RejectReason {
             Self::NotFound => "not_found",
             Self::Timeout => "timeout",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -347,7 +351,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials).",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials), forbidden (bridge callback from an unknown address).",
                 &["reason"],
             ),
             last_webhook: register(
@@ -451,6 +455,11 @@ impl Metrics {
     /// The gauge of open connections on one listener, for the accept loop to move.
     pub fn open_connections(&self, listener: &str) -> IntGauge {
         self.open_connections.with_label_values(&[listener])
+    }
+
+    /// The registry every metric of the exporter is in, for the sources' own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition of every metric.

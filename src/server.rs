@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge_metrics::BridgeMetrics;
+use crate::bridge_poller::{self, BridgePoller, CallbackSenders};
 use crate::config::Config;
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
@@ -43,6 +45,8 @@ pub struct Exporter {
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The bridge pollers' stop signal and tasks.
+    pollers: (watch::Sender<bool>, Vec<JoinHandle<()>>),
     shutdown_delay: Duration,
 }
 
@@ -59,6 +63,20 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
+        let senders = Arc::new(CallbackSenders::default());
+        let bridge_metrics = BridgeMetrics::new(metrics.registry());
+        let pollers = config
+            .bridges
+            .iter()
+            .map(|bridge| {
+                BridgePoller::new(
+                    bridge,
+                    Arc::clone(&metrics),
+                    &bridge_metrics,
+                    Arc::clone(&senders),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let app = Arc::new(
             App::new(
                 metrics,
@@ -67,6 +85,7 @@ impl Exporter {
                 config.limits.max_body_bytes,
                 config.limits.request_timeout,
                 guard,
+                senders,
             )
             .map_err(StartError::Encoder)?,
         );
@@ -123,11 +142,17 @@ impl Exporter {
                 (stop, tokio::spawn(acceptor.run(stopped)))
             })
             .collect();
+        let (stop_pollers, pollers_stopped) = watch::channel(false);
+        let pollers = (
+            stop_pollers,
+            bridge_poller::start(pollers, &pollers_stopped).await,
+        );
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
             acceptors,
+            pollers,
             shutdown_delay: config.server.shutdown_delay,
         })
     }
@@ -153,6 +178,11 @@ impl Exporter {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
+        let (stop_pollers, pollers) = self.pollers;
+        let _ = stop_pollers.send(true);
+        for poller in pollers {
+            let _ = poller.await;
+        }
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
             let _ = stop.send(true);
@@ -202,7 +232,7 @@ impl Acceptor {
                 biased;
                 _ = stopped.changed() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%error, "accepting a connection failed");
@@ -211,11 +241,12 @@ impl Acceptor {
                     }
                 },
             };
+            let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
+                async move { Ok::<_, std::convert::Infallible>(app.handle(role, peer, request).await) }
             });
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
@@ -267,9 +298,12 @@ impl Acceptor {
 }
 
 /// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens), as start-up and `--check-config` do.
+/// certificate and key, bearer tokens, bridge tokens), as start-up and `--check-config` do.
 pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
     let secrets = config.read_secrets()?;
+    for bridge in &config.bridges {
+        bridge.read_token()?;
+    }
     let guard = MetricsGuard::load(&config.metrics)?;
     Ok((Verifier::new(&secrets), guard))
 }

@@ -1,4 +1,5 @@
 //! The ways in: each source reads one kind of input and turns it into the typed events of
 //! [`crate::lock`] (and, for webhooks, the operation results they carry), by pure parsing.
 
+pub mod bridge;
 pub mod webhook;

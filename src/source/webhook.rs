@@ -6,7 +6,7 @@
 //! exporter reads, a value serde_json cannot represent (a number beyond f64, a lone surrogate
 //! escape). Nothing here knows about HTTP or Prometheus.
 
-mod lenient;
+pub(crate) mod lenient;
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
