@@ -4,7 +4,7 @@
 //! and the callback registration: never `/lockState`, which wakes the lock and drains its
 //! batteries. The token never appears in a log line or an error.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -87,6 +87,9 @@ pub struct BridgeClient {
     /// `token_mode = "auto"` and the bridge refused an encrypted token: its firmware predates
     /// encrypted tokens, hashed ones are used from then on.
     encrypted_refused: AtomicBool,
+    /// The next `rnr`: counted up from a random start, so that no (ts, rnr) pair repeats
+    /// within a second, which the bridge would refuse as a replay.
+    next_rnr: AtomicU16,
     http: Client<HttpConnector, Full<Bytes>>,
     spacing: Duration,
     timeout: Duration,
@@ -113,6 +116,7 @@ impl BridgeClient {
             token,
             mode: config.token_mode,
             encrypted_refused: AtomicBool::new(false),
+            next_rnr: AtomicU16::new(rand::random()),
             http: crate::client::without_keep_alive(),
             spacing: config.request_spacing,
             timeout: config.timeout,
@@ -178,7 +182,7 @@ impl BridgeClient {
                 &self.token,
                 credential,
                 &timestamp(SystemTime::now()),
-                rand::random(),
+                self.next_rnr.fetch_add(1, Ordering::Relaxed),
                 rand::random(),
             ))
             .finish();

@@ -1,0 +1,459 @@
+//! The Nuki Bridge source against a stand-in bridge: gauges from `/list`, bridge health from
+//! `/info`, callbacks, the callback registration across restarts, token modes and a busy bridge.
+
+mod bridge_stub;
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use bridge_stub::{BridgeStub, TokenUse, fixture, post_from};
+use common::{Scrape, TestExporter, free_port, test_config};
+use nuki_exporter::Config;
+use nuki_exporter::config::{BridgeConfig, TokenMode};
+use serde_json::json;
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The stand-in's address when the test itself must post from somewhere else.
+const BRIDGE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// smartlock ids of the `list` fixture's devices (Web API ids, computed by hand from nukiId
+/// and deviceType): two Smart Locks 3.0, a Smart Lock 2.0, an Opener.
+const FRONT_DOOR: &str = "17618910285";
+const BACK_DOOR: &str = "439041102";
+const GARAGE: &str = "17618910287";
+const OPENER: &str = "190106";
+
+struct Setup {
+    exporter: TestExporter,
+    _token_dir: tempfile::TempDir,
+}
+
+/// An exporter polling `stub`, its callback URL on its own webhook port.
+async fn exporter_for(stub: &BridgeStub, configure: impl FnOnce(&mut BridgeConfig)) -> Setup {
+    exporter_on(free_port(), stub, configure).await
+}
+
+/// An exporter whose webhook listener is on `port`, polling `stub`.
+async fn exporter_on(
+    port: u16,
+    stub: &BridgeStub,
+    configure: impl FnOnce(&mut BridgeConfig),
+) -> Setup {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", bridge_stub::TOKEN)).unwrap();
+    let mut config: Config = test_config();
+    config.webhook.listen = (LOCALHOST, port).into();
+    let mut bridge = BridgeConfig::new("hall", &stub.url(), token_file);
+    bridge.request_spacing = Duration::from_millis(50);
+    bridge.callback_url = Some(callback_url(&config));
+    configure(&mut bridge);
+    config.bridges = vec![bridge];
+    Setup {
+        exporter: TestExporter::start_with(config).await,
+        _token_dir: token_dir,
+    }
+}
+
+fn callback_url(config: &Config) -> String {
+    format!("http://{}/bridge/callback", config.webhook.listen)
+}
+
+/// Scrapes until `check` holds, for at most `timeout`.
+async fn scrape_until(
+    exporter: &TestExporter,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let scrape = exporter.scrape().await;
+        if check(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {timeout:?}:\n{}",
+            scrape.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lock(id: &str) -> [(&str, &str); 1] {
+    [("smartlock_id", id)]
+}
+
+#[tokio::test]
+async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within_one_poll() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    // The default 30 s interval: whatever shows up in the next seconds came from one poll.
+    let setup = exporter_for(&stub, |_| {}).await;
+    let exporter = &setup.exporter;
+    let scrape = scrape_until(exporter, Duration::from_secs(10), "the first poll", |s| {
+        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
+            && s.value("nuki_bridge_server_connected", &[("bridge", "hall")])
+                .is_some()
+            && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                .is_some()
+    })
+    .await;
+
+    // What the other exporter shows: mode, state, door sensor state, battery charge, battery
+    // critical, battery charging, keypad battery critical.
+    assert_eq!(
+        scrape.value("nuki_smartlock_mode", &lock(FRONT_DOOR)),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_mode", &lock(OPENER)),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_lock_state", &lock(BACK_DOOR)),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_door_state", &lock(FRONT_DOOR)),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_door_state", &lock(BACK_DOOR)),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_battery_charge_percent", &lock(FRONT_DOOR)),
+        Some(85.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_battery_charging", &lock(BACK_DOOR)),
+        Some(1.0)
+    );
+    let battery = |id, battery| {
+        scrape.value(
+            "nuki_smartlock_battery_critical",
+            &[("smartlock_id", id), ("battery", battery)],
+        )
+    };
+    assert_eq!(battery(BACK_DOOR, "lock"), Some(1.0));
+    assert_eq!(battery(BACK_DOOR, "keypad"), Some(1.0));
+    assert_eq!(battery(FRONT_DOOR, "lock"), Some(0.0));
+    assert_eq!(battery(OPENER, "lock"), Some(0.0));
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_info",
+            &[
+                ("smartlock_id", OPENER),
+                ("name", "Street door"),
+                ("device_type", "opener"),
+                ("firmware_version", "1.6.4"),
+            ]
+        ),
+        Some(1.0)
+    );
+    // Unknown is no series: the Opener has no battery charge, the garage lock no known state.
+    assert_eq!(
+        scrape.value("nuki_smartlock_battery_charge_percent", &lock(OPENER)),
+        None
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_lock_state", &lock(GARAGE)),
+        None
+    );
+    assert_eq!(scrape.sum("nuki_smartlock_info", &lock(GARAGE)), 1.0);
+
+    // The bridge itself.
+    assert_eq!(
+        scrape.value("nuki_bridge_server_connected", &[("bridge", "hall")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_info",
+            &[
+                ("bridge", "hall"),
+                ("bridge_type", "hardware"),
+                ("firmware_version", "2.17.0")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_requests_total",
+            &[("bridge", "hall"), ("endpoint", "list"), ("code", "200")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        scrape
+            .value(
+                "nuki_bridge_last_success_timestamp_seconds",
+                &[("bridge", "hall")]
+            )
+            .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(stub.paths().iter().filter(|p| *p == "/list").count(), 1);
+    assert!(
+        stub.seen()
+            .iter()
+            .all(|s| s.token == Some(TokenUse::Encrypted)),
+        "{:?}",
+        stub.seen()
+    );
+    setup.exporter.shutdown().await;
+    assert_eq!(
+        stub.max_in_flight(),
+        1,
+        "the bridge saw concurrent requests"
+    );
+    assert!(!stub.paths().iter().any(|p| p == "/lockState"));
+}
+
+#[tokio::test]
+async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_call_back() {
+    let stub = BridgeStub::start(BRIDGE_IP).await;
+    let setup = exporter_for(&stub, |_| {}).await;
+    let exporter = &setup.exporter;
+    scrape_until(
+        exporter,
+        Duration::from_secs(10),
+        "the callback registration",
+        |s| {
+            s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
+                && s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(1.0)
+        },
+    )
+    .await;
+
+    let pushed = Instant::now();
+    assert_eq!(stub.push(&fixture("callback-lock")).await, [200]);
+    let scrape = scrape_until(
+        exporter,
+        Duration::from_secs(1),
+        "the callback's state",
+        |s| s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(3.0),
+    )
+    .await;
+    println!("callback to gauge: {:?}", pushed.elapsed());
+    assert_eq!(
+        scrape.value("nuki_smartlock_door_state", &lock(FRONT_DOOR)),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_battery_charge_percent", &lock(FRONT_DOOR)),
+        Some(84.0)
+    );
+    assert!(
+        scrape
+            .value(
+                "nuki_smartlock_last_seen_timestamp_seconds",
+                &lock(FRONT_DOOR)
+            )
+            .is_some()
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_callbacks_received_total",
+            &[("bridge", "hall")]
+        ),
+        Some(1.0)
+    );
+
+    // Anyone else is refused and changes nothing; so is a body that is no callback.
+    let url = stub.callbacks()[0].clone();
+    let forged = json!({"nukiId": 439041101, "deviceType": 4, "state": 5});
+    assert_eq!(post_from(LOCALHOST, &url, &forged).await, 403);
+    assert_eq!(post_from(BRIDGE_IP, &url, &json!({"state": 5})).await, 400);
+    let scrape = exporter.scrape().await;
+    assert_eq!(
+        scrape.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)),
+        Some(3.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_webhooks_rejected_total",
+            &[("reason", "forbidden")]
+        ),
+        Some(1.0)
+    );
+    setup.exporter.shutdown().await;
+}
+
+#[tokio::test]
+async fn restarts_leave_exactly_one_callback_registered() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    stub.add_callback("http://192.168.1.50:8000/home-automation");
+    let port = free_port();
+    for _ in 0..4 {
+        let setup = exporter_on(port, &stub, |_| {}).await;
+        scrape_until(
+            &setup.exporter,
+            Duration::from_secs(10),
+            "registration",
+            |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0),
+        )
+        .await;
+        setup.exporter.shutdown().await;
+    }
+    let callbacks = stub.callbacks();
+    assert_eq!(callbacks.len(), 2, "{callbacks:?}");
+    assert_eq!(callbacks[0], "http://192.168.1.50:8000/home-automation");
+    assert_eq!(stub.max_in_flight(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    let port = free_port();
+    let ours = format!("http://{LOCALHOST}:{port}/bridge/callback");
+    stub.add_callback(&ours);
+    stub.add_callback(&ours);
+    let setup = exporter_on(port, &stub, |_| {}).await;
+    scrape_until(
+        &setup.exporter,
+        Duration::from_secs(10),
+        "registration",
+        |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0),
+    )
+    .await;
+    setup.exporter.shutdown().await;
+    assert_eq!(stub.callbacks(), [ours]);
+
+    let full = BridgeStub::start(LOCALHOST).await;
+    for other in [
+        "http://10.0.0.1/a",
+        "http://10.0.0.2/b",
+        "http://10.0.0.3/c",
+    ] {
+        full.add_callback(other);
+    }
+    let setup = exporter_for(&full, |_| {}).await;
+    let scrape = scrape_until(
+        &setup.exporter,
+        Duration::from_secs(10),
+        "refused registration",
+        |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        scrape.value("nuki_bridge_up", &[("bridge", "hall")]),
+        Some(1.0)
+    );
+    assert_eq!(full.callbacks().len(), 3);
+    setup.exporter.shutdown().await;
+}
+
+#[tokio::test]
+async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays_one() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    stub.refuse_encrypted_tokens();
+    let setup = exporter_for(&stub, |bridge| {
+        bridge.poll_interval = Duration::from_millis(100)
+    })
+    .await;
+    scrape_until(
+        &setup.exporter,
+        Duration::from_secs(10),
+        "five polls",
+        |s| {
+            s.value(
+                "nuki_bridge_requests_total",
+                &[("bridge", "hall"), ("endpoint", "list"), ("code", "200")],
+            ) >= Some(5.0)
+        },
+    )
+    .await;
+    setup.exporter.shutdown().await;
+    let seen = stub.seen();
+    // One refused encrypted token, then hashed ones only, none of them refused as a replay.
+    assert_eq!(seen[0].status, 401);
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|s| s.status == 200 && s.token == Some(TokenUse::Hashed)),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn plain_tokens_only_when_configured() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    let setup = exporter_for(&stub, |bridge| {
+        bridge.token_mode = TokenMode::Plain;
+        bridge.callback_url = None;
+    })
+    .await;
+    scrape_until(&setup.exporter, Duration::from_secs(10), "a poll", |s| {
+        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
+    })
+    .await;
+    setup.exporter.shutdown().await;
+    assert!(stub.seen().iter().all(|s| s.token == Some(TokenUse::Plain)));
+    assert!(!stub.paths().iter().any(|p| p.starts_with("/callback")));
+}
+
+#[tokio::test]
+async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    stub.set_busy(2);
+    let setup = exporter_for(&stub, |bridge| {
+        bridge.poll_interval = Duration::from_millis(200)
+    })
+    .await;
+    let exporter = &setup.exporter;
+    let scrape = scrape_until(
+        exporter,
+        Duration::from_secs(10),
+        "up after two 503s",
+        |s| s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0),
+    )
+    .await;
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_requests_total",
+            &[("bridge", "hall"), ("endpoint", "list"), ("code", "503")]
+        ),
+        Some(2.0)
+    );
+    // A device the bridge no longer lists loses its series.
+    stub.set_devices(vec![fixture("list")[0].clone()]);
+    scrape_until(
+        exporter,
+        Duration::from_secs(10),
+        "the unpaired devices gone",
+        |s| {
+            s.sum("nuki_smartlock_info", &lock(OPENER)) == 0.0
+                && s.sum("nuki_smartlock_info", &lock(FRONT_DOOR)) == 1.0
+        },
+    )
+    .await;
+
+    stub.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    scrape_until(exporter, Duration::from_secs(10), "down", |s| {
+        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
+    })
+    .await;
+    setup.exporter.shutdown().await;
+    let seen = stub.seen();
+    // Each request starts at least request_spacing after the previous one ended (less the
+    // stand-in's own service time, which lies inside the exporter's request).
+    for pair in seen.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(50), "{gap:?} between {pair:?}");
+    }
+    // The first two 503s were retried after a backoff, not at once.
+    let retried = seen.iter().position(|s| s.status == 200).unwrap();
+    assert!(
+        seen[retried].at - seen[0].at >= Duration::from_millis(150),
+        "{seen:?}"
+    );
+    assert_eq!(stub.max_in_flight(), 1);
+}
