@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use crypto_secretbox::aead::{Aead, KeyInit};
 use crypto_secretbox::{Nonce, XSalsa20Poly1305};
@@ -20,11 +21,12 @@ use tokio::time::Instant;
 
 use crate::bridge_metrics::BridgeSeries;
 use crate::config::{BridgeConfig, TokenMode};
+use crate::nuki_api::error_chain;
 
 /// Largest answer read from a bridge; `/list` of a full bridge is a few kilobytes.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Retries of a request the bridge answered 503 (busy with another client's request).
-const BUSY_RETRIES: u32 = 3;
+const BUSY_RETRIES: usize = 3;
 
 /// What the exporter asks a bridge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +134,14 @@ impl BridgeClient {
         params: &[(&str, &str)],
     ) -> Result<Bytes, BridgeError> {
         let mut previous_end = self.turn.lock().await;
-        let mut busy = 0;
+        // `request_spacing` doubled per retry, plus up to as much again of random jitter so
+        // that several clients of one bridge do not retry in step.
+        let mut busy_retries = ExponentialBuilder::new()
+            .with_min_delay(self.spacing)
+            .with_max_delay(self.spacing.saturating_mul(1 << BUSY_RETRIES))
+            .with_jitter()
+            .with_max_times(BUSY_RETRIES)
+            .build();
         loop {
             if let Some(end) = *previous_end {
                 tokio::time::sleep_until(end + self.spacing).await;
@@ -140,13 +149,15 @@ impl BridgeClient {
             let credential = self.credential();
             let result = self.send(endpoint, params, credential).await;
             *previous_end = Some(Instant::now());
+            let retry = match result {
+                Err(BridgeError::Status(StatusCode::SERVICE_UNAVAILABLE)) => busy_retries.next(),
+                _ => None,
+            };
+            if let Some(delay) = retry {
+                tokio::time::sleep(delay).await;
+                continue;
+            }
             match result {
-                Err(BridgeError::Status(StatusCode::SERVICE_UNAVAILABLE))
-                    if busy < BUSY_RETRIES =>
-                {
-                    busy += 1;
-                    tokio::time::sleep(backoff(self.spacing, busy)).await;
-                }
                 Err(BridgeError::Status(StatusCode::UNAUTHORIZED))
                     if self.mode == TokenMode::Auto && credential == Credential::Encrypted =>
                 {
@@ -194,7 +205,7 @@ impl BridgeClient {
                 .http
                 .get(uri)
                 .await
-                .map_err(|e| BridgeError::Unreachable(error_chain(&e)))?;
+                .map_err(|e| BridgeError::Unreachable(error_chain(&e)))?; // hyper's errors name no URL, so no token
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -220,26 +231,6 @@ impl BridgeClient {
             }
         }
     }
-}
-
-/// An error and its causes on one line; hyper's errors name no URL, so no token either.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The wait before retry `attempt` (1, 2, …) of a request the bridge was too busy for:
-/// `spacing` doubled per attempt, with up to half of it as random jitter so that several
-/// clients of one bridge do not retry in step.
-fn backoff(spacing: Duration, attempt: u32) -> Duration {
-    let full = spacing.saturating_mul(1 << attempt.min(16));
-    full / 2 + full.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// The bridge's timestamp format: UTC, `YYYY-MM-DDTHH:MM:SSZ`.
@@ -331,18 +322,5 @@ mod tests {
         assert_eq!(names(Credential::Plain), ["token"]);
         assert_eq!(names(Credential::Hashed), ["ts", "rnr", "hash"]);
         assert_eq!(names(Credential::Encrypted), ["ctoken", "nonce"]);
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter() {
-        let spacing = Duration::from_secs(1);
-        for attempt in 1..=3 {
-            let full = Duration::from_secs(1 << attempt);
-            let wait = backoff(spacing, attempt);
-            assert!(
-                wait >= full / 2 && wait <= full,
-                "attempt {attempt}: {wait:?}"
-            );
-        }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::bridge_client::{BridgeClient, BridgeError, Endpoint};
 use crate::bridge_metrics::{BridgeMetrics, BridgeSeries};
@@ -69,6 +69,8 @@ pub struct BridgePoller {
     callback_url: Option<String>,
     /// The devices of the last successful `/list`.
     listed: HashSet<u64>,
+    /// The last `/list` poll failed: the next failure is logged at debug level only.
+    failing: bool,
 }
 
 impl BridgePoller {
@@ -101,6 +103,7 @@ impl BridgePoller {
             info_interval: config.info_interval,
             callback_url: config.callback_url.clone(),
             listed: HashSet::new(),
+            failing: false,
         })
     }
 
@@ -118,29 +121,26 @@ impl BridgePoller {
         }
     }
 
-    /// Polls until `stop` turns true.
-    pub fn spawn(mut self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => {}
-                () = self.run() => {}
-            }
-        })
-    }
-
-    async fn run(&mut self) {
-        let mut next_info = tokio::time::Instant::now();
+    /// Polls until `stop` turns true; a request in flight is abandoned then.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut next_info = Instant::now();
         loop {
-            self.poll_list().await;
-            if tokio::time::Instant::now() >= next_info {
-                self.poll_info().await;
-                if let Some(url) = self.callback_url.clone() {
-                    self.keep_registered(&url).await;
+            let cycle = async {
+                self.poll_list().await;
+                if Instant::now() >= next_info {
+                    self.poll_info().await;
+                    if let Some(url) = self.callback_url.clone() {
+                        self.keep_registered(&url).await;
+                    }
+                    self.resolve_sender().await;
+                    next_info = Instant::now() + self.info_interval;
                 }
-                self.resolve_sender().await;
-                next_info = tokio::time::Instant::now() + self.info_interval;
+                tokio::time::sleep(self.poll_interval).await;
+            };
+            tokio::select! {
+                () = cycle => {}
+                _ = stop.changed() => return,
             }
-            tokio::time::sleep(self.poll_interval).await;
         }
     }
 
@@ -155,11 +155,19 @@ impl BridgePoller {
         let reports = match reports {
             Ok(reports) => reports,
             Err(error) => {
-                tracing::warn!(bridge = %self.series.name(), %error, "/list poll failed");
+                if self.failing {
+                    tracing::debug!(bridge = %self.series.name(), %error, "/list poll failed again");
+                } else {
+                    tracing::warn!(bridge = %self.series.name(), %error, "/list poll failed; keeping the last values");
+                }
+                self.failing = true;
                 self.series.polled(false, now);
                 return;
             }
         };
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(bridge = %self.series.name(), "/list poll succeeded again");
+        }
         let listed: HashSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
         for report in &reports {
             self.metrics
@@ -248,18 +256,4 @@ impl BridgePoller {
             Err(error) => Err(error.to_string()),
         }
     }
-}
-
-/// Starts a poller per configured bridge, after resolving each bridge's address so that its
-/// callbacks are accepted from the start.
-pub async fn start(
-    pollers: Vec<BridgePoller>,
-    stop: &watch::Receiver<bool>,
-) -> Vec<JoinHandle<()>> {
-    let mut handles = Vec::with_capacity(pollers.len());
-    for poller in pollers {
-        poller.resolve_sender().await;
-        handles.push(poller.spawn(stop.clone()));
-    }
-    handles
 }

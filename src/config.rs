@@ -22,6 +22,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub state: StateConfig,
     /// Nuki Bridges to poll (`[[bridges]]` tables); none by default.
     pub bridges: Vec<BridgeConfig>,
 }
@@ -306,6 +308,56 @@ impl BridgeConfig {
     }
 }
 
+/// The Nuki Web API source: polled only when `token_file` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// File holding a Nuki Web API token (API token or OAuth access token); unset: no polling.
+    pub token_file: Option<PathBuf>,
+    /// Base URL of the Web API.
+    pub url: String,
+    /// Time between two polls of `GET /smartlock`, and of delivery health.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Time one request may take, connecting included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The Advanced API key whose webhook delivery health is watched; unset: not watched.
+    pub advanced_key_id: Option<u32>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            url: "https://api.nuki.io".into(),
+            poll_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            advanced_key_id: None,
+        }
+    }
+}
+
+/// Last-known lock state kept across restarts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The state file; unset: nothing is kept.
+    pub file: Option<PathBuf>,
+    /// Time between two writes of the state file (it is also written at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub write_interval: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            write_interval: Duration::from_secs(15),
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -325,6 +377,8 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
+    #[error(transparent)]
+    ApiToken(#[from] crate::nuki_api::TokenError),
 }
 
 impl Config {
@@ -399,6 +453,26 @@ impl Config {
                 "limits.request_timeout",
                 "must be longer than 0s",
             ));
+        }
+        if !(self.api.url.starts_with("https://") || self.api.url.starts_with("http://"))
+            || self.api.url.parse::<hyper::Uri>().is_err()
+        {
+            return Err(key_error("api.url", "must be an http:// or https:// URL"));
+        }
+        if self.api.poll_interval.is_zero() {
+            return Err(key_error("api.poll_interval", "must be longer than 0s"));
+        }
+        if self.api.timeout.is_zero() {
+            return Err(key_error("api.timeout", "must be longer than 0s"));
+        }
+        if self.api.advanced_key_id.is_some() && self.api.token_file.is_none() {
+            return Err(key_error(
+                "api.advanced_key_id",
+                "needs api.token_file: delivery health is read from the Web API",
+            ));
+        }
+        if self.state.write_interval.is_zero() {
+            return Err(key_error("state.write_interval", "must be longer than 0s"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| key_error("log.level", &e.to_string()))?;
@@ -686,6 +760,31 @@ mod tests {
                 .to_string()
                 .contains("missing")
         );
+    }
+
+    #[test]
+    fn api_and_state_keys_load_and_are_checked() {
+        let config = load_toml(
+            "[api]\ntoken_file = \"/run/secrets/nuki_api_token\"\npoll_interval = \"30s\"\nadvanced_key_id = 12\n[state]\nfile = \"/var/lib/nuki-exporter/state.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.api.url, "https://api.nuki.io");
+        assert_eq!(config.api.poll_interval, Duration::from_secs(30));
+        assert_eq!(config.api.advanced_key_id, Some(12));
+        assert_eq!(
+            config.state.file.as_deref(),
+            Some(Path::new("/var/lib/nuki-exporter/state.json"))
+        );
+        let url = load_toml("[api]\nurl = \"api.nuki.io\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("api.url"), "{url}");
+        let orphan = load_toml("[api]\nadvanced_key_id = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(orphan.contains("api.token_file"), "{orphan}");
+        let unknown = load_toml("[api]\ntoken = \"x\"\n").unwrap_err().to_string();
+        assert!(unknown.contains("token"), "{unknown}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! nuki-exporter: receives Nuki Web API webhooks, checks their signature, and serves what they
-//! report (error codes per lock, battery, lock and server state, activity log) as Prometheus
-//! metrics.
+//! nuki-exporter: receives Nuki Web API webhooks, checks their signature, polls the Nuki Web
+//! API, and serves what they report (error codes per lock, battery, lock and server state,
+//! activity log, webhook delivery health) as Prometheus metrics.
 //!
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
@@ -15,9 +15,12 @@ pub mod http;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod nuki_api;
+pub mod poller;
 pub mod server;
 pub mod signature;
 pub mod source;
+pub mod state;
 pub mod web;
 
 pub use config::Config;

@@ -1,6 +1,10 @@
 //! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
 //! counter increments and gauge values. Nothing else touches a metric.
 
+mod web_api;
+
+pub use web_api::{Endpoint, WebApiMetrics};
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -117,6 +121,7 @@ pub struct Metrics {
     smartlocks_tracked: IntGauge,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
+    web_api: WebApiMetrics,
     /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
     code_labels: Vec<String>,
     locks: Mutex<LockTable>,
@@ -388,6 +393,7 @@ impl Metrics {
                 "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
                 &["listener"],
             ),
+            web_api: WebApiMetrics::register(r),
             code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
             locks: Mutex::new(LockTable {
                 capacity: limits.max_smartlocks,
@@ -460,6 +466,11 @@ impl Metrics {
     /// The registry every metric of the exporter is in, for the sources' own metrics.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The Nuki Web API source's own metrics.
+    pub fn web_api(&self) -> &WebApiMetrics {
+        &self.web_api
     }
 
     /// The text exposition of every metric.

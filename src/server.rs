@@ -15,11 +15,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::bridge_metrics::BridgeMetrics;
-use crate::bridge_poller::{self, BridgePoller, CallbackSenders};
+use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
+use crate::nuki_api::{ApiToken, NukiApi};
+use crate::poller::Poller;
 use crate::signature::Verifier;
+use crate::state::{self, StateWriter};
 use crate::web::MetricsGuard;
 use tokio_rustls::TlsAcceptor;
 
@@ -45,8 +48,12 @@ pub struct Exporter {
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
-    /// The bridge pollers' stop signal and tasks.
-    pollers: (watch::Sender<bool>, Vec<JoinHandle<()>>),
+    /// Each bridge poller's stop signal and task.
+    bridges: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The Web API poller's stop signal and task.
+    poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The state file writer's: stopped last, it writes once more.
+    state_writer: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     shutdown_delay: Duration,
 }
 
@@ -77,6 +84,35 @@ impl Exporter {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Restored before the listeners open: the first scrape already has the last-known state.
+        let restored = match &config.state.file {
+            Some(path) => state::restore(path, &metrics),
+            None => Vec::new(),
+        };
+        let poller = match &config.api.token_file {
+            Some(token_file) => {
+                let api = NukiApi::new(&config.api, token_file, Some(metrics.web_api().clone()))
+                    .map_err(crate::config::ConfigError::from)?;
+                let poller = Poller::new(
+                    api,
+                    Arc::clone(&metrics),
+                    config.api.poll_interval,
+                    config.api.advanced_key_id,
+                    restored,
+                );
+                tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
+                Some(spawn_stoppable(|stop| poller.run(stop)))
+            }
+            None => None,
+        };
+        let state_writer = config.state.file.as_ref().map(|path| {
+            let writer = StateWriter {
+                path: path.clone(),
+                metrics: Arc::clone(&metrics),
+                interval: config.state.write_interval,
+            };
+            spawn_stoppable(|stop| writer.run(stop))
+        });
         let app = Arc::new(
             App::new(
                 metrics,
@@ -138,21 +174,23 @@ impl Exporter {
                     header_read_timeout: config.limits.header_read_timeout,
                     grace_period: config.server.shutdown_grace_period,
                 };
-                let (stop, stopped) = watch::channel(false);
-                (stop, tokio::spawn(acceptor.run(stopped)))
+                spawn_stoppable(|stopped| acceptor.run(stopped))
             })
             .collect();
-        let (stop_pollers, pollers_stopped) = watch::channel(false);
-        let pollers = (
-            stop_pollers,
-            bridge_poller::start(pollers, &pollers_stopped).await,
-        );
+        let mut bridges = Vec::with_capacity(pollers.len());
+        for poller in pollers {
+            // Before polling starts: the bridge's callbacks are accepted from the first one.
+            poller.resolve_sender().await;
+            bridges.push(spawn_stoppable(|stop| poller.run(stop)));
+        }
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
             acceptors,
-            pollers,
+            bridges,
+            poller,
+            state_writer,
             shutdown_delay: config.server.shutdown_delay,
         })
     }
@@ -178,17 +216,33 @@ impl Exporter {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
-        let (stop_pollers, pollers) = self.pollers;
-        let _ = stop_pollers.send(true);
-        for poller in pollers {
-            let _ = poller.await;
+        stop(self.poller).await;
+        for bridge in self.bridges {
+            stop(Some(bridge)).await;
         }
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
             let _ = stop.send(true);
             let _ = acceptor.await;
         }
+        stop(self.state_writer).await;
         tracing::info!("stopped");
+    }
+}
+
+/// Spawns a task that ends when its stop signal is sent.
+fn spawn_stoppable<F: Future<Output = ()> + Send + 'static>(
+    task: impl FnOnce(watch::Receiver<bool>) -> F,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    (stop, tokio::spawn(task(stopped)))
+}
+
+/// Stops a task of [`spawn_stoppable`] and waits for it to end.
+async fn stop(task: Option<(watch::Sender<bool>, JoinHandle<()>)>) {
+    if let Some((stop, task)) = task {
+        let _ = stop.send(true);
+        let _ = task.await;
     }
 }
 
@@ -298,13 +352,17 @@ impl Acceptor {
 }
 
 /// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens, bridge tokens), as start-up and `--check-config` do.
+/// certificate and key, bearer tokens, the Web API token, bridge tokens), as start-up and
+/// `--check-config` do.
 pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
     let secrets = config.read_secrets()?;
     for bridge in &config.bridges {
         bridge.read_token()?;
     }
     let guard = MetricsGuard::load(&config.metrics)?;
+    if let Some(token_file) = &config.api.token_file {
+        ApiToken::read(token_file)?;
+    }
     Ok((Verifier::new(&secrets), guard))
 }
 

@@ -2,4 +2,6 @@
 //! [`crate::lock`] (and, for webhooks, the operation results they carry), by pure parsing.
 
 pub mod bridge;
+mod lenient;
+pub mod web_api;
 pub mod webhook;

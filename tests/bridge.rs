@@ -1,14 +1,13 @@
 //! The Nuki Bridge source against a stand-in bridge: gauges from `/list`, bridge health from
 //! `/info`, callbacks, the callback registration across restarts, token modes and a busy bridge.
 
-mod bridge_stub;
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use bridge_stub::{BridgeStub, TokenUse, fixture, post_from};
-use common::{Scrape, TestExporter, free_port, test_config};
+use common::bridge_stub::{self, BridgeStub, TokenUse, fixture, post_from};
+use common::{TestExporter, free_port, test_config};
 use nuki_exporter::Config;
 use nuki_exporter::config::{BridgeConfig, TokenMode};
 use serde_json::json;
@@ -60,28 +59,6 @@ fn callback_url(config: &Config) -> String {
     format!("http://{}/bridge/callback", config.webhook.listen)
 }
 
-/// Scrapes until `check` holds, for at most `timeout`.
-async fn scrape_until(
-    exporter: &TestExporter,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&Scrape) -> bool,
-) -> Scrape {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let scrape = exporter.scrape().await;
-        if check(&scrape) {
-            return scrape;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not within {timeout:?}:\n{}",
-            scrape.0
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn lock(id: &str) -> [(&str, &str); 1] {
     [("smartlock_id", id)]
 }
@@ -92,14 +69,15 @@ async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within
     // The default 30 s interval: whatever shows up in the next seconds came from one poll.
     let setup = exporter_for(&stub, |_| {}).await;
     let exporter = &setup.exporter;
-    let scrape = scrape_until(exporter, Duration::from_secs(10), "the first poll", |s| {
-        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
-            && s.value("nuki_bridge_server_connected", &[("bridge", "hall")])
-                .is_some()
-            && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
-                .is_some()
-    })
-    .await;
+    let scrape = exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
+                && s.value("nuki_bridge_server_connected", &[("bridge", "hall")])
+                    .is_some()
+                && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                    .is_some()
+        })
+        .await;
 
     // What the other exporter shows: mode, state, door sensor state, battery charge, battery
     // critical, battery charging, keypad battery critical.
@@ -222,26 +200,20 @@ async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_c
     let stub = BridgeStub::start(BRIDGE_IP).await;
     let setup = exporter_for(&stub, |_| {}).await;
     let exporter = &setup.exporter;
-    scrape_until(
-        exporter,
-        Duration::from_secs(10),
-        "the callback registration",
-        |s| {
+    exporter
+        .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
                 && s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(1.0)
-        },
-    )
-    .await;
+        })
+        .await;
 
     let pushed = Instant::now();
     assert_eq!(stub.push(&fixture("callback-lock")).await, [200]);
-    let scrape = scrape_until(
-        exporter,
-        Duration::from_secs(1),
-        "the callback's state",
-        |s| s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(3.0),
-    )
-    .await;
+    let scrape = exporter
+        .scrape_until(Duration::from_secs(1), |s| {
+            s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(3.0)
+        })
+        .await;
     println!("callback to gauge: {:?}", pushed.elapsed());
     assert_eq!(
         scrape.value("nuki_smartlock_door_state", &lock(FRONT_DOOR)),
@@ -294,13 +266,12 @@ async fn restarts_leave_exactly_one_callback_registered() {
     let port = free_port();
     for _ in 0..4 {
         let setup = exporter_on(port, &stub, |_| {}).await;
-        scrape_until(
-            &setup.exporter,
-            Duration::from_secs(10),
-            "registration",
-            |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0),
-        )
-        .await;
+        setup
+            .exporter
+            .scrape_until(Duration::from_secs(10), |s| {
+                s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
+            })
+            .await;
         setup.exporter.shutdown().await;
     }
     let callbacks = stub.callbacks();
@@ -317,13 +288,12 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
     stub.add_callback(&ours);
     stub.add_callback(&ours);
     let setup = exporter_on(port, &stub, |_| {}).await;
-    scrape_until(
-        &setup.exporter,
-        Duration::from_secs(10),
-        "registration",
-        |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0),
-    )
-    .await;
+    setup
+        .exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
+        })
+        .await;
     setup.exporter.shutdown().await;
     assert_eq!(stub.callbacks(), [ours]);
 
@@ -336,13 +306,12 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
         full.add_callback(other);
     }
     let setup = exporter_for(&full, |_| {}).await;
-    let scrape = scrape_until(
-        &setup.exporter,
-        Duration::from_secs(10),
-        "refused registration",
-        |s| s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(0.0),
-    )
-    .await;
+    let scrape = setup
+        .exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(0.0)
+        })
+        .await;
     assert_eq!(
         scrape.value("nuki_bridge_up", &[("bridge", "hall")]),
         Some(1.0)
@@ -359,18 +328,15 @@ async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays
         bridge.poll_interval = Duration::from_millis(100)
     })
     .await;
-    scrape_until(
-        &setup.exporter,
-        Duration::from_secs(10),
-        "five polls",
-        |s| {
+    setup
+        .exporter
+        .scrape_until(Duration::from_secs(10), |s| {
             s.value(
                 "nuki_bridge_requests_total",
                 &[("bridge", "hall"), ("endpoint", "list"), ("code", "200")],
             ) >= Some(5.0)
-        },
-    )
-    .await;
+        })
+        .await;
     setup.exporter.shutdown().await;
     let seen = stub.seen();
     // One refused encrypted token, then hashed ones only, none of them refused as a replay.
@@ -391,10 +357,12 @@ async fn plain_tokens_only_when_configured() {
         bridge.callback_url = None;
     })
     .await;
-    scrape_until(&setup.exporter, Duration::from_secs(10), "a poll", |s| {
-        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
-    })
-    .await;
+    setup
+        .exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
+        })
+        .await;
     setup.exporter.shutdown().await;
     assert!(stub.seen().iter().all(|s| s.token == Some(TokenUse::Plain)));
     assert!(!stub.paths().iter().any(|p| p.starts_with("/callback")));
@@ -409,13 +377,11 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
     })
     .await;
     let exporter = &setup.exporter;
-    let scrape = scrape_until(
-        exporter,
-        Duration::from_secs(10),
-        "up after two 503s",
-        |s| s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0),
-    )
-    .await;
+    let scrape = exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
+        })
+        .await;
     assert_eq!(
         scrape.value(
             "nuki_bridge_requests_total",
@@ -425,22 +391,19 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
     );
     // A device the bridge no longer lists loses its series.
     stub.set_devices(vec![fixture("list")[0].clone()]);
-    scrape_until(
-        exporter,
-        Duration::from_secs(10),
-        "the unpaired devices gone",
-        |s| {
+    exporter
+        .scrape_until(Duration::from_secs(10), |s| {
             s.sum("nuki_smartlock_info", &lock(OPENER)) == 0.0
                 && s.sum("nuki_smartlock_info", &lock(FRONT_DOOR)) == 1.0
-        },
-    )
-    .await;
+        })
+        .await;
 
     stub.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
-    scrape_until(exporter, Duration::from_secs(10), "down", |s| {
-        s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
-    })
-    .await;
+    exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
+        })
+        .await;
     setup.exporter.shutdown().await;
     let seen = stub.seen();
     // Each request starts at least request_spacing after the previous one ended (less the

@@ -12,9 +12,9 @@ use std::marker::PhantomData;
 
 use serde::Deserialize;
 
+use super::lenient::{self, Lenient, lenient_object};
 use crate::lock::{LockEvent, LockInfo, LockStatus};
 use crate::source::webhook::DeviceType;
-use crate::source::webhook::lenient::{self, Lenient, lenient_object};
 
 /// A bridge body that cannot be read.
 #[derive(Debug, thiserror::Error)]

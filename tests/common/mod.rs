@@ -9,6 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod bridge_stub;
+pub mod nuki_api_stub;
+
 use nuki_exporter::signature::{HEADER, sign};
 use nuki_exporter::{Config, Exporter};
 
@@ -108,6 +111,23 @@ impl TestExporter {
             "text/plain; version=0.0.4; charset=utf-8"
         );
         Scrape(response.text().await.unwrap())
+    }
+
+    /// Scrapes until `ready` holds, for at most `timeout`; returns the scrape that satisfied it.
+    pub async fn scrape_until(&self, timeout: Duration, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let scrape = self.scrape().await;
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "condition not met within {timeout:?}; last scrape:\n{}",
+                scrape.0
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn shutdown(mut self) {
@@ -457,6 +477,14 @@ impl Running {
                 return line;
             }
         }
+    }
+
+    /// Sends SIGKILL (`kill -9`): no shutdown, no last write; returns every log line.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        self.seen
     }
 
     /// Sends SIGTERM.

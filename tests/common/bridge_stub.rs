@@ -6,7 +6,6 @@
 //! is too old), and holds three callback slots. It records every path asked, the most requests
 //! it ever had in flight, and the token mode of each request, and it can POST callbacks to the
 //! registered URLs from its own address.
-#![allow(dead_code)] // each test uses a different part
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
