@@ -6,9 +6,8 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::bridge_stub::{self, BridgeStub, TokenUse, fixture, post_from};
+use common::bridge_stub::{BridgeStub, TokenUse, exporter_polling, fixture, post_from};
 use common::{TestExporter, free_port, test_config};
-use nuki_exporter::Config;
 use nuki_exporter::config::{BridgeConfig, TokenMode};
 use serde_json::json;
 
@@ -23,13 +22,11 @@ const BACK_DOOR: &str = "439041102";
 const GARAGE: &str = "17618910287";
 const OPENER: &str = "190106";
 
-struct Setup {
-    exporter: TestExporter,
-    _token_dir: tempfile::TempDir,
-}
-
 /// An exporter polling `stub`, its callback URL on its own webhook port.
-async fn exporter_for(stub: &BridgeStub, configure: impl FnOnce(&mut BridgeConfig)) -> Setup {
+async fn exporter_for(
+    stub: &BridgeStub,
+    configure: impl FnOnce(&mut BridgeConfig),
+) -> TestExporter {
     exporter_on(free_port(), stub, configure).await
 }
 
@@ -38,25 +35,10 @@ async fn exporter_on(
     port: u16,
     stub: &BridgeStub,
     configure: impl FnOnce(&mut BridgeConfig),
-) -> Setup {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{}\n", bridge_stub::TOKEN)).unwrap();
-    let mut config: Config = test_config();
+) -> TestExporter {
+    let mut config = test_config();
     config.webhook.listen = (LOCALHOST, port).into();
-    let mut bridge = BridgeConfig::new("hall", &stub.url(), token_file);
-    bridge.request_spacing = Duration::from_millis(50);
-    bridge.callback_url = Some(callback_url(&config));
-    configure(&mut bridge);
-    config.bridges = vec![bridge];
-    Setup {
-        exporter: TestExporter::start_with(config).await,
-        _token_dir: token_dir,
-    }
-}
-
-fn callback_url(config: &Config) -> String {
-    format!("http://{}/bridge/callback", config.webhook.listen)
+    exporter_polling(stub, config, configure).await
 }
 
 fn lock(id: &str) -> [(&str, &str); 1] {
@@ -67,8 +49,7 @@ fn lock(id: &str) -> [(&str, &str); 1] {
 async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within_one_poll() {
     let stub = BridgeStub::start(LOCALHOST).await;
     // The default 30 s interval: whatever shows up in the next seconds came from one poll.
-    let setup = exporter_for(&stub, |_| {}).await;
-    let exporter = &setup.exporter;
+    let exporter = exporter_for(&stub, |_| {}).await;
     let scrape = exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
@@ -186,7 +167,7 @@ async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within
         "{:?}",
         stub.seen()
     );
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
     assert_eq!(
         stub.max_in_flight(),
         1,
@@ -198,8 +179,7 @@ async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within
 #[tokio::test]
 async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_call_back() {
     let stub = BridgeStub::start(BRIDGE_IP).await;
-    let setup = exporter_for(&stub, |_| {}).await;
-    let exporter = &setup.exporter;
+    let exporter = exporter_for(&stub, |_| {}).await;
     exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
@@ -256,7 +236,7 @@ async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_c
         ),
         Some(1.0)
     );
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
 }
 
 #[tokio::test]
@@ -265,14 +245,13 @@ async fn restarts_leave_exactly_one_callback_registered() {
     stub.add_callback("http://192.168.1.50:8000/home-automation");
     let port = free_port();
     for _ in 0..4 {
-        let setup = exporter_on(port, &stub, |_| {}).await;
-        setup
-            .exporter
+        let exporter = exporter_on(port, &stub, |_| {}).await;
+        exporter
             .scrape_until(Duration::from_secs(10), |s| {
                 s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
             })
             .await;
-        setup.exporter.shutdown().await;
+        exporter.shutdown().await;
     }
     let callbacks = stub.callbacks();
     assert_eq!(callbacks.len(), 2, "{callbacks:?}");
@@ -287,14 +266,13 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
     let ours = format!("http://{LOCALHOST}:{port}/bridge/callback");
     stub.add_callback(&ours);
     stub.add_callback(&ours);
-    let setup = exporter_on(port, &stub, |_| {}).await;
-    setup
-        .exporter
+    let exporter = exporter_on(port, &stub, |_| {}).await;
+    exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
         })
         .await;
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
     assert_eq!(stub.callbacks(), [ours]);
 
     let full = BridgeStub::start(LOCALHOST).await;
@@ -305,9 +283,8 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
     ] {
         full.add_callback(other);
     }
-    let setup = exporter_for(&full, |_| {}).await;
-    let scrape = setup
-        .exporter
+    let exporter = exporter_for(&full, |_| {}).await;
+    let scrape = exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(0.0)
         })
@@ -317,19 +294,18 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
         Some(1.0)
     );
     assert_eq!(full.callbacks().len(), 3);
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
 }
 
 #[tokio::test]
 async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays_one() {
     let stub = BridgeStub::start(LOCALHOST).await;
     stub.refuse_encrypted_tokens();
-    let setup = exporter_for(&stub, |bridge| {
+    let exporter = exporter_for(&stub, |bridge| {
         bridge.poll_interval = Duration::from_millis(100)
     })
     .await;
-    setup
-        .exporter
+    exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value(
                 "nuki_bridge_requests_total",
@@ -337,7 +313,7 @@ async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays
             ) >= Some(5.0)
         })
         .await;
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
     let seen = stub.seen();
     // One refused encrypted token, then hashed ones only, none of them refused as a replay.
     assert_eq!(seen[0].status, 401);
@@ -352,18 +328,17 @@ async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays
 #[tokio::test]
 async fn plain_tokens_only_when_configured() {
     let stub = BridgeStub::start(LOCALHOST).await;
-    let setup = exporter_for(&stub, |bridge| {
+    let exporter = exporter_for(&stub, |bridge| {
         bridge.token_mode = TokenMode::Plain;
         bridge.callback_url = None;
     })
     .await;
-    setup
-        .exporter
+    exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
         })
         .await;
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
     assert!(stub.seen().iter().all(|s| s.token == Some(TokenUse::Plain)));
     assert!(!stub.paths().iter().any(|p| p.starts_with("/callback")));
 }
@@ -372,11 +347,10 @@ async fn plain_tokens_only_when_configured() {
 async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
     let stub = BridgeStub::start(LOCALHOST).await;
     stub.set_busy(2);
-    let setup = exporter_for(&stub, |bridge| {
+    let exporter = exporter_for(&stub, |bridge| {
         bridge.poll_interval = Duration::from_millis(200)
     })
     .await;
-    let exporter = &setup.exporter;
     let scrape = exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(1.0)
@@ -404,7 +378,7 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
             s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
         })
         .await;
-    setup.exporter.shutdown().await;
+    exporter.shutdown().await;
     let seen = stub.seen();
     // Each request starts at least request_spacing after the previous one ended (less the
     // stand-in's own service time, which lies inside the exporter's request).

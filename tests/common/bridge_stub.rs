@@ -23,6 +23,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::TestExporter;
+use nuki_exporter::Config;
+use nuki_exporter::config::BridgeConfig;
+
 pub const TOKEN: &str = "bridge-token-4711";
 /// Time a request keeps the stand-in busy, so that a second concurrent one would overlap it.
 const SERVICE_TIME: Duration = Duration::from_millis(20);
@@ -193,6 +197,27 @@ impl BridgeStub {
         }
         statuses
     }
+}
+
+/// An exporter on `config` (its webhook listener on a fixed port, or without callbacks on
+/// port 0) polling `stub` as bridge `hall`, after `configure` adjusted the bridge's table.
+pub async fn exporter_polling(
+    stub: &BridgeStub,
+    mut config: Config,
+    configure: impl FnOnce(&mut BridgeConfig),
+) -> TestExporter {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut bridge = BridgeConfig::new("hall", &stub.url(), token_file);
+    bridge.request_spacing = Duration::from_millis(50);
+    if config.webhook.listen.port() != 0 {
+        bridge.callback_url = Some(format!("http://{}/bridge/callback", config.webhook.listen));
+    }
+    configure(&mut bridge);
+    config.bridges.push(bridge);
+    // The token is read at start-up: the file can go afterwards.
+    TestExporter::start_with(config).await
 }
 
 /// POSTs JSON to `url` from a socket bound to `source`.

@@ -331,13 +331,24 @@ impl ExportedMetrics {
     }
 }
 
-/// Starts the real exporter, posts every webhook fixture but `device-masterdata-deleted` (which
-/// removes a lock's series again) and one malformed body, and names every metric of the scrape.
-/// Runs its own tokio runtime: call it from a plain `#[test]`.
+/// Starts the real exporter polling a bridge stand-in (with its callback registered), posts every
+/// webhook fixture but `device-masterdata-deleted` (which removes a lock's series again) and one
+/// malformed body, and names every metric of the scrape. Runs its own tokio runtime: call it
+/// from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let scrape = runtime.block_on(async {
-        let exporter = common::TestExporter::start().await;
+        let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
+        let mut config = common::test_config();
+        config.webhook.listen = ([127, 0, 0, 1], common::free_port()).into();
+        let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
+        exporter
+            .scrape_until(Duration::from_secs(20), |scrape| {
+                scrape
+                    .value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                    .is_some()
+            })
+            .await;
         for name in common::fixture_names()
             .iter()
             .filter(|n| *n != "device-masterdata-deleted")
