@@ -1,6 +1,7 @@
 //! End to end with the real binaries: signed webhooks → nuki-exporter → Prometheus (shipped
 //! configuration and rules) → Alertmanager (shipped routing) → a pager and a webhook sink owned
-//! by this test; then every dashboard query against that Prometheus and a seeded fleet.
+//! by this test; then every dashboard query against that Prometheus and a seeded fleet. And a
+//! Nuki Bridge stand-in that stops answering → `NukiBridgeDown` at the webhook sink.
 
 mod stack_support;
 
@@ -11,7 +12,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use serde_json::Value;
-use stack_support::common::{Alertmanager, Prometheus, TestExporter};
+use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
+use stack_support::common::{Alertmanager, Prometheus, TestExporter, free_port, test_config};
 use stack_support::runnable_queries;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -121,9 +123,9 @@ fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
-/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and the
-/// repository's rule files, scraping and evaluating every second.
-fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
+/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and rule
+/// files (`rules`, a glob), scraping and evaluating every second.
+fn prometheus_config(exporter: &str, alertmanager: &str, rules: &str) -> String {
     let shipped =
         std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
     let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
@@ -134,12 +136,7 @@ fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
         "evaluation_interval: 1s",
         1,
     );
-    let config = rewrite(
-        &config,
-        "/etc/prometheus/rules/*.yml",
-        &format!("{REPO}/alerts/*.yml"),
-        1,
-    );
+    let config = rewrite(&config, "/etc/prometheus/rules/*.yml", rules, 1);
     let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
 }
@@ -162,14 +159,22 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         &[],
     )
     .await;
-    let exporter = TestExporter::start().await;
+    // A healthy bridge with its callback registered: the dashboards' bridge row has data too.
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let mut config = test_config();
+    config.webhook.listen = ([127, 0, 0, 1], free_port()).into();
+    let exporter = exporter_polling(&bridge, config, |_| {}).await;
     let metrics_address = exporter
         .metrics_base
         .trim_start_matches("http://")
         .to_owned();
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(
-        &prometheus_config(&metrics_address, &alertmanager_address),
+        &prometheus_config(
+            &metrics_address,
+            &alertmanager_address,
+            &format!("{REPO}/alerts/*.yml"),
+        ),
         &[],
     )
     .await;
@@ -266,4 +271,102 @@ async fn seed_fleet(exporter: &TestExporter) {
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
     tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// The shipped rule files, with `NukiBridgeDown`'s `for` shortened to `wait` so that the test
+/// does not sit out the production delay; every other rule as shipped.
+fn rules_with_short_bridge_down(wait: &str) -> Vec<(String, Vec<u8>)> {
+    let mut found = false;
+    let files = stack_support::rule_files()
+        .into_iter()
+        .map(|path| {
+            let mut doc: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for group in doc["groups"].as_sequence_mut().into_iter().flatten() {
+                for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
+                    if rule["alert"] == "NukiBridgeDown" {
+                        rule["for"] = wait.into();
+                        found = true;
+                    }
+                }
+            }
+            // Prefixed: the rule glob must not match prometheus.yml beside them.
+            let name = format!("rules-{}", path.file_name().unwrap().to_string_lossy());
+            (name, serde_yaml_ng::to_string(&doc).unwrap().into_bytes())
+        })
+        .collect();
+    assert!(found, "no NukiBridgeDown rule under alerts/");
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let exporter = exporter_polling(&bridge, test_config(), |bridge| {
+        bridge.poll_interval = Duration::from_millis(500);
+    })
+    .await;
+    let metrics_address = exporter
+        .metrics_base
+        .trim_start_matches("http://")
+        .to_owned();
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let rules = rules_with_short_bridge_down("5s");
+    let files: Vec<(&str, &[u8])> = rules
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_slice()))
+        .collect();
+    let prometheus = Prometheus::start(
+        &prometheus_config(&metrics_address, &alertmanager_address, "rules-*.yml"),
+        &files,
+    )
+    .await;
+    prometheus
+        .wait_for(
+            r#"nuki_bridge_up{job="nuki-exporter", bridge="hall"} == 1"#,
+            Duration::from_secs(30),
+        )
+        .await;
+
+    // The bridge reboots, or someone pulled its plug: every request fails from now on.
+    bridge.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    let notification = sink
+        .wait_for(
+            "/alertmanager",
+            &["NukiBridgeDown", "hall"],
+            Duration::from_secs(120),
+        )
+        .await;
+    let alert = notification["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "NukiBridgeDown")
+        .unwrap();
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["labels"]["bridge"], "hall");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#nukibridgedown")
+    );
+    assert!(
+        sink.received.lock().unwrap().iter().all(
+            |(path, body)| path != "/pagerduty" || !body.to_string().contains("NukiBridgeDown")
+        ),
+        "a warning never reaches the pager"
+    );
+    exporter.shutdown().await;
+    assert_eq!(bridge.max_in_flight(), 1);
 }
