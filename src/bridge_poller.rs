@@ -48,6 +48,16 @@ impl CallbackSenders {
             .is_empty()
     }
 
+    /// The addresses of one bridge.
+    fn addresses_of(&self, series: &BridgeSeries) -> Vec<IpAddr> {
+        let senders = self.senders.read().unwrap_or_else(PoisonError::into_inner);
+        senders
+            .iter()
+            .filter(|(_, known)| known.name() == series.name())
+            .map(|(address, _)| *address)
+            .collect()
+    }
+
     /// Replaces the addresses of one bridge.
     fn set(&self, series: &BridgeSeries, addresses: &[IpAddr]) {
         let mut senders = self.senders.write().unwrap_or_else(PoisonError::into_inner);
@@ -108,15 +118,17 @@ impl BridgePoller {
     }
 
     /// Resolves the bridge's host to the addresses its callbacks come from; on failure, keeps
-    /// the addresses it had.
-    pub async fn resolve_sender(&self) {
+    /// the addresses it had and returns false.
+    pub async fn resolve_sender(&self) -> bool {
         match tokio::net::lookup_host(self.authority.as_str()).await {
             Ok(addresses) => {
                 let addresses: Vec<IpAddr> = addresses.map(|a| a.ip()).collect();
                 self.senders.set(&self.series, &addresses);
+                true
             }
             Err(error) => {
                 tracing::warn!(bridge = %self.series.name(), %error, "cannot resolve the bridge's host: its callbacks are refused until it resolves");
+                false
             }
         }
     }
@@ -124,6 +136,8 @@ impl BridgePoller {
     /// Polls until `stop` turns true; a request in flight is abandoned then.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut next_info = Instant::now();
+        // Resolved at start-up; until it resolves (a bridge host not yet in DNS), every cycle.
+        let mut resolved = !self.senders.addresses_of(&self.series).is_empty();
         loop {
             let cycle = async {
                 self.poll_list().await;
@@ -132,8 +146,11 @@ impl BridgePoller {
                     if let Some(url) = self.callback_url.clone() {
                         self.keep_registered(&url).await;
                     }
-                    self.resolve_sender().await;
+                    resolved = false;
                     next_info = Instant::now() + self.info_interval;
+                }
+                if !resolved {
+                    resolved = self.resolve_sender().await;
                 }
                 tokio::time::sleep(self.poll_interval).await;
             };

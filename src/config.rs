@@ -743,6 +743,23 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn bridges_can_come_from_the_environment_as_inline_tables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "NUKI_EXPORTER_BRIDGES",
+                r#"[{name="demo",url="http://demo:8080",token_file="/run/secrets/t",poll_interval="15s"}]"#,
+            );
+            let config = Config::load(None).unwrap();
+            let mut expected =
+                BridgeConfig::new("demo", "http://demo:8080", PathBuf::from("/run/secrets/t"));
+            expected.poll_interval = Duration::from_secs(15);
+            assert_eq!(config.bridges, [expected]);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bridge_tokens_are_read_from_files_and_never_shown() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");

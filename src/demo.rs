@@ -2,8 +2,13 @@
 //! exporter, so a new user sees dashboards fill and alerts fire within minutes.
 //!
 //! The fleet is deterministic: two locks go unreachable (0xFF, then server state 4), one reports
-//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries.
+//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries. With
+//! `--bridge-listen` the demo also runs a simulated Nuki Bridge ([`bridge`]).
 
+pub mod bridge;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +27,8 @@ pub struct DemoOptions {
     pub interval: Duration,
     /// Stop after this many rounds; run until interrupted when `None`.
     pub rounds: Option<u64>,
+    /// Where the simulated Nuki Bridge listens; none without it.
+    pub bridge_listen: Option<SocketAddr>,
 }
 
 /// First lock id of the simulated fleet.
@@ -140,8 +147,23 @@ pub fn round(number: u64, locks: u64) -> Vec<Value> {
 /// Sends rounds of webhooks until `options.rounds` is reached (or forever).
 pub async fn run(options: &DemoOptions) -> Result<(), String> {
     let client = crate::client::new();
+    let simulated_bridge = match options.bridge_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("--bridge-listen {address}: {e}"))?;
+            let bridge = Arc::new(bridge::SimulatedBridge::default());
+            tracing::info!(%address, "simulated Nuki Bridge listening (a simulation: any token is accepted)");
+            tokio::spawn(Arc::clone(&bridge).serve(listener));
+            Some(bridge)
+        }
+        None => None,
+    };
     let mut number = 0;
     loop {
+        if let Some(bridge) = &simulated_bridge {
+            call_back(&client, bridge, number).await;
+        }
         let webhooks = round(number, options.locks);
         let mut refused = 0;
         for webhook in &webhooks {
@@ -174,6 +196,37 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
             return Ok(());
         }
         tokio::time::sleep(options.interval).await;
+    }
+}
+
+/// Moves the simulated bridge's devices to round `number` and POSTs their new state to every
+/// registered callback, as a bridge does on each change; a callback that fails is only logged.
+async fn call_back(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    bridge: &bridge::SimulatedBridge,
+    number: u64,
+) {
+    let bodies = bridge.advance(number);
+    for url in bridge.callback_urls() {
+        for body in &bodies {
+            let request = Request::post(url.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let Ok(request) = request else {
+                tracing::warn!(%url, "registered callback URL is not a valid URL");
+                break;
+            };
+            match client.request(request).await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(%url, status = %response.status(), "bridge callback refused")
+                }
+                Err(error) => tracing::warn!(%url, %error, "bridge callback failed"),
+            }
+        }
     }
 }
 

@@ -50,6 +50,10 @@ enum Command {
         /// Stop after this many rounds (default: run until interrupted).
         #[arg(long)]
         rounds: Option<u64>,
+        /// Also run a simulated Nuki Bridge (three locks and an Opener, any token accepted) on
+        /// this address, for a `[[bridges]]` table to poll.
+        #[arg(long = "bridge-listen", value_name = "ADDRESS")]
+        bridge_listen: Option<std::net::SocketAddr>,
     },
     /// Exit 0 when the exporter at URL answers 200, 1 otherwise: the container health check of
     /// an image that has no shell or curl.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             locks,
             interval,
             rounds,
+            bridge_listen,
         }) => {
             let secret = match secret_file.map(std::fs::read).transpose() {
                 Ok(secret) => secret.map(|s| s.trim_ascii_end().to_vec()),
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
                 locks,
                 interval,
                 rounds,
+                bridge_listen,
             };
             run_demo(&options)
         }
