@@ -387,3 +387,81 @@ async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
     ]));
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
 }
+
+/// `nuki-exporter demo --bridge-listen`: the simulated bridge, polled by an exporter configured
+/// as for a real one, fills the bridge and lock series and calls back on every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_bridge_is_polled_and_calls_back_like_a_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let token = dir.path().join("bridge_token");
+    std::fs::write(&token, "any-token\n").unwrap();
+    let bridge_address = format!("127.0.0.1:{}", common::free_port());
+    let mut config = common::test_config();
+    config.webhook.listen = ([127, 0, 0, 1], common::free_port()).into();
+    let mut bridge = nuki_exporter::config::BridgeConfig::new(
+        "demo",
+        &format!("http://{bridge_address}"),
+        token,
+    );
+    bridge.poll_interval = std::time::Duration::from_millis(200);
+    bridge.info_interval = std::time::Duration::from_millis(400);
+    bridge.request_spacing = std::time::Duration::from_millis(50);
+    bridge.callback_url = Some(format!("http://{}/bridge/callback", config.webhook.listen));
+    config.bridges = vec![bridge];
+    let exporter = common::TestExporter::start_with(config).await;
+    let demo = Running::spawn(
+        exporter_command()
+            .args(["demo", "--target", &exporter.webhook_url])
+            .args(["--bridge-listen", &bridge_address])
+            .args(["--locks", "2", "--interval", "200ms", "--rounds", "40"])
+            .arg("--secret-file")
+            .arg(&secret),
+    );
+    let bridge = [("bridge", "demo")];
+    let scrape = exporter
+        .scrape_until(std::time::Duration::from_secs(20), |s| {
+            s.value("nuki_bridge_up", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_registered", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_received_total", &bridge) >= Some(2.0)
+        })
+        .await;
+    let (_, lines) = demo.terminate();
+    assert!(
+        lines.iter().any(|l| l.contains("a simulation")),
+        "the demo says its bridge is simulated:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_info",
+            &[
+                ("bridge", "demo"),
+                ("bridge_type", "software"),
+                (
+                    "firmware_version",
+                    concat!(env!("CARGO_PKG_VERSION"), "-simulated")
+                ),
+            ]
+        ),
+        Some(1.0)
+    );
+    // Two Smart Locks 3.0, a Smart Lock 2.0 and an Opener, under their Web API ids.
+    for id in ["17618910209", "17618910210", "439041027", "190106"] {
+        assert!(
+            scrape
+                .value("nuki_smartlock_lock_state", &[("smartlock_id", id)])
+                .is_some(),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_battery_charge_percent",
+            &[("smartlock_id", "190106")]
+        ),
+        None
+    );
+    exporter.shutdown().await;
+}

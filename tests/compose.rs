@@ -23,7 +23,8 @@ fn compose() -> Command {
         .arg(empty_env)
         .env_remove("NUKI_WEBHOOK_SECRET_FILE")
         .env_remove("PAGERDUTY_ROUTING_KEY_FILE")
-        .env_remove("GRAFANA_ADMIN_PASSWORD_FILE");
+        .env_remove("GRAFANA_ADMIN_PASSWORD_FILE")
+        .env_remove("NUKI_BRIDGE_TOKEN_FILE");
     command
 }
 
@@ -271,7 +272,9 @@ fn the_demo_profile_runs_the_traffic_generator_against_the_exporter() {
             "--target",
             "http://nuki-exporter:10180/webhook",
             "--secret-file",
-            "/run/secrets/nuki_webhook_secret"
+            "/run/secrets/nuki_webhook_secret",
+            "--bridge-listen",
+            "0.0.0.0:8080"
         ]
     );
     assert_eq!(demo["image"], config["services"]["nuki-exporter"]["image"]);
@@ -322,4 +325,56 @@ fn the_dockerfile_builds_a_small_non_root_image() {
             ".dockerignore must exclude {entry}"
         );
     }
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's own error type
+fn the_bridge_demo_override_points_the_exporter_at_the_simulated_bridge() {
+    let text = run_ok(
+        compose()
+            .arg("-f")
+            .arg(repo().join("docker-compose.bridge-demo.yml"))
+            .args(["--profile", "demo", "config"]),
+    );
+    let config: Value = serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML");
+    let exporter = &config["services"]["nuki-exporter"];
+    let bridges = exporter["environment"]["NUKI_EXPORTER_BRIDGES"]
+        .as_str()
+        .expect("NUKI_EXPORTER_BRIDGES")
+        .to_owned();
+    let secrets: Vec<&str> = exporter["secrets"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().or_else(|| s["source"].as_str()))
+        .collect();
+    assert!(secrets.contains(&"nuki_bridge_token"), "{secrets:?}");
+    let demo_command: Vec<&str> = config["services"]["demo"]["command"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        demo_command
+            .windows(2)
+            .any(|w| w == ["--bridge-listen", "0.0.0.0:8080"]),
+        "{demo_command:?}"
+    );
+    // The exporter reads the variable as the documented [[bridges]] table.
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("NUKI_EXPORTER_BRIDGES", &bridges);
+        let config = nuki_exporter::Config::load(None).expect("the override's bridge loads");
+        let bridge = &config.bridges[0];
+        assert_eq!(bridge.url, "http://demo:8080");
+        assert_eq!(
+            bridge.token_file,
+            Path::new("/run/secrets/nuki_bridge_token")
+        );
+        assert_eq!(
+            bridge.callback_url.as_deref(),
+            Some("http://nuki-exporter:10180/bridge/callback")
+        );
+        Ok(())
+    });
 }
