@@ -201,11 +201,13 @@ impl BridgeClient {
             .parse()
             .map_err(|_| BridgeError::Unreachable("the bridge url is not a valid URL".into()))?;
         let exchange = async {
+            // The URL carries the token: errors describe the failure, never the URL (hyper's
+            // own errors name none; a test reads every log line for the token).
             let response = self
                 .http
                 .get(uri)
                 .await
-                .map_err(|e| BridgeError::Unreachable(error_chain(&e)))?; // hyper's errors name no URL, so no token
+                .map_err(|e| BridgeError::Unreachable(error_chain(&e)))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()

@@ -394,3 +394,41 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
     );
     assert_eq!(stub.max_in_flight(), 1);
 }
+
+/// The token travels in the URL in plain mode; no log line, even at debug level, carries it:
+/// not for a bridge that refuses it, not for one that cannot be reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_token_is_in_no_log_line() {
+    const SECRET_TOKEN: &str = "plain-token-that-must-not-leak";
+    let refusing = BridgeStub::start(LOCALHOST).await;
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, SECRET_TOKEN).unwrap();
+    let config = dir.path().join("config.toml");
+    let mut toml = format!(
+        "[webhook]\nlisten = \"127.0.0.1:{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n",
+        free_port()
+    );
+    for (name, url) in [("refusing", refusing.url()), ("unreachable", unreachable)] {
+        toml.push_str(&format!(
+            "[[bridges]]\nname = \"{name}\"\nurl = \"{url}\"\ntoken_file = \"{}\"\ntoken_mode = \"plain\"\nrequest_spacing = \"50ms\"\npoll_interval = \"100ms\"\ncallback_url = \"http://127.0.0.1:1/bridge/callback\"\n",
+            token.display()
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let mut exporter =
+        common::Running::spawn(common::exporter_command().arg("--config.file").arg(&config));
+    for failure in [
+        "the bridge answered 401",
+        "cannot reach the bridge",
+        "checking the callback registration failed",
+    ] {
+        exporter.wait_for(failure);
+    }
+    let (clean, lines) = exporter.terminate();
+    assert!(clean, "{}", lines.join("\n"));
+    let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(SECRET_TOKEN)).collect();
+    assert!(leaks.is_empty(), "the token is in the log:\n{leaks:#?}");
+    assert!(refusing.seen().iter().all(|s| s.status == 401));
+}
