@@ -24,12 +24,27 @@ use crate::source::bridge;
 
 /// The bridges allowed to POST callbacks, by the addresses their hosts resolve to: the only
 /// guard of `POST /bridge/callback`, since a bridge cannot sign its callbacks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallbackSenders {
+    /// Whether any bridge is configured: without one, the callback route does not exist.
+    configured: bool,
     senders: RwLock<Vec<(IpAddr, BridgeSeries)>>,
 }
 
 impl CallbackSenders {
+    /// The guard of `bridges` configured bridges, none of them resolved yet.
+    pub fn new(bridges: usize) -> Self {
+        Self {
+            configured: bridges > 0,
+            senders: RwLock::default(),
+        }
+    }
+
+    /// Whether `POST /bridge/callback` exists: some bridge is configured.
+    pub fn accepts_callbacks(&self) -> bool {
+        self.configured
+    }
+
     /// The series of the bridge at `peer`, if it is a configured bridge's address.
     pub fn sender(&self, peer: IpAddr) -> Option<BridgeSeries> {
         let peer = peer.to_canonical();
@@ -38,14 +53,6 @@ impl CallbackSenders {
             .iter()
             .find(|(address, _)| *address == peer)
             .map(|(_, series)| series.clone())
-    }
-
-    /// Whether any bridge is configured: without one, the callback route does not exist.
-    pub fn is_empty(&self) -> bool {
-        self.senders
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
     }
 
     /// The addresses of one bridge.

@@ -131,7 +131,7 @@ impl App {
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
         }
-        if role.webhook && path == BRIDGE_CALLBACK_PATH && !self.bridges.is_empty() {
+        if role.webhook && path == BRIDGE_CALLBACK_PATH && self.bridges.accepts_callbacks() {
             if method == Method::POST {
                 return self.receive_bridge_callback(peer, request).await;
             }

@@ -70,7 +70,7 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
-        let senders = Arc::new(CallbackSenders::default());
+        let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
         let bridge_metrics = BridgeMetrics::new(metrics.registry());
         let pollers = config
             .bridges
