@@ -86,8 +86,8 @@ pub struct BridgeClient {
     base: String,
     token: String,
     mode: TokenMode,
-    /// `token_mode = "auto"` and the bridge refused an encrypted token: its firmware predates
-    /// encrypted tokens, hashed ones are used from then on.
+    /// `token_mode = "auto"` and the bridge refused an encrypted token but took a hashed one:
+    /// its firmware predates encrypted tokens, hashed ones are used from then on.
     encrypted_refused: AtomicBool,
     /// The next `rnr`: counted up from a random start, so that no (ts, rnr) pair repeats
     /// within a second, which the bridge would refuse as a replay.
@@ -142,11 +142,11 @@ impl BridgeClient {
             .with_jitter()
             .with_max_times(BUSY_RETRIES)
             .build();
+        let mut credential = self.credential();
         loop {
             if let Some(end) = *previous_end {
                 tokio::time::sleep_until(end + self.spacing).await;
             }
-            let credential = self.credential();
             let result = self.send(endpoint, params, credential).await;
             *previous_end = Some(Instant::now());
             let retry = match result {
@@ -157,15 +157,22 @@ impl BridgeClient {
                 tokio::time::sleep(delay).await;
                 continue;
             }
+            let auto_hashed = self.mode == TokenMode::Auto && credential == Credential::Hashed;
             match result {
+                // Firmware before encrypted tokens, or a wrong token: a hashed one tells which.
                 Err(BridgeError::Status(StatusCode::UNAUTHORIZED))
                     if self.mode == TokenMode::Auto && credential == Credential::Encrypted =>
                 {
+                    credential = Credential::Hashed;
+                }
+                Ok(body)
+                    if auto_hashed && !self.encrypted_refused.swap(true, Ordering::Relaxed) =>
+                {
                     tracing::info!(
                         bridge = %self.name,
-                        "the bridge refused an encrypted token (firmware before 1.22.1 / 2.14.0?): using hashed tokens"
+                        "the bridge refuses encrypted tokens (firmware before 1.22.1 on a Bridge 1.0, 2.14.0 on a Bridge 2.0): using hashed tokens"
                     );
-                    self.encrypted_refused.store(true, Ordering::Relaxed);
+                    return Ok(body);
                 }
                 result => return result,
             }
