@@ -315,6 +315,15 @@ async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays
         .await;
     exporter.shutdown().await;
     let seen = stub.seen();
+    // /info (and the callback check) once per info_interval, /list every poll.
+    let paths = stub.paths();
+    assert_eq!(
+        paths.iter().filter(|p| *p == "/info").count(),
+        1,
+        "{paths:?}"
+    );
+    assert_eq!(paths.iter().filter(|p| *p == "/callback/list").count(), 1);
+    assert!(paths.iter().filter(|p| *p == "/list").count() >= 6);
     // One refused encrypted token, then hashed ones only, none of them refused as a replay.
     assert_eq!(seen[0].status, 401);
     assert!(
