@@ -21,7 +21,8 @@ RUN mkdir src \
 COPY src ./src
 RUN touch src/*.rs \
  && cargo build --release --locked --bin nuki-exporter \
- && cp target/release/nuki-exporter /nuki-exporter
+ && cp target/release/nuki-exporter /nuki-exporter \
+ && mkdir /state
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="nuki-exporter" \
@@ -29,6 +30,9 @@ LABEL org.opencontainers.image.title="nuki-exporter" \
       org.opencontainers.image.source="https://github.com/nuki-exporter/nuki-exporter" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /nuki-exporter /usr/local/bin/nuki-exporter
+# The state file's directory (state.file), owned by the exporter's user so that a volume
+# mounted here starts writable.
+COPY --from=builder --chown=nonroot:nonroot /state /var/lib/nuki-exporter
 USER nonroot:nonroot
 # 10180: webhook listener (POST /webhook), 10181: metrics listener (GET /metrics)
 EXPOSE 10180 10181

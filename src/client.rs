@@ -9,8 +9,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// The plain-HTTP client of [`new`].
+pub type PlainClient = Client<HttpConnector, Full<Bytes>>;
+
 /// A plain-HTTP client with connection reuse.
-pub fn new() -> Client<HttpConnector, Full<Bytes>> {
+pub fn new() -> PlainClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 

@@ -4,12 +4,14 @@
 //!
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
+pub mod background;
 pub mod bridge_client;
 pub mod bridge_metrics;
 pub mod bridge_poller;
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod decentral_webhook;
 pub mod demo;
 pub mod http;
 pub mod lock;

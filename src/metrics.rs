@@ -7,7 +7,7 @@ pub use web_api::{Endpoint, WebApiMetrics};
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
@@ -15,6 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::background::BackgroundThread;
 use crate::catalogue;
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
 use crate::source::webhook::{
@@ -121,7 +122,8 @@ pub struct Metrics {
     smartlocks_tracked: IntGauge,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
-    web_api: WebApiMetrics,
+    /// Registered when the Web API is first polled: a webhook-only exporter has none of them.
+    web_api: OnceLock<WebApiMetrics>,
     /// `error_code` label of every byte, `0x00` to `0xFF`, formatted once.
     code_labels: Vec<String>,
     locks: Mutex<LockTable>,
@@ -393,7 +395,7 @@ impl Metrics {
                 "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
                 &["listener"],
             ),
-            web_api: WebApiMetrics::register(r),
+            web_api: OnceLock::new(),
             code_labels: (0..=u8::MAX).map(catalogue::hex_label).collect(),
             locks: Mutex::new(LockTable {
                 capacity: limits.max_smartlocks,
@@ -468,9 +470,10 @@ impl Metrics {
         &self.registry
     }
 
-    /// The Nuki Web API source's own metrics.
+    /// The Nuki Web API source's own metrics, registered on first use.
     pub fn web_api(&self) -> &WebApiMetrics {
-        &self.web_api
+        self.web_api
+            .get_or_init(|| WebApiMetrics::register(&self.registry))
     }
 
     /// The text exposition of every metric.
@@ -741,45 +744,25 @@ fn info_labels<'a>(id: &'a str, info: &'a LockInfo) -> [&'a str; 4] {
     ]
 }
 
-/// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
-/// exposition never takes CPU time from the threads that answer webhooks. Scrapes queue up and
-/// are encoded one at a time. The thread ends when the last handle is dropped.
+/// Encodes `/metrics` on a [`BackgroundThread`] of its own, so that encoding a large exposition
+/// never takes CPU time from the threads that answer webhooks. Scrapes queue up and are encoded
+/// one at a time.
 #[derive(Clone, Debug)]
 pub struct EncoderThread {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Vec<u8>>>,
+    thread: BackgroundThread,
+    metrics: std::sync::Arc<Metrics>,
 }
-
-/// The encoder's niceness: below the webhook threads, above idle.
-const ENCODER_NICENESS: libc::c_int = 10;
 
 impl EncoderThread {
     pub fn spawn(metrics: std::sync::Arc<Metrics>) -> std::io::Result<Self> {
-        let (requests, queue) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Vec<u8>>>();
-        std::thread::Builder::new()
-            .name("metrics-encoder".into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                for reply in queue {
-                    let _ = reply.send(metrics.encode());
-                }
-            })?;
-        Ok(Self { requests })
+        let thread = BackgroundThread::spawn("metrics-encoder")?;
+        Ok(Self { thread, metrics })
     }
 
     /// The text exposition, or `None` if the encoder thread is gone.
     pub async fn encode(&self) -> Option<Vec<u8>> {
-        let (reply, body) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).ok()?;
-        body.await.ok()
-    }
-}
-
-/// Raises the calling thread's niceness (Linux gives each thread its own).
-fn lower_current_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, ENCODER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "metrics encoder keeps the default priority");
+        let metrics = std::sync::Arc::clone(&self.metrics);
+        self.thread.run(move || metrics.encode()).await
     }
 }
 
@@ -998,7 +981,7 @@ mod tests {
             })
             .collect();
         assert!(
-            niceness.contains(&i64::from(ENCODER_NICENESS)),
+            niceness.contains(&i64::from(crate::background::BACKGROUND_NICENESS)),
             "{niceness:?}"
         );
     }

@@ -3,9 +3,9 @@
 //!
 //! One poll at start-up, then one every `api.poll_interval`; after a failed poll, sooner, with
 //! exponential backoff and jitter (never later than the interval unless Nuki asks, by
-//! `Retry-After`). Parsing and recording run on the blocking pool, so a large fleet never holds
-//! a thread that answers webhooks or scrapes. A failed poll changes no lock series: the last
-//! good values stay.
+//! `Retry-After`). Parsing and recording run on a background thread of lower priority, so a
+//! large fleet never holds a thread that answers webhooks or scrapes. A failed poll changes no
+//! lock series: the last good values stay.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 
+use crate::background::BackgroundThread;
 use crate::lock::LockEvent;
 use crate::metrics::{Endpoint, Metrics};
 use crate::nuki_api::{ApiError, NukiApi};
@@ -28,6 +29,8 @@ const FIRST_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Poller {
     api: NukiApi,
+    /// Where each answer is parsed and recorded.
+    recorder: BackgroundThread,
     metrics: Arc<Metrics>,
     interval: Duration,
     /// The ids the previous poll listed (at first, those the state file restored): a lock
@@ -52,7 +55,7 @@ impl Poller {
         interval: Duration,
         advanced_key_id: Option<u32>,
         restored: Vec<u64>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let delivery = advanced_key_id.map(|id| {
             let key = id.to_string();
             metrics.web_api().watch_key(&key);
@@ -62,13 +65,14 @@ impl Poller {
                 active: None,
             }
         });
-        Self {
+        Ok(Self {
             api,
+            recorder: BackgroundThread::spawn("api-poll")?,
             metrics,
             interval,
             account: restored.into_iter().collect(),
             delivery,
-        }
+        })
     }
 
     /// Polls until `stop` changes.
@@ -137,7 +141,7 @@ impl Poller {
         let body = self.api.get(Endpoint::Smartlocks, "/smartlock").await?;
         let metrics = Arc::clone(&self.metrics);
         let previous = std::mem::take(&mut self.account);
-        let recorded = tokio::task::spawn_blocking(move || {
+        let recorded = self.recorder.run(move || {
             let locks = web_api::parse_smartlocks(&body);
             let locks = match locks {
                 Ok(locks) => locks,
@@ -152,9 +156,10 @@ impl Poller {
                 metrics.observe(*gone, &[LockEvent::Removed], now);
             }
             Ok(listed)
-        })
-        .await
-        .expect("recording a poll does not panic");
+        });
+        let recorded = recorded
+            .await
+            .expect("the recording thread runs as long as the poller");
         match recorded {
             Ok(listed) => {
                 let now = unix_now();

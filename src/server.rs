@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start the metrics encoder thread: {0}")]
+    #[error("cannot start a background thread: {0}")]
     Encoder(std::io::Error),
     #[error("cannot listen on {address} ({key}): {source}")]
     Bind {
@@ -99,7 +99,8 @@ impl Exporter {
                     config.api.poll_interval,
                     config.api.advanced_key_id,
                     restored,
-                );
+                )
+                .map_err(StartError::Encoder)?;
                 tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
                 Some(spawn_stoppable(|stop| poller.run(stop)))
             }

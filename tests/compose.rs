@@ -22,6 +22,7 @@ fn compose() -> Command {
         .arg("--env-file")
         .arg(empty_env)
         .env_remove("NUKI_WEBHOOK_SECRET_FILE")
+        .env_remove("NUKI_API_TOKEN_FILE")
         .env_remove("PAGERDUTY_ROUTING_KEY_FILE")
         .env_remove("GRAFANA_ADMIN_PASSWORD_FILE")
         .env_remove("NUKI_BRIDGE_TOKEN_FILE");
@@ -191,7 +192,8 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         }
     }
 
-    // the exporter reads its webhook secret from a compose secret
+    // the exporter reads its webhook secret (and, with api.token_file, its Web API token; with a
+    // [[bridges]] table, its bridge token) from compose secrets
     let exporter = &config["services"]["nuki-exporter"];
     let secrets: Vec<&str> = exporter["secrets"]
         .as_sequence()
@@ -199,7 +201,10 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         .flatten()
         .filter_map(|s| s["source"].as_str())
         .collect();
-    assert_eq!(secrets, ["nuki_webhook_secret"]);
+    assert_eq!(
+        secrets,
+        ["nuki_webhook_secret", "nuki_api_token", "nuki_bridge_token"]
+    );
     let exporter_config = read(repo().join("deploy/nuki-exporter/config.toml"));
     assert!(exporter_config.contains("/run/secrets/nuki_webhook_secret"));
 
@@ -273,11 +278,63 @@ fn the_demo_profile_runs_the_traffic_generator_against_the_exporter() {
             "http://nuki-exporter:10180/webhook",
             "--secret-file",
             "/run/secrets/nuki_webhook_secret",
+            "--api-listen",
+            "0.0.0.0:10190",
             "--bridge-listen",
             "0.0.0.0:8080"
         ]
     );
     assert_eq!(demo["image"], config["services"]["nuki-exporter"]["image"]);
+}
+
+/// The base stack keeps state on a volume and polls no Web API; `docker-compose.demo.yml`
+/// points the exporter at the demo's simulated API, never at api.nuki.io.
+#[test]
+fn state_lives_on_a_volume_and_the_demo_override_polls_the_simulated_api() {
+    let base = resolved();
+    let exporter = &base["services"]["nuki-exporter"];
+    let environment = &exporter["environment"];
+    assert_eq!(
+        environment["NUKI_EXPORTER_STATE__FILE"].as_str(),
+        Some("/var/lib/nuki-exporter/state.json")
+    );
+    assert!(environment["NUKI_EXPORTER_API__TOKEN_FILE"].is_null());
+    // docker-compose 1.29 prints short volume syntax: `source:target:mode`.
+    let volumes: Vec<&str> = exporter["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"nuki_exporter_state:/var/lib/nuki-exporter:rw"),
+        "{volumes:?}"
+    );
+
+    let text = run_ok(compose().args([
+        "-f",
+        "docker-compose.demo.yml",
+        "--profile",
+        "demo",
+        "config",
+    ]));
+    let demo: Value = serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML");
+    let environment = &demo["services"]["nuki-exporter"]["environment"];
+    assert_eq!(
+        environment["NUKI_EXPORTER_API__URL"].as_str(),
+        Some("http://demo:10190")
+    );
+    assert_eq!(
+        environment["NUKI_EXPORTER_API__TOKEN_FILE"].as_str(),
+        Some("/run/secrets/nuki_api_token")
+    );
+    let secrets: Vec<&str> = demo["services"]["nuki-exporter"]["secrets"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["source"].as_str().or(s.as_str()))
+        .collect();
+    assert!(secrets.contains(&"nuki_api_token"), "{secrets:?}");
 }
 
 #[test]
@@ -329,13 +386,14 @@ fn the_dockerfile_builds_a_small_non_root_image() {
 
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's own error type
-fn the_bridge_demo_override_points_the_exporter_at_the_simulated_bridge() {
-    let text = run_ok(
-        compose()
-            .arg("-f")
-            .arg(repo().join("docker-compose.bridge-demo.yml"))
-            .args(["--profile", "demo", "config"]),
-    );
+fn the_demo_override_polls_the_simulated_bridge() {
+    let text = run_ok(compose().args([
+        "-f",
+        "docker-compose.demo.yml",
+        "--profile",
+        "demo",
+        "config",
+    ]));
     let config: Value = serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML");
     let exporter = &config["services"]["nuki-exporter"];
     let bridges = exporter["environment"]["NUKI_EXPORTER_BRIDGES"]

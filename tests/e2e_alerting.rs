@@ -1,7 +1,8 @@
-//! End to end with the real binaries: signed webhooks → nuki-exporter → Prometheus (shipped
-//! configuration and rules) → Alertmanager (shipped routing) → a pager and a webhook sink owned
-//! by this test; then every dashboard query against that Prometheus and a seeded fleet. And a
-//! Nuki Bridge stand-in that stops answering → `NukiBridgeDown` at the webhook sink.
+//! End to end with the real binaries: signed webhooks and Web API polls (of a stand-in) →
+//! nuki-exporter → Prometheus (shipped configuration and rules) → Alertmanager (shipped routing)
+//! → a pager and a webhook sink owned by this test; then every dashboard query against that
+//! Prometheus and a seeded fleet. And a Nuki Bridge stand-in that stops answering →
+//! `NukiBridgeDown` at the webhook sink.
 
 mod stack_support;
 
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
+use nuki_exporter::Config;
 use serde_json::Value;
 use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
+use stack_support::common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
 use stack_support::common::{Alertmanager, Prometheus, TestExporter, free_port, test_config};
 use stack_support::runnable_queries;
 
@@ -22,6 +25,81 @@ const UNREACHABLE_LOCK: &str = "31000001";
 /// A lock that fails three times with 0xFF: offline (critical, to the pager).
 const OFFLINE_LOCK: &str = "31000002";
 const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
+/// The Advanced API key whose webhook delivery the exporter watches.
+const API_KEY_ID: u32 = 812;
+
+/// A Web API stand-in listing the demo fleet, with the key's delivery status from
+/// `advanced_fixture` and an empty webhook log.
+async fn web_api(advanced_fixture: &str) -> NukiApiStub {
+    let api = NukiApiStub::start().await;
+    let fleet = serde_json::to_vec(&nuki_exporter::demo::smartlocks(2, 8)).unwrap();
+    api.route("GET", "/smartlock", Reply::json(fleet));
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/advanced"),
+        Reply::json(web_api_fixture(advanced_fixture)),
+    );
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/webhook/logs"),
+        Reply::json(b"[]".to_vec()),
+    );
+    api
+}
+
+/// The test exporter, polling `api` every second with a token from `dir`.
+fn polling(api: &NukiApiStub, dir: &std::path::Path) -> Config {
+    let token_file = dir.join("nuki_api_token");
+    std::fs::write(&token_file, "e2e-api-token").unwrap();
+    let mut config = test_config();
+    config.api.token_file = Some(token_file);
+    config.api.url = api.url.clone();
+    config.api.poll_interval = Duration::from_secs(1);
+    config.api.advanced_key_id = Some(API_KEY_ID);
+    config
+}
+
+/// Starts Alertmanager (shipped routing, notifications to `sink`) and Prometheus (shipped
+/// configuration and rules, scraping `exporter`), and waits until Prometheus scrapes it.
+async fn monitoring(
+    sink: &Sink,
+    keys: &std::path::Path,
+    exporter: &TestExporter,
+) -> (Alertmanager, Prometheus) {
+    monitoring_with_rules(sink, keys, exporter, &format!("{REPO}/alerts/*.yml"), &[]).await
+}
+
+/// [`monitoring`] with the rule files `rules` (a glob), `files` written beside Prometheus'
+/// configuration first.
+async fn monitoring_with_rules(
+    sink: &Sink,
+    keys: &std::path::Path,
+    exporter: &TestExporter,
+    rules: &str,
+    files: &[(&str, &[u8])],
+) -> (Alertmanager, Prometheus) {
+    let routing_key_file = keys.join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let metrics_address = exporter
+        .metrics_base
+        .trim_start_matches("http://")
+        .to_owned();
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(
+        &prometheus_config(&metrics_address, &alertmanager_address, rules),
+        files,
+    )
+    .await;
+    prometheus
+        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
+        .await;
+    (alertmanager, prometheus)
+}
 
 /// Records every POST it receives: (path, JSON body).
 struct Sink {
@@ -152,37 +230,14 @@ fn failure(lock: &str, request: u32) -> Vec<u8> {
 async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     let sink = Sink::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let routing_key_file = keys.path().join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
-    // A healthy bridge with its callback registered: the dashboards' bridge row has data too.
+    let api = web_api("advanced-active.json").await;
+    // And a healthy bridge with its callback registered: the dashboards' bridge row has data.
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
-    let mut config = test_config();
+    let mut config = polling(&api, keys.path());
     config.webhook.listen = ([127, 0, 0, 1], free_port()).into();
     let exporter = exporter_polling(&bridge, config, |_| {}).await;
-    let metrics_address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
-    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
-    let prometheus = Prometheus::start(
-        &prometheus_config(
-            &metrics_address,
-            &alertmanager_address,
-            &format!("{REPO}/alerts/*.yml"),
-        ),
-        &[],
-    )
-    .await;
-
     // Prometheus knows the exporter before the first error, as in a running stack.
-    prometheus
-        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
-        .await;
+    let (_alertmanager, prometheus) = monitoring(&sink, keys.path(), &exporter).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let masterdata = format!(
         r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#
@@ -238,7 +293,7 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         "a warning never reaches the pager"
     );
 
-    seed_fleet(&exporter).await;
+    seed_fleet(&exporter, &api).await;
     let mut empty = Vec::new();
     for (dashboard, panel, query) in runnable_queries(DRILL_DOWN_LOCK) {
         if prometheus.query(&query).await.is_empty() {
@@ -256,9 +311,15 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
 /// The lock the per-lock dashboard is opened for: the demo fleet's low-voltage lock.
 const DRILL_DOWN_LOCK: &str = "17000003";
 
-/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks) and a
-/// refused webhook of two kinds of refusal, with time for Prometheus to scrape in between.
-async fn seed_fleet(exporter: &TestExporter) {
+/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks), a
+/// refused webhook of two kinds of refusal, and deliveries in the webhook log of the Web API,
+/// with time for Prometheus to scrape in between.
+async fn seed_fleet(exporter: &TestExporter, api: &NukiApiStub) {
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/webhook/logs"),
+        Reply::json(web_api_fixture("webhook-logs.json")),
+    );
     for round in 0..3 {
         for webhook in nuki_exporter::demo::round(round, 8) {
             assert_eq!(
@@ -271,6 +332,34 @@ async fn seed_fleet(exporter: &TestExporter) {
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
     tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Nuki switches webhook delivery off: the Web API poll sees `DEACTIVATED`, and the page reaches
+/// the pager through the shipped rules and routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanager() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let api = web_api("advanced-deactivated.json").await;
+    let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
+    let (_alertmanager, _prometheus) = monitoring(&sink, keys.path(), &exporter).await;
+    let key = API_KEY_ID.to_string();
+    let page = sink
+        .wait_for(
+            "/pagerduty",
+            &["NukiWebhookDeliveryDeactivated", &key],
+            Duration::from_secs(150),
+        )
+        .await;
+    assert_eq!(page["routing_key"], ROUTING_KEY);
+    assert_eq!(page["event_action"], "trigger");
+    assert_eq!(page["payload"]["severity"], "critical");
+    let details = page["payload"]["custom_details"].to_string();
+    assert!(
+        details.contains("#nukiwebhookdeliverydeactivated"),
+        "the page links the runbook: {details}"
+    );
+    exporter.shutdown().await;
 }
 
 /// The shipped rule files, with `NukiBridgeDown`'s `for` shortened to `wait` so that the test
@@ -303,33 +392,18 @@ fn rules_with_short_bridge_down(wait: &str) -> Vec<(String, Vec<u8>)> {
 async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
     let sink = Sink::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let routing_key_file = keys.path().join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
     let exporter = exporter_polling(&bridge, test_config(), |bridge| {
         bridge.poll_interval = Duration::from_millis(500);
     })
     .await;
-    let metrics_address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
-    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
     let rules = rules_with_short_bridge_down("5s");
     let files: Vec<(&str, &[u8])> = rules
         .iter()
         .map(|(name, text)| (name.as_str(), text.as_slice()))
         .collect();
-    let prometheus = Prometheus::start(
-        &prometheus_config(&metrics_address, &alertmanager_address, "rules-*.yml"),
-        &files,
-    )
-    .await;
+    let (_alertmanager, prometheus) =
+        monitoring_with_rules(&sink, keys.path(), &exporter, "rules-*.yml", &files).await;
     prometheus
         .wait_for(
             r#"nuki_bridge_up{job="nuki-exporter", bridge="hall"} == 1"#,

@@ -51,11 +51,11 @@ async fn the_fleet_is_visible_before_any_webhook_and_absent_fields_give_no_serie
     let dir = tempfile::tempdir().unwrap();
     let exporter =
         TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    // `api_up` is set once a poll has asked every endpoint.
     let scrape = exporter
-        .scrape_until(WAIT, |s| {
-            s.value("nuki_exporter_api_smartlocks", &[]) == Some(3.0)
-        })
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
+    assert_eq!(scrape.value("nuki_exporter_api_smartlocks", &[]), Some(3.0));
 
     let battery = "nuki_smartlock_battery_charge_percent";
     assert_eq!(lock_value(&scrape, battery, "17891012"), Some(78.0));
@@ -391,6 +391,60 @@ async fn delivery_health_reads_webhook_status_and_counts_each_delivery_once() {
     exporter.shutdown().await;
 }
 
+/// Webhook log entries `ids` (newest first), all delivered with 204.
+fn log_page(ids: std::ops::RangeInclusive<u32>) -> Reply {
+    let entries: Vec<serde_json::Value> = ids
+        .rev()
+        .map(|id| serde_json::json!({"id": format!("{id:024}"), "succeeded": true, "responseStatus": 204}))
+        .collect();
+    Reply::json(serde_json::to_vec(&entries).unwrap())
+}
+
+/// More deliveries than one page of 100 between two polls: the poller pages back with `id` until
+/// it reaches entries it counted, and counts each new one once.
+#[tokio::test]
+async fn a_busy_webhook_log_is_paged_back_to_the_last_counted_entry() {
+    let stub = NukiApiStub::start().await;
+    stub.route("GET", "/smartlock", Reply::json(fleet(1, 1, &[])));
+    stub.route(
+        "GET",
+        "/api/key/7/advanced",
+        Reply::json(web_api_fixture("advanced-active.json")),
+    );
+    let logs = "/api/key/7/webhook/logs";
+    stub.route("GET", logs, log_page(201..=300));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = polling_config(&stub, write_token(dir.path(), TOKEN));
+    config.api.advanced_key_id = Some(7);
+    let exporter = TestExporter::start_with(config).await;
+    exporter
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
+        .await;
+    // 150 new deliveries: a full first page, then a second page reaching the counted ones.
+    stub.route(
+        "GET",
+        &format!("{logs}?limit=100&id={:024}", 351),
+        log_page(251..=350),
+    );
+    stub.route("GET", logs, log_page(351..=450));
+    let successes = |s: &Scrape| {
+        s.value(
+            "nuki_webhook_deliveries_total",
+            &[("api_key_id", "7"), ("result", "success")],
+        )
+    };
+    exporter
+        .scrape_until(WAIT, |s| successes(s) == Some(150.0))
+        .await;
+    // Later polls see the same log: nothing is counted twice.
+    let reads = stub.count(logs);
+    exporter
+        .scrape_until(WAIT, |_| stub.count(logs) >= reads + 4)
+        .await;
+    assert_eq!(successes(&exporter.scrape().await), Some(150.0));
+    exporter.shutdown().await;
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let stub = NukiApiStub::start().await;
@@ -418,4 +472,41 @@ async fn retry_after_is_honoured() {
     assert_eq!(stub.count("/smartlock"), 1);
     second.shutdown().await;
     exporter.shutdown().await;
+}
+
+/// The demo profile's simulated Web API is one the exporter can poll: the demo fleet appears
+/// without any webhook, and the key's delivery is ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exporter_polls_the_demo_fleets_simulated_api() {
+    let mut demo = common::Running::spawn(common::exporter_command().args([
+        "demo",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--locks",
+        "5",
+        "--interval",
+        "1h",
+    ]));
+    let line = demo.wait_for("SIMULATED Nuki Web API");
+    // `… listening address=127.0.0.1:PORT`, with colour codes around the key.
+    let address = line[line.rfind("127.0.0.1:").expect("bound address")..].trim();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.api.token_file = Some(write_token(dir.path(), "demo"));
+    config.api.url = format!("http://{address}");
+    config.api.advanced_key_id = Some(1);
+    let exporter = TestExporter::start_with(config).await;
+    // Each poll sets `api_up` once it has asked every endpoint.
+    let scrape = exporter
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
+        .await;
+    assert_eq!(scrape.value("nuki_exporter_api_smartlocks", &[]), Some(5.0));
+    let batteries = scrape.samples("nuki_smartlock_battery_charge_percent");
+    assert_eq!(batteries.len(), 5);
+    assert_eq!(
+        scrape.value("nuki_webhook_delivery_active", &[("api_key_id", "1")]),
+        Some(1.0)
+    );
+    exporter.shutdown().await;
+    demo.kill();
 }

@@ -6,6 +6,7 @@
 //! and reports itself as a software bridge whose version ends in `-simulated`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -50,8 +51,7 @@ impl SimulatedBridge {
             .collect()
     }
 
-    /// Serves the Bridge HTTP API on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -115,6 +115,18 @@ impl SimulatedBridge {
         *response.status_mut() = status;
         response
     }
+}
+
+/// Serves a simulated bridge on `address` in the background.
+pub async fn serve(address: SocketAddr) -> Result<Arc<SimulatedBridge>, String> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("--bridge-listen {address}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %bound, "SIMULATED Nuki Bridge (demo only, a simulation: any token is accepted) listening");
+    let bridge = Arc::new(SimulatedBridge::default());
+    tokio::spawn(Arc::clone(&bridge).accept(listener));
+    Ok(bridge)
 }
 
 /// `/list` in round `number`: the locks lock and unlock in turn, the doors open and close, the

@@ -46,6 +46,7 @@ pub struct WebApiMetrics {
 }
 
 impl WebApiMetrics {
+    /// Registers every metric; the poller's malformed-answer counters start at 0.
     pub(super) fn register(r: &Registry) -> Self {
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help)
@@ -55,7 +56,7 @@ impl WebApiMetrics {
                 HistogramVec::new(opts, labels).expect("valid metric definition"),
             )
         };
-        Self {
+        let metrics = Self {
             up: register(
                 r,
                 IntGauge::new(
@@ -126,7 +127,15 @@ impl WebApiMetrics {
                 "Webhook deliveries in Nuki's webhook log, by the HTTP status Nuki got from the endpoint (none: no answer); 401 means the webhook secret is wrong.",
                 &["api_key_id", "code"],
             ),
+        };
+        for endpoint in [
+            Endpoint::Smartlocks,
+            Endpoint::AdvancedKey,
+            Endpoint::WebhookLogs,
+        ] {
+            metrics.malformed.with_label_values(&[endpoint.label()]);
         }
+        metrics
     }
 
     /// Counts one request and its time; `status` is `None` when no answer came.

@@ -112,7 +112,7 @@ pub struct Received {
 
 #[derive(Default)]
 struct StubState {
-    /// Answers by `"METHOD /path"` (the query ignored).
+    /// Answers by `"METHOD /path?query"` (exact) or `"METHOD /path"` (any query).
     routes: HashMap<String, Reply>,
     /// When set, any other `Authorization` gets a 401.
     accepted_token: Option<String>,
@@ -164,7 +164,8 @@ impl NukiApiStub {
         }
     }
 
-    /// Answers `method path` (query ignored) with `reply` from now on.
+    /// Answers `method path` with `reply` from now on. A `path` with a query matches only that
+    /// query, and takes precedence over the same path without one.
     pub fn route(&self, method: &str, path: &str, reply: Reply) {
         self.state
             .lock()
@@ -215,6 +216,7 @@ async fn answer(
     let method = parts.method.as_str().to_owned();
     let reply = {
         let mut state = state.lock().unwrap();
+        let exact = state.routes.get(&format!("{method} {target}")).cloned();
         state.received.push(Received {
             method: method.clone(),
             target,
@@ -227,6 +229,8 @@ async fn answer(
             .is_some_and(|token| authorization.as_ref() != Some(token));
         if refused {
             Reply::unauthorized()
+        } else if let Some(reply) = exact {
+            reply
         } else if let Some(reply) = state.routes.get(&format!("{method} {path}")) {
             reply.clone()
         } else {

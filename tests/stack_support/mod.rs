@@ -331,44 +331,57 @@ impl ExportedMetrics {
     }
 }
 
-/// Starts the real exporter polling a Web API stand-in (with delivery health) and a bridge
-/// stand-in (with its callback registered), posts every webhook fixture but
-/// `device-masterdata-deleted` (which removes a lock's series again) and one malformed body, and
-/// names every metric of the scrape. Runs its own tokio runtime: call it from a plain `#[test]`.
+/// Starts the real exporter polling a Nuki Web API stand-in (lock list, delivery health and two
+/// reads of the webhook log) and a Nuki Bridge stand-in (callback registered), posts every webhook fixture but `device-masterdata-deleted` (which
+/// removes a lock's series again) and one malformed body, and names every metric of the scrape.
+/// Runs its own tokio runtime: call it from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
-    use common::nuki_api_stub::{NukiApiStub, Reply, fleet, web_api_fixture};
+    use common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let scrape = runtime.block_on(async {
-        let web_api = NukiApiStub::start().await;
-        web_api.route("GET", "/smartlock", Reply::json(fleet(1, 1, &[])));
-        web_api.route(
+        let api = NukiApiStub::start().await;
+        api.route(
+            "GET",
+            "/smartlock",
+            Reply::json(web_api_fixture("smartlock.json")),
+        );
+        api.route(
             "GET",
             "/api/key/812/advanced",
             Reply::json(web_api_fixture("advanced-active.json")),
         );
-        web_api.route(
+        api.route(
+            "GET",
+            "/api/key/812/webhook/logs",
+            Reply::json(b"[]".to_vec()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, "token").unwrap();
+        let mut config = common::test_config();
+        config.api.token_file = Some(token_file);
+        config.api.url = api.url.clone();
+        config.api.poll_interval = Duration::from_millis(100);
+        config.api.advanced_key_id = Some(812);
+        let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
+        config.webhook.listen = ([127, 0, 0, 1], common::free_port()).into();
+        let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
+        exporter
+            .scrape_until(Duration::from_secs(15), |s| {
+                s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+                    && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                        .is_some()
+            })
+            .await;
+        api.route(
             "GET",
             "/api/key/812/webhook/logs",
             Reply::json(web_api_fixture("webhook-logs.json")),
         );
-        let token_dir = tempfile::tempdir().unwrap();
-        let api_token = token_dir.path().join("nuki_api_token");
-        std::fs::write(&api_token, "exported-metrics-token\n").unwrap();
-        let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
-        let mut config = common::test_config();
-        config.webhook.listen = ([127, 0, 0, 1], common::free_port()).into();
-        config.api.token_file = Some(api_token);
-        config.api.url = web_api.url.clone();
-        config.api.advanced_key_id = Some(812);
-        let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
         exporter
-            .scrape_until(Duration::from_secs(20), |scrape| {
-                scrape
-                    .value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
-                    .is_some()
-                    && scrape
-                        .value("nuki_webhook_delivery_active", &[("api_key_id", "812")])
-                        .is_some()
+            .scrape_until(Duration::from_secs(15), |s| {
+                !s.samples("nuki_webhook_delivery_responses_total")
+                    .is_empty()
             })
             .await;
         for name in common::fixture_names()
