@@ -5,7 +5,7 @@
 //! battery voltage too low (0x4C), the others lock, unlock and drain their batteries. With
 //! `--bridge-listen` the demo also runs a simulated Nuki Bridge ([`bridge`]).
 
-mod bridge;
+pub mod bridge;
 mod simulated_api;
 
 use std::net::SocketAddr;

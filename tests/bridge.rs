@@ -62,38 +62,22 @@ async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within
 
     // What the other exporter shows: mode, state, door sensor state, battery charge, battery
     // critical, battery charging, keypad battery critical.
-    assert_eq!(
-        scrape.value("nuki_smartlock_mode", &lock(FRONT_DOOR)),
-        Some(2.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_mode", &lock(OPENER)),
-        Some(3.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)),
-        Some(1.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_lock_state", &lock(BACK_DOOR)),
-        Some(3.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_door_state", &lock(FRONT_DOOR)),
-        Some(2.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_door_state", &lock(BACK_DOOR)),
-        Some(3.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_battery_charge_percent", &lock(FRONT_DOOR)),
-        Some(85.0)
-    );
-    assert_eq!(
-        scrape.value("nuki_smartlock_battery_charging", &lock(BACK_DOOR)),
-        Some(1.0)
-    );
+    for (metric, id, expected) in [
+        ("nuki_smartlock_mode", FRONT_DOOR, 2.0),
+        ("nuki_smartlock_mode", OPENER, 3.0),
+        ("nuki_smartlock_lock_state", FRONT_DOOR, 1.0),
+        ("nuki_smartlock_lock_state", BACK_DOOR, 3.0),
+        ("nuki_smartlock_door_state", FRONT_DOOR, 2.0),
+        ("nuki_smartlock_door_state", BACK_DOOR, 3.0),
+        ("nuki_smartlock_battery_charge_percent", FRONT_DOOR, 85.0),
+        ("nuki_smartlock_battery_charging", BACK_DOOR, 1.0),
+    ] {
+        assert_eq!(
+            scrape.value(metric, &lock(id)),
+            Some(expected),
+            "{metric} of {id}"
+        );
+    }
     let battery = |id, battery| {
         scrape.value(
             "nuki_smartlock_battery_critical",

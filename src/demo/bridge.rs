@@ -27,11 +27,70 @@ const DEVICES: [(u64, u64, &str); 4] = [
     (0xE69A, 2, "Bridge demo: Street door"),
 ];
 
+/// A bridge's callback registrations: at most three URLs, each with the id `/callback/remove`
+/// takes.
+#[derive(Debug, Default)]
+pub struct CallbackSlots {
+    slots: Vec<(u64, String)>,
+    next_id: u64,
+}
+
+impl CallbackSlots {
+    /// The registered URLs, oldest first.
+    pub fn urls(&self) -> Vec<String> {
+        self.slots.iter().map(|(_, url)| url.clone()).collect()
+    }
+
+    /// Registers `url`; false when the three slots are taken.
+    pub fn add(&mut self, url: &str) -> bool {
+        if self.slots.len() >= CALLBACK_SLOTS {
+            return false;
+        }
+        self.slots.push((self.next_id, url.to_owned()));
+        self.next_id += 1;
+        true
+    }
+
+    /// The answer to a `/callback/…` request, as the Bridge HTTP API gives it; `None` for any
+    /// other path.
+    pub fn answer(&mut self, path: &str, query: Option<&str>) -> Option<(StatusCode, Value)> {
+        let param = |name: &str| {
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+        };
+        Some(match path {
+            "/callback/list" => (
+                StatusCode::OK,
+                json!({"callbacks": self.slots.iter().map(|(id, url)| json!({"id": id, "url": url})).collect::<Vec<_>>()}),
+            ),
+            "/callback/add" => match param("url") {
+                None => (StatusCode::BAD_REQUEST, json!({"success": false})),
+                Some(url) if self.add(&url) => (StatusCode::OK, json!({"success": true})),
+                Some(_) => (
+                    StatusCode::OK,
+                    json!({"success": false, "message": "too many callbacks registered"}),
+                ),
+            },
+            "/callback/remove" => {
+                let before = self.slots.len();
+                let id = param("id").and_then(|id| id.parse::<u64>().ok());
+                self.slots.retain(|(known, _)| Some(*known) != id);
+                (
+                    StatusCode::OK,
+                    json!({"success": self.slots.len() < before}),
+                )
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// The simulated bridge's state: the round its devices are in and the registered callbacks.
 #[derive(Debug, Default)]
 pub struct SimulatedBridge {
     round: Mutex<u64>,
-    callbacks: Mutex<Vec<(u64, String)>>,
+    callbacks: Mutex<CallbackSlots>,
 }
 
 impl SimulatedBridge {
@@ -46,9 +105,7 @@ impl SimulatedBridge {
         self.callbacks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(_, url)| url.clone())
-            .collect()
+            .urls()
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener) {
@@ -69,47 +126,17 @@ impl SimulatedBridge {
     }
 
     fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
-        let query: Vec<(String, String)> =
-            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect();
-        let param = |name: &str| {
-            query
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
         let round = *self.round.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut callbacks = self
-            .callbacks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (status, body) = match request.uri().path() {
+        let path = request.uri().path();
+        let (status, body) = match path {
             "/list" => (StatusCode::OK, Value::from(list(round))),
             "/info" => (StatusCode::OK, info(round)),
-            "/callback/list" => (
-                StatusCode::OK,
-                json!({"callbacks": callbacks.iter().map(|(id, url)| json!({"id": id, "url": url})).collect::<Vec<_>>()}),
-            ),
-            "/callback/add" => match param("url") {
-                None => (StatusCode::BAD_REQUEST, json!({"success": false})),
-                Some(_) if callbacks.len() >= CALLBACK_SLOTS => (
-                    StatusCode::OK,
-                    json!({"success": false, "message": "too many callbacks registered"}),
-                ),
-                Some(url) => {
-                    let id = callbacks.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
-                    callbacks.push((id, url.to_owned()));
-                    (StatusCode::OK, json!({"success": true}))
-                }
-            },
-            "/callback/remove" => {
-                let before = callbacks.len();
-                let id = param("id").and_then(|id| id.parse::<u64>().ok());
-                callbacks.retain(|(known, _)| Some(*known) != id);
-                (StatusCode::OK, json!({"success": callbacks.len() < before}))
-            }
-            _ => (StatusCode::NOT_FOUND, json!({"success": false})),
+            _ => self
+                .callbacks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .answer(path, request.uri().query())
+                .unwrap_or((StatusCode::NOT_FOUND, json!({"success": false}))),
         };
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
@@ -210,6 +237,30 @@ mod tests {
             ["smartlock_3_4", "smartlock_3_4", "smartlock_1_2", "opener"]
         );
         assert!(reports.iter().all(|r| r.events.len() == 2));
+    }
+
+    #[test]
+    fn callback_slots_hold_three_urls_and_remove_by_id() {
+        let mut slots = CallbackSlots::default();
+        for url in ["http://a/1", "http://b/2", "http://c/3"] {
+            let (status, body) = slots
+                .answer("/callback/add", Some(&format!("url={url}")))
+                .unwrap();
+            assert_eq!((status, body), (StatusCode::OK, json!({"success": true})));
+        }
+        let (_, full) = slots
+            .answer("/callback/add", Some("url=http%3A%2F%2Fd%2F4"))
+            .unwrap();
+        assert_eq!(full["success"], false);
+        assert_eq!(full["message"], "too many callbacks registered");
+        let (_, removed) = slots.answer("/callback/remove", Some("id=1")).unwrap();
+        assert_eq!(removed["success"], true);
+        let (_, listed) = slots.answer("/callback/list", None).unwrap();
+        assert_eq!(
+            listed,
+            json!({"callbacks": [{"id": 0, "url": "http://a/1"}, {"id": 2, "url": "http://c/3"}]})
+        );
+        assert_eq!(slots.answer("/list", None), None);
     }
 
     #[test]

@@ -304,13 +304,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/bridge/",
-                $name,
-                ".json"
-            ))
-            .as_slice()
+            crate::source::fixture!("bridge", concat!($name, ".json"))
         };
     }
 

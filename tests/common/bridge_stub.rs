@@ -3,9 +3,9 @@
 //!
 //! Like a real bridge it serves one request at a time (a concurrent one gets 503), checks the
 //! token in every mode (plain, hashed with its replay guard, encrypted unless told its firmware
-//! is too old), and holds three callback slots. It records every path asked, the most requests
-//! it ever had in flight, and the token mode of each request, and it can POST callbacks to the
-//! registered URLs from its own address.
+//! is too old), and holds three callback slots (the demo bridge's [`CallbackSlots`]). It
+//! records every path asked, the most requests it ever had in flight, and the token mode of each
+//! request, and it can POST callbacks to the registered URLs from its own address.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use super::TestExporter;
 use nuki_exporter::Config;
 use nuki_exporter::config::BridgeConfig;
+use nuki_exporter::demo::bridge::CallbackSlots;
 
 pub const TOKEN: &str = "bridge-token-4711";
 /// Time a request keeps the stand-in busy, so that a second concurrent one would overlap it.
@@ -53,8 +54,7 @@ pub struct Seen {
 struct State {
     devices: Vec<Value>,
     info: Value,
-    callbacks: Vec<(u64, String)>,
-    next_callback_id: u64,
+    callbacks: CallbackSlots,
     seen: Vec<Seen>,
     /// (ts, rnr) of every hashed or encrypted token accepted: each works once.
     used_nonces: HashSet<(String, String)>,
@@ -157,19 +157,12 @@ impl BridgeStub {
     }
 
     pub fn callbacks(&self) -> Vec<String> {
-        self.state()
-            .callbacks
-            .iter()
-            .map(|(_, url)| url.clone())
-            .collect()
+        self.state().callbacks.urls()
     }
 
     /// Registers a callback as another client of the bridge would.
     pub fn add_callback(&self, url: &str) {
-        let mut state = self.state();
-        let id = state.next_callback_id;
-        state.next_callback_id += 1;
-        state.callbacks.push((id, url.to_owned()));
+        assert!(self.state().callbacks.add(url), "the three slots are taken");
     }
 
     pub fn set_devices(&self, devices: Vec<Value>) {
@@ -309,35 +302,12 @@ fn answer(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Res
     let (status, body) = match path {
         "/list" => (StatusCode::OK, Value::from(guard.devices.clone())),
         "/info" => (StatusCode::OK, guard.info.clone()),
-        "/callback/list" => (
-            StatusCode::OK,
-            json!({"callbacks": guard.callbacks.iter().map(|(id, url)| json!({"id": id, "url": url})).collect::<Vec<_>>()}),
-        ),
-        "/callback/add" => match param("url") {
-            None => (StatusCode::BAD_REQUEST, json!({"success": false})),
-            Some(_) if guard.callbacks.len() >= 3 => (
-                StatusCode::OK,
-                json!({"success": false, "message": "too many callbacks registered"}),
-            ),
-            Some(url) => {
-                let id = guard.next_callback_id;
-                guard.next_callback_id += 1;
-                guard.callbacks.push((id, url));
-                (StatusCode::OK, json!({"success": true}))
-            }
-        },
-        "/callback/remove" => {
-            let id: Option<u64> = param("id").and_then(|id| id.parse().ok());
-            let before = guard.callbacks.len();
-            guard.callbacks.retain(|(known, _)| Some(*known) != id);
-            (
-                StatusCode::OK,
-                json!({"success": guard.callbacks.len() < before}),
-            )
-        }
         // Answered like the real bridge, and recorded: a test asserts it is never asked.
         "/lockState" => (StatusCode::OK, json!({"state": 1, "success": true})),
-        _ => (StatusCode::NOT_FOUND, json!({})),
+        _ => guard
+            .callbacks
+            .answer(path, request.uri().query())
+            .unwrap_or((StatusCode::NOT_FOUND, json!({}))),
     };
     guard.seen.push(Seen {
         at: Instant::now(),
