@@ -319,6 +319,46 @@ async fn auto_mode_falls_back_to_hashed_tokens_on_old_firmware_and_never_replays
 }
 
 #[tokio::test]
+async fn auto_mode_keeps_encrypted_tokens_when_the_token_itself_is_wrong() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    let exporter = exporter_for(&stub, |bridge| {
+        std::fs::write(&bridge.token_file, "a-wrong-token").unwrap();
+        bridge.poll_interval = Duration::from_millis(100);
+        bridge.callback_url = None;
+    })
+    .await;
+    exporter
+        .scrape_until(Duration::from_secs(10), |s| {
+            s.value(
+                "nuki_bridge_requests_total",
+                &[("bridge", "hall"), ("endpoint", "list"), ("code", "401")],
+            ) >= Some(6.0)
+        })
+        .await;
+    let scrape = exporter.scrape().await;
+    assert_eq!(
+        scrape.value("nuki_bridge_up", &[("bridge", "hall")]),
+        Some(0.0)
+    );
+    exporter.shutdown().await;
+    // Each poll tries an encrypted token, then a hashed one; neither is kept as the bridge's mode.
+    let sent: Vec<Option<TokenUse>> = stub
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/list")
+        .map(|s| s.sent)
+        .collect();
+    for pair in sent.chunks_exact(2) {
+        assert_eq!(
+            pair,
+            [Some(TokenUse::Encrypted), Some(TokenUse::Hashed)],
+            "{sent:?}"
+        );
+    }
+    assert!(stub.seen().iter().all(|s| s.status == 401));
+}
+
+#[tokio::test]
 async fn plain_tokens_only_when_configured() {
     let stub = BridgeStub::start(LOCALHOST).await;
     let exporter = exporter_for(&stub, |bridge| {

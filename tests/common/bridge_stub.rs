@@ -47,7 +47,37 @@ pub struct Seen {
     pub path: String,
     /// The status the stand-in answered.
     pub status: u16,
+    /// The token mode the request used, accepted or not.
+    pub sent: Option<TokenUse>,
+    /// The token mode, when the token was accepted.
     pub token: Option<TokenUse>,
+}
+
+impl Seen {
+    fn new(
+        request: &Request<hyper::body::Incoming>,
+        status: StatusCode,
+        token: Option<TokenUse>,
+    ) -> Self {
+        let query = request.uri().query().unwrap_or_default();
+        let has = |name: &str| form_urlencoded::parse(query.as_bytes()).any(|(key, _)| key == name);
+        let sent = if has("token") {
+            Some(TokenUse::Plain)
+        } else if has("hash") {
+            Some(TokenUse::Hashed)
+        } else if has("ctoken") {
+            Some(TokenUse::Encrypted)
+        } else {
+            None
+        };
+        Self {
+            at: Instant::now(),
+            path: request.uri().path().to_owned(),
+            status: status.as_u16(),
+            sent,
+            token,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -251,12 +281,11 @@ fn record(
     status: StatusCode,
     token: Option<TokenUse>,
 ) -> Response<Full<Bytes>> {
-    state.lock().unwrap().seen.push(Seen {
-        at: Instant::now(),
-        path: request.uri().path().to_owned(),
-        status: status.as_u16(),
-        token,
-    });
+    state
+        .lock()
+        .unwrap()
+        .seen
+        .push(Seen::new(request, status, token));
     let body = match status {
         StatusCode::UNAUTHORIZED => return plain(status, "HTTP 401 Unauthorized"),
         StatusCode::OK => unreachable!("answers carry their own body"),
@@ -309,12 +338,7 @@ fn answer(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Res
             .answer(path, request.uri().query())
             .unwrap_or((StatusCode::NOT_FOUND, json!({}))),
     };
-    guard.seen.push(Seen {
-        at: Instant::now(),
-        path: path.to_owned(),
-        status: status.as_u16(),
-        token,
-    });
+    guard.seen.push(Seen::new(request, status, token));
     json_response(status, &body)
 }
 
