@@ -13,13 +13,12 @@ use crypto_secretbox::aead::{Aead, KeyInit};
 use crypto_secretbox::{Nonce, XSalsa20Poly1305};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::bridge_metrics::BridgeSeries;
+use crate::client::PlainClient;
 use crate::config::{BridgeConfig, TokenMode};
 use crate::nuki_api::error_chain;
 
@@ -92,7 +91,7 @@ pub struct BridgeClient {
     /// The next `rnr`: counted up from a random start, so that no (ts, rnr) pair repeats
     /// within a second, which the bridge would refuse as a replay.
     next_rnr: AtomicU16,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: PlainClient,
     spacing: Duration,
     timeout: Duration,
     series: BridgeSeries,

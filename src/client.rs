@@ -19,7 +19,7 @@ pub fn new() -> PlainClient {
 
 /// A plain-HTTP client that opens a connection per request: for a Nuki Bridge, which serves
 /// one connection at a time and drops idle ones.
-pub fn without_keep_alive() -> Client<HttpConnector, Full<Bytes>> {
+pub fn without_keep_alive() -> PlainClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http()
