@@ -6,8 +6,8 @@
 #   docker build -t nuki-exporter:local .
 #   docker run --rm -p 10180:10180 -p 10181:10181 nuki-exporter:local
 #
-# Pin the distroless base by digest in production (gcr.io/distroless/cc-debian12:nonroot@sha256:...);
-# distroless publishes no version tags.
+# distroless publishes no version tags, so the base is pinned by digest: a rebuild gets the bytes
+# that were reviewed. To update: docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
 
 FROM rust:1.95.0-slim-bookworm AS builder
 WORKDIR /build
@@ -24,7 +24,7 @@ RUN touch src/*.rs \
  && cp target/release/nuki-exporter /nuki-exporter \
  && mkdir /state
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 LABEL org.opencontainers.image.title="nuki-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Nuki smart-lock fleets (Nuki Web API webhooks)" \
       org.opencontainers.image.source="https://github.com/nuki-exporter/nuki-exporter" \

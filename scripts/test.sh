@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property, HTTP and end-to-end tests, and
-# the benchmark's and soak's smoke modes. Installs the Debian packages the tests drive (promtool,
+# the smoke modes of the benchmark, the Web API benchmark and the soak. Installs the Debian packages the tests drive (promtool,
 # Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +25,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 bench/run --smoke
+bench/web_api --smoke
 bench/soak --smoke

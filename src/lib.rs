@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nuki_api;
 pub mod poller;
+mod request_progress;
 pub mod server;
 pub mod signature;
 pub mod source;

@@ -79,7 +79,7 @@ impl RejectReason {
 pub enum ConnectionLimit {
     /// A new connection waited because the listener had `limits.max_connections` open.
     MaxConnections,
-    /// A connection was closed because its request headers did not arrive in time.
+    /// A client was cut off while still sending its request headers (not an idle keep-alive).
     HeaderReadTimeout,
 }
 
@@ -386,7 +386,7 @@ impl Metrics {
             connection_limit_hits: counter_vec(
                 r,
                 "nuki_exporter_connection_limit_hits_total",
-                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a connection was closed because its request headers did not arrive in time).",
+                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a client was cut off while still sending request headers; idle keep-alive connections do not count).",
                 &["limit"],
             ),
             open_connections: gauge_vec(

@@ -21,6 +21,7 @@ use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Limits, Metrics};
 use crate::nuki_api::{ApiToken, NukiApi};
 use crate::poller::Poller;
+use crate::request_progress::RequestProgress;
 use crate::signature::Verifier;
 use crate::state::{self, StateWriter};
 use crate::web::MetricsGuard;
@@ -308,32 +309,41 @@ impl Acceptor {
             let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
             tokio::spawn(async move {
-                let served = match tls {
+                // The header-read timeout also ends idle keep-alive connections; only a client cut
+                // off while sending (a TLS handshake or a request) tripped the limit.
+                let (stream, started) = RequestProgress::new(stream);
+                let (served, request_started) = match tls {
                     None => {
-                        watcher
+                        let served = watcher
                             .watch(builder.serve_connection(TokioIo::new(stream), service))
-                            .await
+                            .await;
+                        (served, started)
                     }
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                watcher
+                                let (stream, request_started) = RequestProgress::new(stream);
+                                let served = watcher
                                     .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                    .await
+                                    .await;
+                                (served, request_started)
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
-                                Ok(())
+                                (Ok(()), started)
                             }
                             Err(_) => {
-                                metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
-                                Ok(())
+                                if started.get() {
+                                    metrics
+                                        .connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                                }
+                                (Ok(()), started)
                             }
                         }
                     }
                 };
                 if let Err(error) = served {
-                    if error.is_timeout() {
+                    if error.is_timeout() && request_started.get() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
                     tracing::debug!(%error, "connection ended with an error");

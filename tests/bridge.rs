@@ -6,8 +6,11 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::bridge_stub::{BridgeStub, TokenUse, exporter_polling, fixture, post_from};
-use common::{TestExporter, free_port, test_config};
+use common::bridge_stub::{
+    BridgeStub, CallbackRelay, TokenUse, UNDELIVERED_CALLBACK_URL, exporter_polling, fixture,
+    post_from,
+};
+use common::{TestExporter, refused_address, test_config};
 use nuki_exporter::config::{BridgeConfig, TokenMode};
 use serde_json::json;
 
@@ -22,23 +25,12 @@ const BACK_DOOR: &str = "439041102";
 const GARAGE: &str = "17618910287";
 const OPENER: &str = "190106";
 
-/// An exporter polling `stub`, its callback URL on its own webhook port.
+/// An exporter polling `stub`.
 async fn exporter_for(
     stub: &BridgeStub,
     configure: impl FnOnce(&mut BridgeConfig),
 ) -> TestExporter {
-    exporter_on(free_port(), stub, configure).await
-}
-
-/// An exporter whose webhook listener is on `port`, polling `stub`.
-async fn exporter_on(
-    port: u16,
-    stub: &BridgeStub,
-    configure: impl FnOnce(&mut BridgeConfig),
-) -> TestExporter {
-    let mut config = test_config();
-    config.webhook.listen = (LOCALHOST, port).into();
-    exporter_polling(stub, config, configure).await
+    exporter_polling(stub, test_config(), configure).await
 }
 
 fn lock(id: &str) -> [(&str, &str); 1] {
@@ -163,7 +155,12 @@ async fn three_locks_and_an_opener_show_every_gauge_and_the_bridge_health_within
 #[tokio::test]
 async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_call_back() {
     let stub = BridgeStub::start(BRIDGE_IP).await;
-    let exporter = exporter_for(&stub, |_| {}).await;
+    let relay = CallbackRelay::start().await;
+    let exporter = exporter_for(&stub, |bridge| {
+        bridge.callback_url = Some(relay.url.clone())
+    })
+    .await;
+    relay.forward_to(exporter.webhook_address());
     exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
@@ -204,7 +201,8 @@ async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_c
     );
 
     // Anyone else is refused and changes nothing; so is a body that is no callback.
-    let url = stub.callbacks()[0].clone();
+    assert_eq!(stub.callbacks(), std::slice::from_ref(&relay.url));
+    let url = format!("http://{}/bridge/callback", exporter.webhook_address());
     let forged = json!({"nukiId": 439041101, "deviceType": 4, "state": 5});
     assert_eq!(post_from(LOCALHOST, &url, &forged).await, 403);
     assert_eq!(post_from(BRIDGE_IP, &url, &json!({"state": 5})).await, 400);
@@ -227,9 +225,8 @@ async fn a_callback_changes_a_lock_state_within_a_second_and_only_a_bridge_may_c
 async fn restarts_leave_exactly_one_callback_registered() {
     let stub = BridgeStub::start(LOCALHOST).await;
     stub.add_callback("http://192.168.1.50:8000/home-automation");
-    let port = free_port();
     for _ in 0..4 {
-        let exporter = exporter_on(port, &stub, |_| {}).await;
+        let exporter = exporter_for(&stub, |_| {}).await;
         exporter
             .scrape_until(Duration::from_secs(10), |s| {
                 s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
@@ -246,18 +243,16 @@ async fn restarts_leave_exactly_one_callback_registered() {
 #[tokio::test]
 async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
     let stub = BridgeStub::start(LOCALHOST).await;
-    let port = free_port();
-    let ours = format!("http://{LOCALHOST}:{port}/bridge/callback");
-    stub.add_callback(&ours);
-    stub.add_callback(&ours);
-    let exporter = exporter_on(port, &stub, |_| {}).await;
+    stub.add_callback(UNDELIVERED_CALLBACK_URL);
+    stub.add_callback(UNDELIVERED_CALLBACK_URL);
+    let exporter = exporter_for(&stub, |_| {}).await;
     exporter
         .scrape_until(Duration::from_secs(10), |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
         })
         .await;
     exporter.shutdown().await;
-    assert_eq!(stub.callbacks(), [ours]);
+    assert_eq!(stub.callbacks(), [UNDELIVERED_CALLBACK_URL]);
 
     let full = BridgeStub::start(LOCALHOST).await;
     for other in [
@@ -434,18 +429,19 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
 async fn the_bridge_token_is_in_no_log_line() {
     const SECRET_TOKEN: &str = "plain-token-that-must-not-leak";
     let refusing = BridgeStub::start(LOCALHOST).await;
-    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    // Bound but not listening: connections to it are refused.
+    let (_closed, unreachable) = refused_address();
+    let unreachable = format!("http://{unreachable}");
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, SECRET_TOKEN).unwrap();
     let config = dir.path().join("config.toml");
-    let mut toml = format!(
-        "[webhook]\nlisten = \"127.0.0.1:{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n",
-        free_port()
+    let mut toml = String::from(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.2:0\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n",
     );
     for (name, url) in [("refusing", refusing.url()), ("unreachable", unreachable)] {
         toml.push_str(&format!(
-            "[[bridges]]\nname = \"{name}\"\nurl = \"{url}\"\ntoken_file = \"{}\"\ntoken_mode = \"plain\"\nrequest_spacing = \"50ms\"\npoll_interval = \"100ms\"\ncallback_url = \"http://127.0.0.1:1/bridge/callback\"\n",
+            "[[bridges]]\nname = \"{name}\"\nurl = \"{url}\"\ntoken_file = \"{}\"\ntoken_mode = \"plain\"\nrequest_spacing = \"50ms\"\npoll_interval = \"100ms\"\ncallback_url = \"{UNDELIVERED_CALLBACK_URL}\"\n",
             token.display()
         ));
     }

@@ -4,18 +4,18 @@ mod common;
 
 use std::process::Command;
 
-use common::{Running, SECRET, exporter_command, fixture, run};
+use common::{Ran, Running, SECRET, exporter_command, fixture, run};
 use nuki_exporter::signature::{HEADER, sign};
 
 #[test]
 fn version_and_help() {
-    let (ok, stdout, _) = run(exporter_command().arg("--version"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("--version"));
     assert!(ok);
     assert_eq!(
         stdout.trim(),
         format!("nuki-exporter {}", env!("CARGO_PKG_VERSION"))
     );
-    let (ok, stdout, _) = run(exporter_command().arg("--help"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("--help"));
     assert!(ok);
     for flag in ["--config.file", "--check-config", "codes", "NUKI_EXPORTER_"] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
@@ -24,7 +24,7 @@ fn version_and_help() {
 
 #[test]
 fn codes_prints_the_catalogue() {
-    let (ok, stdout, _) = run(exporter_command().arg("codes"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("codes"));
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "code\tname\tmeaning\tremediation");
@@ -34,7 +34,11 @@ fn codes_prints_the_catalogue() {
         *ff,
         "0xFF\tERROR_UNKNOWN\tDevice is most likely offline or not reachable.\tImplement a retry mechanism. Check if the smart lock is in an optimised network."
     );
-    let (ok, markdown, _) = run(exporter_command().args(["codes", "--markdown"]));
+    let Ran {
+        ok,
+        stdout: markdown,
+        ..
+    } = run(exporter_command().args(["codes", "--markdown"]));
     assert!(ok);
     assert!(markdown.contains("| `0x13` | `P_ERROR_MAX_USER` |"));
 }
@@ -55,7 +59,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
             secret.display()
         ),
     );
-    let (ok, stdout, _) = run(exporter_command()
+    let Ran { ok, stdout, .. } = run(exporter_command()
         .arg("--check-config")
         .arg("--config.file")
         .arg(&good));
@@ -112,7 +116,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
     ];
     for (mut command, named) in cases {
-        let (ok, _, stderr) = run(&mut command);
+        let Ran { ok, stderr, .. } = run(&mut command);
         assert!(!ok, "{named}: accepted");
         assert_eq!(
             stderr.lines().count(),
@@ -132,7 +136,7 @@ fn shipped_example_configuration_is_valid() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nuki-exporter/config.toml"
     );
-    let (ok, stdout, stderr) = run(exporter_command()
+    let Ran { ok, stdout, stderr } = run(exporter_command()
         .args(["--check-config", "--config.file", example])
         .env(
             "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
@@ -140,7 +144,7 @@ fn shipped_example_configuration_is_valid() {
         ));
     assert!(ok, "{stdout}{stderr}");
     // Without the override, the example's secret file does not exist here: named, not ignored.
-    let (ok, _, stderr) =
+    let Ran { ok, stderr, .. } =
         run(exporter_command().args(["--check-config", "--config.file", example]));
     assert!(!ok);
     assert!(
@@ -151,30 +155,42 @@ fn shipped_example_configuration_is_valid() {
 
 #[test]
 fn bad_configuration_stops_start_up() {
-    let (ok, _, stderr) =
+    let Ran { ok, stderr, .. } =
         run(exporter_command().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
     assert!(!ok);
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
 
+/// The built-in defaults, but for the listen addresses: port 0 on loopback instead of the default
+/// ports 10180/10181, which another process on the machine may hold (the defaults themselves are
+/// checked below).
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
-    let mut running = Running::spawn(&mut exporter_command());
+    let defaults = nuki_exporter::Config::default();
+    assert_eq!(defaults.webhook.listen.to_string(), "0.0.0.0:10180");
+    assert_eq!(defaults.metrics.listen.to_string(), "0.0.0.0:10181");
+    let mut running = Running::spawn(
+        exporter_command()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json"),
+    );
     let warning = running.wait_for("no webhook secret configured");
     assert!(
         warning.contains("WARN") && warning.contains("unsigned webhooks are accepted"),
         "{warning}"
     );
-    running.wait_for("0.0.0.0:10181");
+    let webhook = running.address_of("webhook");
+    let metrics = running.address_of("metrics");
     let client = reqwest::Client::new();
     let ready = client
-        .get("http://127.0.0.1:10181/-/ready")
+        .get(format!("http://{metrics}/-/ready"))
         .send()
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     let hook = client
-        .post("http://127.0.0.1:10180/webhook")
+        .post(format!("http://{webhook}/webhook"))
         .body(fixture("device-status"))
         .send()
         .await
@@ -185,7 +201,7 @@ async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
         "unsigned webhooks accepted without secrets"
     );
     let metrics = client
-        .get("http://127.0.0.1:10181/metrics")
+        .get(format!("http://{metrics}/metrics"))
         .send()
         .await
         .unwrap()
@@ -278,7 +294,7 @@ async fn demo_fleet_fills_every_metric_with_two_unreachable_locks_and_one_low_vo
             .arg("--secret-file")
             .arg(&secret))
     });
-    let (ok, _, stderr) = demo.await.unwrap();
+    let Ran { ok, stderr, .. } = demo.await.unwrap();
     assert!(ok, "{stderr}");
     let scrape = exporter.scrape().await;
     let unreachable: Vec<String> = scrape
@@ -349,41 +365,41 @@ async fn demo_fleet_fills_every_metric_with_two_unreachable_locks_and_one_low_vo
 
 #[test]
 fn demo_names_an_unreachable_target() {
-    let port = common::free_port();
-    let (ok, _, stderr) = run(exporter_command().args([
+    let (_reserved, address) = common::refused_address();
+    let Ran { ok, stderr, .. } = run(exporter_command().args([
         "demo",
         "--target",
-        &format!("http://127.0.0.1:{port}/webhook"),
+        &format!("http://{address}/webhook"),
         "--rounds",
         "1",
     ]));
     assert!(!ok);
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains(&address.to_string()), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
     let exporter = common::TestExporter::start().await;
     let ready = format!("{}/-/ready", exporter.metrics_base);
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+    let Ran { ok, stderr, .. } = tokio::task::spawn_blocking(move || {
         run(exporter_command().args(["healthcheck", "--url", &ready]))
     })
     .await
     .unwrap();
     assert!(ok, "{stderr}");
     let missing = format!("{}/nowhere", exporter.metrics_base);
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+    let Ran { ok, stderr, .. } = tokio::task::spawn_blocking(move || {
         run(exporter_command().args(["healthcheck", "--url", &missing]))
     })
     .await
     .unwrap();
     assert!(!ok && stderr.contains("404"), "{stderr}");
     exporter.shutdown().await;
-    let port = common::free_port();
-    let (ok, _, stderr) = run(exporter_command().args([
+    let (_reserved, address) = common::refused_address();
+    let Ran { ok, stderr, .. } = run(exporter_command().args([
         "healthcheck",
         "--url",
-        &format!("http://127.0.0.1:{port}/-/ready"),
+        &format!("http://{address}/-/ready"),
     ]));
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
 }
@@ -392,33 +408,39 @@ async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
 /// as for a real one, fills the bridge and lock series and calls back on every round.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_bridge_is_polled_and_calls_back_like_a_bridge() {
+    let mut demo = Running::spawn(exporter_command().args([
+        "demo",
+        "--bridge-listen",
+        "127.0.0.1:0",
+        "--interval",
+        "200ms",
+        "--rounds",
+        "100",
+    ]));
+    let listening = demo.wait_for("SIMULATED Nuki Bridge");
+    // The log line ends in the bound address (the text log may colour the field name).
+    let port: String = listening
+        .rsplit_once("127.0.0.1:")
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    assert!(!port.is_empty(), "no address in {listening:?}");
+    let bridge_address = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let token = dir.path().join("bridge_token");
     std::fs::write(&token, "any-token\n").unwrap();
-    let bridge_address = format!("127.0.0.1:{}", common::free_port());
-    let mut config = common::test_config();
-    config.webhook.listen = ([127, 0, 0, 1], common::free_port()).into();
+    let relay = common::bridge_stub::CallbackRelay::start().await;
     let mut bridge = nuki_exporter::config::BridgeConfig::new(
         "demo",
         &format!("http://{bridge_address}"),
         token,
     );
     bridge.poll_interval = std::time::Duration::from_millis(200);
-    bridge.info_interval = std::time::Duration::from_millis(400);
     bridge.request_spacing = std::time::Duration::from_millis(50);
-    bridge.callback_url = Some(format!("http://{}/bridge/callback", config.webhook.listen));
+    bridge.callback_url = Some(relay.url.clone());
+    let mut config = common::test_config();
     config.bridges = vec![bridge];
     let exporter = common::TestExporter::start_with(config).await;
-    let demo = Running::spawn(
-        exporter_command()
-            .args(["demo", "--target", &exporter.webhook_url])
-            .args(["--bridge-listen", &bridge_address])
-            .args(["--locks", "2", "--interval", "200ms", "--rounds", "40"])
-            .arg("--secret-file")
-            .arg(&secret),
-    );
+    relay.forward_to(exporter.webhook_address());
     let bridge = [("bridge", "demo")];
     let scrape = exporter
         .scrape_until(std::time::Duration::from_secs(20), |s| {
@@ -427,12 +449,11 @@ async fn the_demo_bridge_is_polled_and_calls_back_like_a_bridge() {
                 && s.value("nuki_bridge_callbacks_received_total", &bridge) >= Some(2.0)
         })
         .await;
-    let (_, lines) = demo.terminate();
     assert!(
-        lines.iter().any(|l| l.contains("a simulation")),
-        "the demo says its bridge is simulated:\n{}",
-        lines.join("\n")
+        listening.contains("a simulation"),
+        "the demo says its bridge is simulated: {listening}"
     );
+    demo.terminate();
     assert_eq!(
         scrape.value(
             "nuki_bridge_info",

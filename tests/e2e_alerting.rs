@@ -6,18 +6,15 @@
 
 mod stack_support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use nuki_exporter::Config;
-use serde_json::Value;
 use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
 use stack_support::common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
-use stack_support::common::{Alertmanager, Prometheus, TestExporter, free_port, test_config};
-use stack_support::runnable_queries;
+use stack_support::common::{Alertmanager, Prometheus, TestExporter, test_config};
+use stack_support::{
+    Sink, rewrite, runnable_queries, shipped_alertmanager_config, without_zero_fallback,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A lock that fails once with 0xFF: unreachable (warning, to the webhook receiver).
@@ -28,11 +25,12 @@ const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
 /// The Advanced API key whose webhook delivery the exporter watches.
 const API_KEY_ID: u32 = 812;
 
-/// A Web API stand-in listing the demo fleet, with the key's delivery status from
-/// `advanced_fixture` and an empty webhook log.
+/// A Web API stand-in listing the demo fleet and one lock more, which never sends a webhook
+/// (a lock only the API knows), with the key's delivery status from `advanced_fixture` and an
+/// empty webhook log.
 async fn web_api(advanced_fixture: &str) -> NukiApiStub {
     let api = NukiApiStub::start().await;
-    let fleet = serde_json::to_vec(&nuki_exporter::demo::smartlocks(2, 8)).unwrap();
+    let fleet = serde_json::to_vec(&nuki_exporter::demo::smartlocks(2, 9)).unwrap();
     api.route("GET", "/smartlock", Reply::json(fleet));
     api.route(
         "GET",
@@ -59,151 +57,17 @@ fn polling(api: &NukiApiStub, dir: &std::path::Path) -> Config {
     config
 }
 
-/// Starts Alertmanager (shipped routing, notifications to `sink`) and Prometheus (shipped
-/// configuration and rules, scraping `exporter`), and waits until Prometheus scrapes it.
-async fn monitoring(
-    sink: &Sink,
-    keys: &std::path::Path,
-    exporter: &TestExporter,
-) -> (Alertmanager, Prometheus) {
-    monitoring_with_rules(sink, keys, exporter, &format!("{REPO}/alerts/*.yml"), &[]).await
-}
-
-/// [`monitoring`] with the rule files `rules` (a glob), `files` written beside Prometheus'
-/// configuration first.
-async fn monitoring_with_rules(
-    sink: &Sink,
-    keys: &std::path::Path,
-    exporter: &TestExporter,
-    rules: &str,
-    files: &[(&str, &[u8])],
-) -> (Alertmanager, Prometheus) {
-    let routing_key_file = keys.join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
-    let metrics_address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
-    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
-    let prometheus = Prometheus::start(
-        &prometheus_config(&metrics_address, &alertmanager_address, rules),
-        files,
-    )
-    .await;
-    prometheus
-        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
-        .await;
-    (alertmanager, prometheus)
-}
-
-/// Records every POST it receives: (path, JSON body).
-struct Sink {
-    url: String,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Sink {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let store = store.clone();
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let body = request.into_body().collect().await?.to_bytes();
-                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        store.lock().unwrap().push((path, json));
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"{}",
-                        ))))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
-            }
-        });
-        Self { url, received }
-    }
-
-    /// Waits for a notification on `path` whose body contains every one of `needles`.
-    async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
-                let text = body.to_string();
-                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
-            });
-            if let Some(body) = found {
-                return body;
-            }
-            let seen: Vec<String> = self
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(p, b)| format!("{p}: {b}"))
-                .collect();
-            assert!(
-                Instant::now() < deadline,
-                "no notification on {path} with {needles:?}; received:\n{}",
-                seen.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
-/// that drifts from what this test rewrites fails loudly.
-fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        times,
-        "expected {from:?} {times} time(s) in:\n{text}"
-    );
-    text.replace(from, to)
-}
-
-/// The shipped Alertmanager configuration, with the pager and webhook pointed at the sink and the
-/// grouping delays shortened; routes, receivers and inhibitions stay as shipped.
+/// The shipped Alertmanager configuration pointed at the sink, with the grouping delays shortened;
+/// routes, receivers and inhibitions stay as shipped.
 fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
-    let shipped =
-        std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
-    let config = rewrite(
-        &shipped,
-        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
-        &format!(
-            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
-            sink.url
-        ),
-        1,
-    );
-    let config = rewrite(
-        &config,
-        "http://alert-sink:8080/alertmanager",
-        &format!("{}/alertmanager", sink.url),
-        1,
-    );
+    let config = shipped_alertmanager_config(sink, routing_key_file);
     let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
-/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and rule
-/// files (`rules`, a glob), scraping and evaluating every second.
-fn prometheus_config(exporter: &str, alertmanager: &str, rules: &str) -> String {
+/// The shipped Prometheus configuration, pointed at `targets`, this test's Alertmanager and the
+/// repository's rule files, scraping and evaluating every second.
+fn prometheus_config(targets: &[&str], alertmanager: &str) -> String {
     let shipped =
         std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
     let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
@@ -214,9 +78,48 @@ fn prometheus_config(exporter: &str, alertmanager: &str, rules: &str) -> String 
         "evaluation_interval: 1s",
         1,
     );
-    let config = rewrite(&config, "/etc/prometheus/rules/*.yml", rules, 1);
-    let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
+    let config = rewrite(
+        &config,
+        "/etc/prometheus/rules/*.yml",
+        &format!("{REPO}/alerts/*.yml"),
+        1,
+    );
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("          - {t}\n"))
+        .collect();
+    let config = rewrite(
+        &config,
+        "          - nuki-exporter:10181\n",
+        &targets.concat(),
+        1,
+    );
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
+}
+
+/// Prometheus with the shipped configuration pointed at `targets`, and the shipped rules but for
+/// one: the rule whose expression ends in `expression_end` fires after 1 s instead of its
+/// shipped `for: 5m`, so that the test does not sit out the production delay.
+async fn prometheus_with_quick_rule(
+    targets: &[&str],
+    alertmanager: &str,
+    expression_end: &str,
+) -> Prometheus {
+    let config = prometheus_config(targets, alertmanager);
+    let config = rewrite(
+        &config,
+        &format!("{REPO}/alerts/*.yml"),
+        "nuki-exporter.rules.yml",
+        1,
+    );
+    let rules = std::fs::read_to_string(format!("{REPO}/alerts/nuki-exporter.rules.yml")).unwrap();
+    let rules = rewrite(
+        &rules,
+        &format!("{expression_end}\n        for: 5m"),
+        &format!("{expression_end}\n        for: 1s"),
+        1,
+    );
+    Prometheus::start(&config, &[("nuki-exporter.rules.yml", rules.as_bytes())]).await
 }
 
 fn failure(lock: &str, request: u32) -> Vec<u8> {
@@ -230,15 +133,36 @@ fn failure(lock: &str, request: u32) -> Vec<u8> {
 async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     let sink = Sink::start().await;
     let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
     let api = web_api("advanced-active.json").await;
     // And a healthy bridge with its callback registered: the dashboards' bridge row has data.
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
-    let mut config = polling(&api, keys.path());
-    config.webhook.listen = ([127, 0, 0, 1], free_port()).into();
-    let exporter = exporter_polling(&bridge, config, |_| {}).await;
+    let exporter = exporter_polling(&bridge, polling(&api, keys.path()), |_| {}).await;
+    let metrics_address = exporter.metrics_address();
+    // A second target that is down (the webhook listener has no /metrics), so the health
+    // dashboard's "Targets down" has a target to show.
+    let down_target = exporter.webhook_address();
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(
+        &prometheus_config(&[&metrics_address, &down_target], &alertmanager_address),
+        &[],
+    )
+    .await;
+
     // Prometheus knows the exporter before the first error, as in a running stack.
-    let (_alertmanager, prometheus) = monitoring(&sink, keys.path(), &exporter).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // (a few scrapes: the new-series guard needs an `up` sample from before the first error)
+    prometheus
+        .wait_for(
+            r#"count_over_time(up{job="nuki-exporter"}[1m]) >= 3"#,
+            Duration::from_secs(60),
+        )
+        .await;
     let masterdata = format!(
         r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#
     );
@@ -293,12 +217,30 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         "a warning never reaches the pager"
     );
 
-    seed_fleet(&exporter, &api).await;
-    let mut empty = Vec::new();
-    for (dashboard, panel, query) in runnable_queries(DRILL_DOWN_LOCK) {
-        if prometheus.query(&query).await.is_empty() {
-            empty.push(format!("{dashboard} / {panel}: {query}"));
+    seed_fleet(&exporter, &prometheus, &api).await;
+    // Each query is retried until it has data (rule evaluation and rate windows lag a scrape).
+    let mut empty: Vec<String> = runnable_queries(DRILL_DOWN_LOCK)
+        .into_iter()
+        .map(|(dashboard, panel, query)| format!("{dashboard} / {panel}: {query}"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut still_empty = Vec::new();
+        for entry in empty {
+            let query = entry.split_once(": ").unwrap().1;
+            if prometheus
+                .query(&without_zero_fallback(query))
+                .await
+                .is_empty()
+            {
+                still_empty.push(entry);
+            }
         }
+        empty = still_empty;
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         empty.is_empty(),
@@ -312,9 +254,9 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
 const DRILL_DOWN_LOCK: &str = "17000003";
 
 /// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks), a
-/// refused webhook of two kinds of refusal, and deliveries in the webhook log of the Web API,
-/// with time for Prometheus to scrape in between.
-async fn seed_fleet(exporter: &TestExporter, api: &NukiApiStub) {
+/// refused webhook of two kinds of refusal, and deliveries in the Web API's webhook log; after
+/// each, waits until Prometheus scraped it.
+async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &NukiApiStub) {
     api.route(
         "GET",
         &format!("/api/key/{API_KEY_ID}/webhook/logs"),
@@ -327,22 +269,57 @@ async fn seed_fleet(exporter: &TestExporter, api: &NukiApiStub) {
                 204
             );
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        scraped(
+            exporter,
+            prometheus,
+            "nuki_exporter_webhooks_received_total",
+        )
+        .await;
     }
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    scraped(
+        exporter,
+        prometheus,
+        "nuki_exporter_webhooks_rejected_total",
+    )
+    .await;
+    scraped(exporter, prometheus, "nuki_webhook_deliveries_total").await;
+}
+
+/// Waits until Prometheus holds the exporter's current total of `counter`.
+async fn scraped(exporter: &TestExporter, prometheus: &Prometheus, counter: &str) {
+    let total = exporter.scrape().await.sum(counter, &[]);
+    prometheus
+        .wait_for(
+            &format!(r#"sum({counter}{{job="nuki-exporter"}}) >= {total}"#),
+            Duration::from_secs(60),
+        )
+        .await;
 }
 
 /// Nuki switches webhook delivery off: the Web API poll sees `DEACTIVATED`, and the page reaches
-/// the pager through the shipped rules and routing.
+/// the pager through the shipped rules (the alert's `for:` shortened) and routing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanager() {
     let sink = Sink::start().await;
     let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
     let api = web_api("advanced-deactivated.json").await;
     let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
-    let (_alertmanager, _prometheus) = monitoring(&sink, keys.path(), &exporter).await;
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let _prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_webhook_delivery_active{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
     let key = API_KEY_ID.to_string();
     let page = sink
         .wait_for(
@@ -356,54 +333,35 @@ async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanage
     assert_eq!(page["payload"]["severity"], "critical");
     let details = page["payload"]["custom_details"].to_string();
     assert!(
-        details.contains("#nukiwebhookdeliverydeactivated"),
-        "the page links the runbook: {details}"
+        details.contains("reactivate"),
+        "the page says how to restore delivery: {details}"
     );
     exporter.shutdown().await;
-}
-
-/// The shipped rule files, with `NukiBridgeDown`'s `for` shortened to `wait` so that the test
-/// does not sit out the production delay; every other rule as shipped.
-fn rules_with_short_bridge_down(wait: &str) -> Vec<(String, Vec<u8>)> {
-    let mut found = false;
-    let files = stack_support::rule_files()
-        .into_iter()
-        .map(|path| {
-            let mut doc: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            for group in doc["groups"].as_sequence_mut().into_iter().flatten() {
-                for rule in group["rules"].as_sequence_mut().into_iter().flatten() {
-                    if rule["alert"] == "NukiBridgeDown" {
-                        rule["for"] = wait.into();
-                        found = true;
-                    }
-                }
-            }
-            // Prefixed: the rule glob must not match prometheus.yml beside them.
-            let name = format!("rules-{}", path.file_name().unwrap().to_string_lossy());
-            (name, serde_yaml_ng::to_string(&doc).unwrap().into_bytes())
-        })
-        .collect();
-    assert!(found, "no NukiBridgeDown rule under alerts/");
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
     let sink = Sink::start().await;
     let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
     let exporter = exporter_polling(&bridge, test_config(), |bridge| {
         bridge.poll_interval = Duration::from_millis(500);
     })
     .await;
-    let rules = rules_with_short_bridge_down("5s");
-    let files: Vec<(&str, &[u8])> = rules
-        .iter()
-        .map(|(name, text)| (name.as_str(), text.as_slice()))
-        .collect();
-    let (_alertmanager, prometheus) =
-        monitoring_with_rules(&sink, keys.path(), &exporter, "rules-*.yml", &files).await;
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_bridge_server_connected{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
     prometheus
         .wait_for(
             r#"nuki_bridge_up{job="nuki-exporter", bridge="hall"} == 1"#,

@@ -18,7 +18,8 @@ fn webhook(stub: &NukiApiStub, token_file: &Path, args: &[&str]) -> (bool, Strin
         .env("NUKI_EXPORTER_API__URL", &stub.url)
         .arg("webhook")
         .args(args);
-    run(&mut command)
+    let ran = run(&mut command);
+    (ran.ok, ran.stdout, ran.stderr)
 }
 
 /// The stand-in, a temporary directory and a token file in it.
@@ -175,7 +176,7 @@ async fn refusals_are_clear_and_leave_no_secret_file() {
         "clap lists the features: {stderr}"
     );
 
-    let (ok, _, stderr) = run(exporter_command().args(["webhook", "list"]));
-    assert!(!ok);
-    assert!(stderr.contains("api.token_file"), "{stderr}");
+    let ran = run(exporter_command().args(["webhook", "list"]));
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("api.token_file"), "{}", ran.stderr);
 }

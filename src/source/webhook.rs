@@ -870,6 +870,30 @@ mod tests {
         assert_eq!(LogAction::from_code(99).label(), "other");
         assert_eq!(CompletionState::from_code(0).label(), "success");
         assert_eq!(DeviceType::from_code(5).label(), "smartlock_5");
-        assert!(CompletionState::LABELS.contains(&"other"));
+        // every label value a series can carry, written out: a code added to the table, or
+        // `other` dropped from it, changes the metric's cardinality and must show here
+        assert_eq!(
+            CompletionState::LABELS,
+            [
+                "success",
+                "motor_blocked",
+                "canceled",
+                "too_recent",
+                "busy",
+                "low_motor_voltage",
+                "clutch_failure",
+                "motor_power_failure",
+                "incomplete",
+                "rejected",
+                "rejected_night_mode",
+                "invalid_code",
+                "invalid_fingerprint",
+                "invalid_nfc_tag",
+                "other_error",
+                "unknown_error",
+                "other",
+            ]
+        );
+        assert_eq!(CompletionState::from_code(227).label(), "other");
     }
 }

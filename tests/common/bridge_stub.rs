@@ -222,8 +222,12 @@ impl BridgeStub {
     }
 }
 
-/// An exporter on `config` (its webhook listener on a fixed port, or without callbacks on
-/// port 0) polling `stub` as bridge `hall`, after `configure` adjusted the bridge's table.
+/// The callback URL of tests that deliver no callbacks: an address of TEST-NET-1 (RFC 5737),
+/// never contacted, the same for every exporter (and every restart of one).
+pub const UNDELIVERED_CALLBACK_URL: &str = "http://192.0.2.1:10180/bridge/callback";
+
+/// An exporter on `config` polling `stub` as bridge `hall` (callback URL
+/// [`UNDELIVERED_CALLBACK_URL`]), after `configure` adjusted the bridge's table.
 pub async fn exporter_polling(
     stub: &BridgeStub,
     mut config: Config,
@@ -234,17 +238,70 @@ pub async fn exporter_polling(
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut bridge = BridgeConfig::new("hall", &stub.url(), token_file);
     bridge.request_spacing = Duration::from_millis(50);
-    if config.webhook.listen.port() != 0 {
-        bridge.callback_url = Some(format!("http://{}/bridge/callback", config.webhook.listen));
-    }
+    bridge.callback_url = Some(UNDELIVERED_CALLBACK_URL.into());
     configure(&mut bridge);
     config.bridges.push(bridge);
     // The token is read at start-up: the file can go afterwards.
     TestExporter::start_with(config).await
 }
 
+/// A callback URL known before the exporter starts (its webhook listener binds port 0): it
+/// takes a bridge's callback POSTs and passes each on to the exporter's `/bridge/callback`
+/// from the sender's own address, so that the exporter's address guard sees the bridge.
+pub struct CallbackRelay {
+    pub url: String,
+    exporter: Arc<Mutex<Option<String>>>,
+}
+
+impl CallbackRelay {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/bridge/callback", listener.local_addr().unwrap());
+        let exporter: Arc<Mutex<Option<String>>> = Arc::default();
+        let target = exporter.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let target = target.clone();
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let target = target.lock().unwrap().clone();
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let status = match target {
+                            Some(address) => {
+                                let url = format!("http://{address}/bridge/callback");
+                                post_bytes_from(peer.ip(), &url, body).await
+                            }
+                            None => 503,
+                        };
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { url, exporter }
+    }
+
+    /// Passes callbacks on to the exporter whose webhook listener is at `address` from now on.
+    pub fn forward_to(&self, address: String) {
+        *self.exporter.lock().unwrap() = Some(address);
+    }
+}
+
 /// POSTs JSON to `url` from a socket bound to `source`.
 pub async fn post_from(source: IpAddr, url: &str, body: &Value) -> u16 {
+    post_bytes_from(source, url, Bytes::from(serde_json::to_vec(body).unwrap())).await
+}
+
+async fn post_bytes_from(source: IpAddr, url: &str, body: Bytes) -> u16 {
     let uri: hyper::Uri = url.parse().unwrap();
     let target: SocketAddr = uri.authority().unwrap().as_str().parse().unwrap();
     let socket = match source {
@@ -261,7 +318,7 @@ pub async fn post_from(source: IpAddr, url: &str, body: &Value) -> u16 {
     let request = Request::post(uri.path())
         .header("host", target.to_string())
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+        .body(Full::new(body))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
