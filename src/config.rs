@@ -25,6 +25,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub api: ApiConfig,
     pub state: StateConfig,
+    /// Nuki Bridges to poll (`[[bridges]]` tables); none by default.
+    pub bridges: Vec<BridgeConfig>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +190,148 @@ impl Default for ForwardConfig {
     }
 }
 
+/// How the exporter authenticates to a bridge (Bridge HTTP API §3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// Encrypted, falling back to hashed when the bridge refuses it (firmware older than
+    /// 1.22.1 on a Bridge 1.0, 2.14.0 on a Bridge 2.0).
+    #[default]
+    Auto,
+    /// `ctoken` and `nonce`: the token encrypted with XSalsa20-Poly1305.
+    Encrypted,
+    /// `ts`, `rnr` and `hash`: SHA-256 of timestamp, random number and token.
+    Hashed,
+    /// `token=`: the token itself in the URL, readable by anyone on the network.
+    Plain,
+}
+
+/// One Nuki Bridge: a `[[bridges]]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The `bridge` label value.
+    pub name: String,
+    /// The bridge's address, `http://HOST:8080`.
+    pub url: String,
+    /// File holding the bridge's API token.
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub token_mode: TokenMode,
+    /// Time between two `/list` polls.
+    #[serde(
+        default = "BridgeConfig::default_poll_interval",
+        with = "humantime_serde"
+    )]
+    pub poll_interval: Duration,
+    /// Time between two `/info` requests (and checks of the callback registration).
+    #[serde(
+        default = "BridgeConfig::default_info_interval",
+        with = "humantime_serde"
+    )]
+    pub info_interval: Duration,
+    /// Least time between the end of one request to the bridge and the start of the next: the
+    /// bridge serves one request at a time and freezes when asked faster.
+    #[serde(
+        default = "BridgeConfig::default_request_spacing",
+        with = "humantime_serde"
+    )]
+    pub request_spacing: Duration,
+    /// Time one request may take.
+    #[serde(default = "BridgeConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// This exporter's `POST /bridge/callback` URL as the bridge reaches it (`http://`); the
+    /// exporter keeps it registered with the bridge. Unset: polling only.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+impl BridgeConfig {
+    fn default_poll_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_info_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_request_spacing() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// A bridge with every optional key at its default.
+    pub fn new(name: &str, url: &str, token_file: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            token_file,
+            token_mode: TokenMode::default(),
+            poll_interval: Self::default_poll_interval(),
+            info_interval: Self::default_info_interval(),
+            request_spacing: Self::default_request_spacing(),
+            timeout: Self::default_timeout(),
+            callback_url: None,
+        }
+    }
+
+    /// The token, from `token_file` (trailing newline ignored).
+    pub fn read_token(&self) -> Result<String, ConfigError> {
+        let unreadable = |reason: String| ConfigError::BridgeTokenFile {
+            bridge: self.name.clone(),
+            path: self.token_file.clone(),
+            reason,
+        };
+        let content = std::fs::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
+        let token = std::str::from_utf8(content.trim_ascii())
+            .map_err(|_| unreadable("the token is not UTF-8 text".into()))?;
+        if token.is_empty() {
+            return Err(unreadable("the file is empty".into()));
+        }
+        Ok(token.to_owned())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| {
+            Err(ConfigError::Bridge {
+                bridge: self.name.clone(),
+                reason,
+            })
+        };
+        if self.name.is_empty() {
+            return invalid("name must not be empty".into());
+        }
+        let url: hyper::Uri = match self.url.parse() {
+            Ok(url) => url,
+            Err(e) => return invalid(format!("url: {e}")),
+        };
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            return invalid("url must be http://HOST:PORT (the Bridge API is plain HTTP)".into());
+        }
+        for (key, interval) in [
+            ("poll_interval", self.poll_interval),
+            ("info_interval", self.info_interval),
+            ("request_spacing", self.request_spacing),
+            ("timeout", self.timeout),
+        ] {
+            if interval.is_zero() {
+                return invalid(format!("{key} must be longer than 0s"));
+            }
+        }
+        if let Some(callback) = &self.callback_url {
+            // The bridge takes http:// callbacks of at most 254 characters, URL-encoded.
+            let encoded: String = form_urlencoded::byte_serialize(callback.as_bytes()).collect();
+            if !callback.starts_with("http://") || encoded.len() > 254 {
+                return invalid(
+                    "callback_url must be an http:// URL of at most 254 characters once URL-encoded"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The Nuki Web API source: polled only when `token_file` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -271,6 +415,14 @@ pub enum ConfigError {
     Key { key: &'static str, reason: String },
     #[error("webhook.secret_files: cannot read {path}: {reason}")]
     SecretFile { path: PathBuf, reason: String },
+    #[error("bridges (name {bridge:?}): {reason}")]
+    Bridge { bridge: String, reason: String },
+    #[error("bridges (name {bridge:?}) token_file: cannot read {path}: {reason}")]
+    BridgeTokenFile {
+        bridge: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     ApiToken(#[from] crate::nuki_api::TokenError),
 }
@@ -313,7 +465,15 @@ impl Config {
                 "can never match a request: use a plain URL path, without '?', '#', spaces or other characters a URL must escape",
             ));
         }
-        if ["/metrics", "/", "/-/healthy", "/-/ready"].contains(&self.webhook.path.as_str()) {
+        if [
+            "/metrics",
+            "/",
+            "/-/healthy",
+            "/-/ready",
+            crate::http::BRIDGE_CALLBACK_PATH,
+        ]
+        .contains(&self.webhook.path.as_str())
+        {
             return Err(key_error(
                 "webhook.path",
                 "must not be one of the exporter's own paths",
@@ -371,6 +531,15 @@ impl Config {
             return Err(key_error("forward.timeout", "must be longer than 0s"));
         }
         validate_log_level(&self.log.level).map_err(|reason| key_error("log.level", &reason))?;
+        for (index, bridge) in self.bridges.iter().enumerate() {
+            bridge.validate()?;
+            if self.bridges[..index].iter().any(|b| b.name == bridge.name) {
+                return Err(ConfigError::Bridge {
+                    bridge: bridge.name.clone(),
+                    reason: "two bridges have this name".into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -768,6 +937,89 @@ mod tests {
         );
         config.webhook.secret_files.clear();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn bridges_are_tables_with_defaults_and_named_errors() {
+        let config = load_toml(
+            "[[bridges]]\nname = \"hall\"\nurl = \"http://192.168.1.20:8080\"\ntoken_file = \"/run/secrets/bridge\"\n\n[[bridges]]\nname = \"garage\"\nurl = \"http://bridge.lan:8080\"\ntoken_file = \"t\"\ntoken_mode = \"hashed\"\npoll_interval = \"1m\"\ncallback_url = \"http://192.168.1.5:10180/bridge/callback\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.bridges[0],
+            BridgeConfig::new(
+                "hall",
+                "http://192.168.1.20:8080",
+                PathBuf::from("/run/secrets/bridge")
+            )
+        );
+        assert_eq!(config.bridges[0].poll_interval, Duration::from_secs(30));
+        assert_eq!(config.bridges[0].token_mode, TokenMode::Auto);
+        assert_eq!(config.bridges[1].token_mode, TokenMode::Hashed);
+        assert_eq!(config.bridges[1].poll_interval, Duration::from_secs(60));
+
+        let bridge = "[[bridges]]\nname = \"hall\"\ntoken_file = \"t\"\n";
+        let refused = |extra: &str| {
+            load_toml(&format!("{bridge}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let unknown = refused("url = \"http://b:8080\"\ntoken = \"x\"\n");
+        assert!(unknown.contains("token"), "{unknown}");
+        let https = refused("url = \"https://b:8080\"\n");
+        assert!(
+            https.contains("hall") && https.contains("http://"),
+            "{https}"
+        );
+        let mode = refused("url = \"http://b:8080\"\ntoken_mode = \"clear\"\n");
+        assert!(mode.contains("token_mode"), "{mode}");
+        let callback = refused("url = \"http://b:8080\"\ncallback_url = \"https://me/cb\"\n");
+        assert!(callback.contains("callback_url"), "{callback}");
+        let twice = load_toml(&format!(
+            "{bridge}url = \"http://a:8080\"\n{bridge}url = \"http://b:8080\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("two bridges"), "{twice}");
+        let path = load_toml("[webhook]\npath = \"/bridge/callback\"\n").unwrap_err();
+        assert!(path.to_string().contains("webhook.path"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn bridges_can_come_from_the_environment_as_inline_tables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "NUKI_EXPORTER_BRIDGES",
+                r#"[{name="demo",url="http://demo:8080",token_file="/run/secrets/t",poll_interval="15s"}]"#,
+            );
+            let config = Config::load(None).unwrap();
+            let mut expected =
+                BridgeConfig::new("demo", "http://demo:8080", PathBuf::from("/run/secrets/t"));
+            expected.poll_interval = Duration::from_secs(15);
+            assert_eq!(config.bridges, [expected]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bridge_tokens_are_read_from_files_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "abc123\n").unwrap();
+        let bridge = BridgeConfig::new("hall", "http://b:8080", file.clone());
+        assert_eq!(bridge.read_token().unwrap(), "abc123");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = bridge.read_token().unwrap_err().to_string();
+        assert!(empty.contains("hall") && empty.contains("empty"), "{empty}");
+        let missing = BridgeConfig::new("hall", "http://b:8080", dir.path().join("missing"));
+        assert!(
+            missing
+                .read_token()
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
     }
 
     #[test]

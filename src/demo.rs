@@ -2,8 +2,10 @@
 //! exporter, so a new user sees dashboards fill and alerts fire within minutes.
 //!
 //! The fleet is deterministic: two locks go unreachable (0xFF, then server state 4), one reports
-//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries.
+//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries. With
+//! `--bridge-listen` the demo also runs a simulated Nuki Bridge ([`bridge`]).
 
+pub mod bridge;
 mod simulated_api;
 
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ pub struct DemoOptions {
     pub target: Option<hyper::Uri>,
     /// Where to serve the simulated Nuki Web API, if at all.
     pub api_listen: Option<SocketAddr>,
+    /// Where to serve the simulated Nuki Bridge, if at all.
+    pub bridge_listen: Option<SocketAddr>,
     pub secret: Option<Vec<u8>>,
     pub locks: u64,
     pub interval: Duration,
@@ -193,9 +197,16 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
     if let Some(address) = options.api_listen {
         simulated_api::serve(address, Arc::clone(&account)).await?;
     }
+    let simulated_bridge = match options.bridge_listen {
+        Some(address) => Some(bridge::serve(address).await?),
+        None => None,
+    };
     let client = crate::client::new();
     let mut number = 0;
     loop {
+        if let Some(bridge) = &simulated_bridge {
+            call_back(&client, bridge, number).await;
+        }
         account.set_round(number);
         if let Some(target) = &options.target {
             send_round(
@@ -213,6 +224,34 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
             return Ok(());
         }
         tokio::time::sleep(options.interval).await;
+    }
+}
+
+/// Moves the simulated bridge's devices to round `number` and POSTs their new state to every
+/// registered callback, as a bridge does on each change; a callback that fails is only logged.
+async fn call_back(
+    client: &crate::client::PlainClient,
+    bridge: &bridge::SimulatedBridge,
+    number: u64,
+) {
+    let bodies = bridge.advance(number);
+    for url in bridge.callback_urls() {
+        for body in &bodies {
+            let request = Request::post(url.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let Ok(request) = request else {
+                tracing::warn!(%url, "registered callback URL is not a valid URL");
+                break;
+            };
+            match client.request(request).await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(%url, status = %response.status(), "bridge callback refused")
+                }
+                Err(error) => tracing::warn!(%url, %error, "bridge callback failed"),
+            }
+        }
     }
 }
 

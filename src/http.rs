@@ -1,6 +1,7 @@
 //! HTTP request handling: routes, status codes, the body limit, and the webhook pipeline
 //! (read the body, check the signature, parse, record).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,12 +12,16 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::bridge_poller::CallbackSenders;
 use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
 use crate::reload::FileBacked;
 use crate::signature::{self, Verifier};
-use crate::source::webhook;
+use crate::source::{bridge, webhook};
 use crate::web::{Access, MetricsGuard};
+
+/// Where Nuki Bridges POST their lock-state callbacks, on the webhook listener.
+pub const BRIDGE_CALLBACK_PATH: &str = "/bridge/callback";
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +52,8 @@ pub struct App {
     pub request_timeout: Duration,
     /// Rebuilt from the metrics listener's files on SIGHUP.
     pub guard: Arc<FileBacked<MetricsGuard>>,
+    /// The configured bridges' addresses: the callback route's guard.
+    pub bridges: Arc<CallbackSenders>,
     encoder: EncoderThread,
     ready: AtomicBool,
     /// Relay mode: webhooks go on to the application, which answers the sender.
@@ -73,6 +80,7 @@ impl App {
         max_body_bytes: usize,
         request_timeout: Duration,
         guard: Arc<FileBacked<MetricsGuard>>,
+        bridges: Arc<CallbackSenders>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
@@ -82,6 +90,7 @@ impl App {
             max_body_bytes,
             request_timeout,
             guard,
+            bridges,
             ready: AtomicBool::new(true),
             relay: None,
         })
@@ -97,8 +106,14 @@ impl App {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Answers one request on a listener with the given role, within `limits.request_timeout`.
-    pub async fn handle<B>(self: Arc<Self>, role: Role, request: Request<B>) -> HttpResponse
+    /// Answers one request from `peer` on a listener with the given role, within
+    /// `limits.request_timeout`.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        role: Role,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -107,7 +122,7 @@ impl App {
         // the application's answer.
         let deadline =
             self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
-        match tokio::time::timeout(deadline, self.route(role, request)).await {
+        match tokio::time::timeout(deadline, self.route(role, peer, request)).await {
             Ok(response) => response,
             Err(_) => self.refuse(
                 RejectReason::Timeout,
@@ -117,7 +132,7 @@ impl App {
         }
     }
 
-    async fn route<B>(&self, role: Role, request: Request<B>) -> HttpResponse
+    async fn route<B>(&self, role: Role, peer: SocketAddr, request: Request<B>) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -128,6 +143,13 @@ impl App {
         if role.webhook && path == self.webhook_path {
             if method == Method::POST {
                 return self.receive_webhook(request).await;
+            }
+            self.metrics.reject(RejectReason::Method);
+            return method_not_allowed("POST");
+        }
+        if role.webhook && path == BRIDGE_CALLBACK_PATH && self.bridges.accepts_callbacks() {
+            if method == Method::POST {
+                return self.receive_bridge_callback(peer, request).await;
             }
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
@@ -185,41 +207,97 @@ impl App {
         }
     }
 
-    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    /// Reads a POST body within `limits.max_body_bytes`; the refusal to answer otherwise.
+    async fn read_body<B>(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: B,
+    ) -> Result<Bytes, HttpResponse>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let (parts, body) = request.into_parts();
         let declared_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return self.refuse(
+            return Err(self.refuse(
                 RejectReason::TooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Body too large.\n",
-            );
+            ));
         }
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => {
-                return self.refuse(
-                    RejectReason::TooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Body too large.\n",
-                );
-            }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<LengthLimitError>() => Err(self.refuse(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large.\n",
+            )),
             Err(error) => {
-                tracing::debug!(%error, "webhook body could not be read");
-                return self.refuse(
+                tracing::debug!(%error, "request body could not be read");
+                Err(self.refuse(
                     RejectReason::Malformed,
                     StatusCode::BAD_REQUEST,
                     "Body could not be read.\n",
-                );
+                ))
             }
+        }
+    }
+
+    /// A Nuki Bridge's lock-state callback. A bridge cannot sign what it sends: the sender's
+    /// address, which must be a configured bridge's, is the only check.
+    async fn receive_bridge_callback<B>(
+        &self,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(bridge) = self.bridges.sender(peer.ip()) else {
+            tracing::debug!(%peer, "bridge callback from an address that is no configured bridge's");
+            return self.refuse(
+                RejectReason::Forbidden,
+                StatusCode::FORBIDDEN,
+                "Not a configured bridge's address.\n",
+            );
+        };
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        match bridge::parse_callback(&body) {
+            Ok(report) => {
+                self.metrics
+                    .observe(report.smartlock_id, &report.events, unix_now());
+                bridge.callback_received();
+                text(StatusCode::OK, "OK.\n")
+            }
+            Err(error) => {
+                tracing::debug!(bridge = %bridge.name(), %error, "bridge callback refused");
+                self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Not a bridge callback.\n",
+                )
+            }
+        }
+    }
+
+    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
         };
         let signature = parts
             .headers
@@ -270,7 +348,8 @@ impl App {
     }
 }
 
-fn unix_now() -> f64 {
+/// Now, in Unix seconds: the time the metrics facade stamps events with.
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

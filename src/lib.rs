@@ -5,6 +5,9 @@
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
 pub mod background;
+pub mod bridge_client;
+pub mod bridge_metrics;
+pub mod bridge_poller;
 pub mod catalogue;
 pub mod client;
 pub mod config;

@@ -39,12 +39,20 @@ enum Command {
     /// also answer as a SIMULATED Nuki Web API (for the demo only) that the exporter can poll.
     Demo {
         /// Webhook URL of the exporter, e.g. http://127.0.0.1:10180/webhook.
-        #[arg(long, value_name = "URL", required_unless_present = "api_listen")]
+        #[arg(
+            long,
+            value_name = "URL",
+            required_unless_present_any = ["api_listen", "bridge_listen"]
+        )]
         target: Option<hyper::Uri>,
         /// Serve the fleet as a simulated Nuki Web API on this address (GET /smartlock, an
         /// ACTIVE advanced key, the demo's deliveries as its webhook log).
         #[arg(long = "api-listen", value_name = "ADDRESS")]
         api_listen: Option<std::net::SocketAddr>,
+        /// Serve a simulated Nuki Bridge on this address (three locks and an Opener that call
+        /// back on every change; any token accepted), for a `[[bridges]]` table to poll.
+        #[arg(long = "bridge-listen", value_name = "ADDRESS")]
+        bridge_listen: Option<std::net::SocketAddr>,
         /// File holding the webhook secret to sign with; unsigned without it.
         #[arg(long = "secret-file", value_name = "PATH")]
         secret_file: Option<PathBuf>,
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
             locks,
             interval,
             rounds,
+            bridge_listen,
         }) => {
             let secret = match secret_file.map(std::fs::read).transpose() {
                 Ok(secret) => secret.map(|s| s.trim_ascii_end().to_vec()),
@@ -132,6 +141,7 @@ fn main() -> ExitCode {
                 locks,
                 interval,
                 rounds,
+                bridge_listen,
             };
             run_demo(&options)
         }

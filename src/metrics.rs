@@ -43,10 +43,12 @@ pub enum RejectReason {
     NotFound,
     Timeout,
     Unauthorized,
+    /// A bridge callback from an address that is no configured bridge's.
+    Forbidden,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
@@ -54,6 +56,7 @@ impl RejectReason {
         Self::NotFound,
         Self::Timeout,
         Self::Unauthorized,
+        Self::Forbidden,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl RejectReason {
             Self::NotFound => "not_found",
             Self::Timeout => "timeout",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -354,7 +358,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials).",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials), forbidden (bridge callback from an unknown address).",
                 &["reason"],
             ),
             last_webhook: register(
@@ -461,7 +465,8 @@ impl Metrics {
         self.open_connections.with_label_values(&[listener])
     }
 
-    /// The registry, for parts of the exporter that own metrics of their own (the relay).
+    /// The registry every metric of the exporter is in, for the parts that own metrics of their
+    /// own (the relay, the sources).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -283,7 +283,7 @@ impl NukiApi {
 }
 
 /// An error and its causes on one line (hyper's own message is only "client error (Connect)").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {

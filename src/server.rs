@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge_metrics::BridgeMetrics;
+use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
 use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
@@ -49,6 +51,8 @@ pub struct Exporter {
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// Each bridge poller's stop signal and task.
+    bridges: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The Web API poller's stop signal and task.
     poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The state file writer's: stopped last, it writes once more.
@@ -73,6 +77,20 @@ impl Exporter {
             max_smartlocks: config.limits.max_smartlocks,
             max_operations: config.limits.max_operations,
         }));
+        let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
+        let bridge_metrics = BridgeMetrics::new(metrics.registry());
+        let pollers = config
+            .bridges
+            .iter()
+            .map(|bridge| {
+                BridgePoller::new(
+                    bridge,
+                    Arc::clone(&metrics),
+                    &bridge_metrics,
+                    Arc::clone(&senders),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Restored before the listeners open: the first scrape already has the last-known state.
         let restored = match &config.state.file {
             Some(path) => state::restore(path, &metrics),
@@ -118,6 +136,7 @@ impl Exporter {
                 config.limits.max_body_bytes,
                 config.limits.request_timeout,
                 guard,
+                senders,
             )
             .map_err(StartError::Encoder)?
             .with_relay(relay),
@@ -176,11 +195,18 @@ impl Exporter {
                 spawn_stoppable(|stopped| acceptor.run(stopped))
             })
             .collect();
+        let mut bridges = Vec::with_capacity(pollers.len());
+        for poller in pollers {
+            // Before polling starts: the bridge's callbacks are accepted from the first one.
+            poller.resolve_sender().await;
+            bridges.push(spawn_stoppable(|stop| poller.run(stop)));
+        }
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
             acceptors,
+            bridges,
             poller,
             state_writer,
             shutdown_delay: config.server.shutdown_delay,
@@ -209,6 +235,9 @@ impl Exporter {
         tracing::info!("shutting down");
         self.app.set_not_ready();
         stop(self.poller).await;
+        for bridge in self.bridges {
+            stop(Some(bridge)).await;
+        }
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
             let _ = stop.send(true);
@@ -298,7 +327,7 @@ impl Acceptor {
             let service = service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(connection);
                 let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
+                async move { Ok::<_, std::convert::Infallible>(app.handle(role, peer, request).await) }
             });
             let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
@@ -366,9 +395,12 @@ pub struct Loaded {
 }
 
 /// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens, the relay's CA file, the Web API token), as start-up and
-/// `--check-config` do.
+/// certificate and key, bearer tokens, the relay's CA file, the Web API token, bridge tokens), as start-up
+/// and `--check-config` do.
 pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
+    for bridge in &config.bridges {
+        bridge.read_token()?;
+    }
     let webhook = config.clone();
     let verifier = FileBacked::load(
         "webhook.secret_files",

@@ -514,3 +514,86 @@ async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
     ]));
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
 }
+
+/// `nuki-exporter demo --bridge-listen`: the simulated bridge, polled by an exporter configured
+/// as for a real one, fills the bridge and lock series and calls back on every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_bridge_is_polled_and_calls_back_like_a_bridge() {
+    let mut demo = Running::spawn(exporter_command().args([
+        "demo",
+        "--bridge-listen",
+        "127.0.0.1:0",
+        "--interval",
+        "200ms",
+        "--rounds",
+        "100",
+    ]));
+    let listening = demo.wait_for("SIMULATED Nuki Bridge");
+    // The log line ends in the bound address (the text log may colour the field name).
+    let port: String = listening
+        .rsplit_once("127.0.0.1:")
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    assert!(!port.is_empty(), "no address in {listening:?}");
+    let bridge_address = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("bridge_token");
+    std::fs::write(&token, "any-token\n").unwrap();
+    let relay = common::bridge_stub::CallbackRelay::start().await;
+    let mut bridge = nuki_exporter::config::BridgeConfig::new(
+        "demo",
+        &format!("http://{bridge_address}"),
+        token,
+    );
+    bridge.poll_interval = std::time::Duration::from_millis(200);
+    bridge.request_spacing = std::time::Duration::from_millis(50);
+    bridge.callback_url = Some(relay.url.clone());
+    let mut config = common::test_config();
+    config.bridges = vec![bridge];
+    let exporter = common::TestExporter::start_with(config).await;
+    relay.forward_to(exporter.webhook_address());
+    let bridge = [("bridge", "demo")];
+    let scrape = exporter
+        .scrape_until(std::time::Duration::from_secs(20), |s| {
+            s.value("nuki_bridge_up", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_registered", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_received_total", &bridge) >= Some(2.0)
+        })
+        .await;
+    assert!(
+        listening.contains("a simulation"),
+        "the demo says its bridge is simulated: {listening}"
+    );
+    demo.terminate();
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_info",
+            &[
+                ("bridge", "demo"),
+                ("bridge_type", "software"),
+                (
+                    "firmware_version",
+                    concat!(env!("CARGO_PKG_VERSION"), "-simulated")
+                ),
+            ]
+        ),
+        Some(1.0)
+    );
+    // Two Smart Locks 3.0, a Smart Lock 2.0 and an Opener, under their Web API ids.
+    for id in ["17618910209", "17618910210", "439041027", "190106"] {
+        assert!(
+            scrape
+                .value("nuki_smartlock_lock_state", &[("smartlock_id", id)])
+                .is_some(),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_battery_charge_percent",
+            &[("smartlock_id", "190106")]
+        ),
+        None
+    );
+    exporter.shutdown().await;
+}

@@ -24,7 +24,8 @@ fn compose() -> Command {
         .env_remove("NUKI_WEBHOOK_SECRET_FILE")
         .env_remove("NUKI_API_TOKEN_FILE")
         .env_remove("PAGERDUTY_ROUTING_KEY_FILE")
-        .env_remove("GRAFANA_ADMIN_PASSWORD_FILE");
+        .env_remove("GRAFANA_ADMIN_PASSWORD_FILE")
+        .env_remove("NUKI_BRIDGE_TOKEN_FILE");
     command
 }
 
@@ -211,8 +212,8 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         }
     }
 
-    // the exporter reads its webhook secret (and, with api.token_file, its Web API token) from
-    // compose secrets
+    // the exporter reads its webhook secret (and, with api.token_file, its Web API token; with a
+    // [[bridges]] table, its bridge token) from compose secrets
     let exporter = &config["services"]["nuki-exporter"];
     let secrets: Vec<&str> = exporter["secrets"]
         .as_sequence()
@@ -220,7 +221,10 @@ fn the_stack_has_its_services_health_checks_and_file_secrets() {
         .flatten()
         .filter_map(|s| s["source"].as_str())
         .collect();
-    assert_eq!(secrets, ["nuki_webhook_secret", "nuki_api_token"]);
+    assert_eq!(
+        secrets,
+        ["nuki_webhook_secret", "nuki_api_token", "nuki_bridge_token"]
+    );
     let exporter_config = read(repo().join("deploy/nuki-exporter/config.toml"));
     assert!(exporter_config.contains("/run/secrets/nuki_webhook_secret"));
 
@@ -295,7 +299,9 @@ fn the_demo_profile_runs_the_traffic_generator_against_the_exporter() {
             "--secret-file",
             "/run/secrets/nuki_webhook_secret",
             "--api-listen",
-            "0.0.0.0:10190"
+            "0.0.0.0:10190",
+            "--bridge-listen",
+            "0.0.0.0:8080"
         ]
     );
     assert_eq!(demo["image"], config["services"]["nuki-exporter"]["image"]);
@@ -609,4 +615,57 @@ fn preflight_passes_a_normal_checkout_and_names_what_a_umask_077_checkout_hides(
     assert!(report.contains("/stack/deploy/nuki-exporter"), "{report}");
     assert!(report.contains("/secrets/nuki_webhook_secret"), "{report}");
     assert!(report.contains("chmod -R a+rX"), "{report}");
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's own error type
+fn the_demo_override_polls_the_simulated_bridge() {
+    let text = run_ok(compose().args([
+        "-f",
+        "docker-compose.demo.yml",
+        "--profile",
+        "demo",
+        "config",
+    ]));
+    let config: Value = serde_yaml_ng::from_str(&text).expect("docker-compose config prints YAML");
+    let exporter = &config["services"]["nuki-exporter"];
+    let bridges = exporter["environment"]["NUKI_EXPORTER_BRIDGES"]
+        .as_str()
+        .expect("NUKI_EXPORTER_BRIDGES")
+        .to_owned();
+    let secrets: Vec<&str> = exporter["secrets"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().or_else(|| s["source"].as_str()))
+        .collect();
+    assert!(secrets.contains(&"nuki_bridge_token"), "{secrets:?}");
+    let demo_command: Vec<&str> = config["services"]["demo"]["command"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        demo_command
+            .windows(2)
+            .any(|w| w == ["--bridge-listen", "0.0.0.0:8080"]),
+        "{demo_command:?}"
+    );
+    // The exporter reads the variable as the documented [[bridges]] table.
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("NUKI_EXPORTER_BRIDGES", &bridges);
+        let config = nuki_exporter::Config::load(None).expect("the override's bridge loads");
+        let bridge = &config.bridges[0];
+        assert_eq!(bridge.url, "http://demo:8080");
+        assert_eq!(
+            bridge.token_file,
+            Path::new("/run/secrets/nuki_bridge_token")
+        );
+        assert_eq!(
+            bridge.callback_url.as_deref(),
+            Some("http://nuki-exporter:10180/bridge/callback")
+        );
+        Ok(())
+    });
 }

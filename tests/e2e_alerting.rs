@@ -1,13 +1,15 @@
 //! End to end with the real binaries: signed webhooks and Web API polls (of a stand-in) →
 //! nuki-exporter → Prometheus (shipped configuration and rules) → Alertmanager (shipped routing)
 //! → a pager and a webhook sink owned by this test; then every dashboard query against that
-//! Prometheus and a seeded fleet.
+//! Prometheus and a seeded fleet. And a Nuki Bridge stand-in that stops answering →
+//! `NukiBridgeDown` at the webhook sink.
 
 mod stack_support;
 
 use std::time::Duration;
 
 use nuki_exporter::Config;
+use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
 use stack_support::common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
 use stack_support::common::{Alertmanager, Prometheus, TestExporter, test_config};
 use stack_support::{
@@ -95,6 +97,31 @@ fn prometheus_config(targets: &[&str], alertmanager: &str) -> String {
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
 }
 
+/// Prometheus with the shipped configuration pointed at `targets`, and the shipped rules but for
+/// one: the rule whose expression ends in `expression_end` fires after 1 s instead of its
+/// shipped `for: 5m`, so that the test does not sit out the production delay.
+async fn prometheus_with_quick_rule(
+    targets: &[&str],
+    alertmanager: &str,
+    expression_end: &str,
+) -> Prometheus {
+    let config = prometheus_config(targets, alertmanager);
+    let config = rewrite(
+        &config,
+        &format!("{REPO}/alerts/*.yml"),
+        "nuki-exporter.rules.yml",
+        1,
+    );
+    let rules = std::fs::read_to_string(format!("{REPO}/alerts/nuki-exporter.rules.yml")).unwrap();
+    let rules = rewrite(
+        &rules,
+        &format!("{expression_end}\n        for: 5m"),
+        &format!("{expression_end}\n        for: 1s"),
+        1,
+    );
+    Prometheus::start(&config, &[("nuki-exporter.rules.yml", rules.as_bytes())]).await
+}
+
 fn failure(lock: &str, request: u32) -> Vec<u8> {
     format!(
         r#"{{"type":"AuthCreation","requestId":"e2e{request:021}","success":false,"detail":[{{"smartlockId":{lock},"success":false,"errorCode":"ff","id":"{request:024}"}}]}}"#
@@ -114,7 +141,9 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
     )
     .await;
     let api = web_api("advanced-active.json").await;
-    let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
+    // And a healthy bridge with its callback registered: the dashboards' bridge row has data.
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let exporter = exporter_polling(&bridge, polling(&api, keys.path()), |_| {}).await;
     let metrics_address = exporter.metrics_address();
     // A second target that is down (the webhook listener has no /metrics), so the health
     // dashboard's "Targets down" has a target to show.
@@ -285,22 +314,12 @@ async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanage
     let api = web_api("advanced-deactivated.json").await;
     let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
-    let config = prometheus_config(&[&exporter.metrics_address()], &alertmanager_address);
-    let config = rewrite(
-        &config,
-        &format!("{REPO}/alerts/*.yml"),
-        "nuki-exporter.rules.yml",
-        1,
-    );
-    let rules = std::fs::read_to_string(format!("{REPO}/alerts/nuki-exporter.rules.yml")).unwrap();
-    let rules = rewrite(
-        &rules,
-        "(nuki_webhook_delivery_active{job=\"nuki-exporter\"}) == 0\n        for: 5m",
-        "(nuki_webhook_delivery_active{job=\"nuki-exporter\"}) == 0\n        for: 1s",
-        1,
-    );
-    let _prometheus =
-        Prometheus::start(&config, &[("nuki-exporter.rules.yml", rules.as_bytes())]).await;
+    let _prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_webhook_delivery_active{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
     let key = API_KEY_ID.to_string();
     let page = sink
         .wait_for(
@@ -318,4 +337,68 @@ async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanage
         "the page says how to restore delivery: {details}"
     );
     exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let exporter = exporter_polling(&bridge, test_config(), |bridge| {
+        bridge.poll_interval = Duration::from_millis(500);
+    })
+    .await;
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_bridge_server_connected{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
+    prometheus
+        .wait_for(
+            r#"nuki_bridge_up{job="nuki-exporter", bridge="hall"} == 1"#,
+            Duration::from_secs(30),
+        )
+        .await;
+
+    // The bridge reboots, or someone pulled its plug: every request fails from now on.
+    bridge.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    let notification = sink
+        .wait_for(
+            "/alertmanager",
+            &["NukiBridgeDown", "hall"],
+            Duration::from_secs(120),
+        )
+        .await;
+    let alert = notification["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "NukiBridgeDown")
+        .unwrap();
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["labels"]["bridge"], "hall");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#nukibridgedown")
+    );
+    assert!(
+        sink.received.lock().unwrap().iter().all(
+            |(path, body)| path != "/pagerduty" || !body.to_string().contains("NukiBridgeDown")
+        ),
+        "a warning never reaches the pager"
+    );
+    exporter.shutdown().await;
+    assert_eq!(bridge.max_in_flight(), 1);
 }

@@ -159,12 +159,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/web_api/",
-                $name
-            ))
-            .as_slice()
+            crate::source::fixture!("web_api", concat!($name))
         };
     }
 

@@ -572,13 +572,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/",
-                $name,
-                ".json"
-            ))
-            .as_slice()
+            crate::source::fixture!("webhooks", concat!($name, ".json"))
         };
     }
 

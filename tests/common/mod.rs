@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod bridge_stub;
 pub mod nuki_api_stub;
 
 pub use exposition::parse_sample;

@@ -424,7 +424,7 @@ impl ExportedMetrics {
 }
 
 /// Starts the real exporter polling a Nuki Web API stand-in (lock list, delivery health and two
-/// reads of the webhook log), posts every webhook fixture but `device-masterdata-deleted` (which
+/// reads of the webhook log) and a Nuki Bridge stand-in (callback registered), posts every webhook fixture but `device-masterdata-deleted` (which
 /// removes a lock's series again) and one malformed body, and names every metric of the scrape.
 /// Runs its own tokio runtime: call it from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
@@ -455,10 +455,13 @@ pub fn exported_metrics() -> ExportedMetrics {
         config.api.url = api.url.clone();
         config.api.poll_interval = Duration::from_millis(100);
         config.api.advanced_key_id = Some(812);
-        let exporter = common::TestExporter::start_with(config).await;
+        let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
+        let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
         exporter
             .scrape_until(Duration::from_secs(15), |s| {
                 s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+                    && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                        .is_some()
             })
             .await;
         api.route(
