@@ -160,9 +160,10 @@ fn run_exporter(config_file: Option<PathBuf>, check_only: bool) -> ExitCode {
     }
     logging::init(&config.log);
     runtime().block_on(async {
+        let terminated = server::termination_signal();
         match Exporter::start(&config).await {
             Ok(exporter) => {
-                exporter.run_until(server::termination_signal()).await;
+                exporter.run_until(terminated).await;
                 ExitCode::SUCCESS
             }
             Err(error) => fail(&error),

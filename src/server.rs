@@ -343,13 +343,17 @@ pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config:
     Ok((Verifier::new(&secrets), guard))
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: call it before start-up, so that a signal sent as soon as the
+/// listeners answer is not taken by the default action (exit 143 without a shutdown).
+pub fn termination_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
