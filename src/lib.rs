@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod lock;
+pub mod lock_store;
 pub mod logging;
 pub mod metrics;
 pub mod server;

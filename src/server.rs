@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{App, Role};
-use crate::metrics::{ConnectionLimit, Limits, Metrics};
+use crate::metrics::{ConnectionLimit, Metrics};
 use crate::signature::Verifier;
 use crate::web::MetricsGuard;
 use tokio_rustls::TlsAcceptor;
@@ -55,10 +55,7 @@ impl Exporter {
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
             );
         }
-        let metrics = Arc::new(Metrics::new(Limits {
-            max_smartlocks: config.limits.max_smartlocks,
-            max_operations: config.limits.max_operations,
-        }));
+        let metrics = Arc::new(Metrics::new(config.metric_limits()));
         let app = Arc::new(
             App::new(
                 metrics,
