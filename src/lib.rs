@@ -13,10 +13,12 @@ pub mod lock;
 pub mod lock_store;
 pub mod logging;
 pub mod metrics;
+pub mod scrape;
 pub mod server;
 pub mod signature;
 pub mod source;
 pub mod web;
+pub mod write_deadline;
 
 pub use config::Config;
 pub use server::Exporter;

@@ -189,7 +189,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener), unauthorized (metrics listener credentials).",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener: a request too slow, or a response its client did not read in time), unauthorized (metrics listener credentials); malformed and too_large also count requests the HTTP layer refused on any listener (bad framing, 414, 431, an HTTP/2 preface).",
                 &["reason"],
             ),
             last_webhook: register(
@@ -355,48 +355,6 @@ impl Metrics {
     /// The ids of every lock with series of its own.
     pub fn tracked_ids(&self) -> Vec<u64> {
         self.store.tracked_ids()
-    }
-}
-
-/// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
-/// exposition never takes CPU time from the threads that answer webhooks. Scrapes queue up and
-/// are encoded one at a time. The thread ends when the last handle is dropped.
-#[derive(Clone, Debug)]
-pub struct EncoderThread {
-    requests: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Vec<u8>>>,
-}
-
-/// The encoder's niceness: below the webhook threads, above idle.
-const ENCODER_NICENESS: libc::c_int = 10;
-
-impl EncoderThread {
-    pub fn spawn(metrics: std::sync::Arc<Metrics>) -> std::io::Result<Self> {
-        let (requests, queue) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Vec<u8>>>();
-        std::thread::Builder::new()
-            .name("metrics-encoder".into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                for reply in queue {
-                    let _ = reply.send(metrics.encode());
-                }
-            })?;
-        Ok(Self { requests })
-    }
-
-    /// The text exposition, or `None` if the encoder thread is gone.
-    pub async fn encode(&self) -> Option<Vec<u8>> {
-        let (reply, body) = tokio::sync::oneshot::channel();
-        self.requests.send(reply).ok()?;
-        body.await.ok()
-    }
-}
-
-/// Raises the calling thread's niceness (Linux gives each thread its own).
-fn lower_current_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, ENCODER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "metrics encoder keeps the default priority");
     }
 }
 
@@ -582,37 +540,6 @@ mod tests {
         m.observe(9, &[LockEvent::Removed], 30.0);
         assert!(!exposition(&m).contains(r#"smartlock_id="9""#));
         assert!(m.known_locks().is_empty());
-    }
-
-    #[tokio::test]
-    async fn encoder_thread_encodes_at_a_lower_priority() {
-        let m = std::sync::Arc::new(metrics());
-        let encoder = EncoderThread::spawn(m.clone()).unwrap();
-        let body = String::from_utf8(encoder.encode().await.unwrap()).unwrap();
-        assert!(body.contains("nuki_exporter_build_info{"));
-        // /proc/self/task/<tid>/stat: field 19 is the thread's nice value.
-        let niceness: Vec<i64> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|task| task.unwrap().path())
-            .filter(|task| {
-                std::fs::read_to_string(task.join("comm"))
-                    .is_ok_and(|c| c.trim() == "metrics-encoder")
-            })
-            .map(|task| {
-                let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-                let fields: Vec<&str> = stat
-                    .rsplit_once(')')
-                    .unwrap()
-                    .1
-                    .split_whitespace()
-                    .collect();
-                fields[16].parse().unwrap()
-            })
-            .collect();
-        assert!(
-            niceness.contains(&i64::from(ENCODER_NICENESS)),
-            "{niceness:?}"
-        );
     }
 
     #[test]

@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{App, Role};
-use crate::metrics::{ConnectionLimit, Metrics};
+use crate::metrics::{ConnectionLimit, Metrics, RejectReason};
 use crate::signature::Verifier;
 use crate::web::MetricsGuard;
+use crate::write_deadline::{self, DeadlineIo, WriteDeadline};
 use tokio_rustls::TlsAcceptor;
 
 /// Why the exporter could not start.
@@ -210,9 +211,15 @@ impl Acceptor {
             };
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
+            let deadline = Arc::new(WriteDeadline::default());
+            let write_deadline = Arc::clone(&deadline);
             let service = service_fn(move |request| {
-                let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(app.handle(role, request).await) }
+                let (app, deadline) = (Arc::clone(&app), Arc::clone(&write_deadline));
+                async move {
+                    let response = Arc::clone(&app).handle(role, request).await;
+                    deadline.arm(app.request_timeout);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
@@ -221,16 +228,14 @@ impl Acceptor {
             tokio::spawn(async move {
                 let served = match tls {
                     None => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(stream), service))
-                            .await
+                        let io = TokioIo::new(DeadlineIo::new(stream, deadline));
+                        watcher.watch(builder.serve_connection(io, service)).await
                     }
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
-                                watcher
-                                    .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                    .await
+                                let io = TokioIo::new(DeadlineIo::new(stream, deadline));
+                                watcher.watch(builder.serve_connection(io, service)).await
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
@@ -247,6 +252,9 @@ impl Acceptor {
                     if error.is_timeout() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
+                    if let Some(reason) = refusal(&error) {
+                        metrics.reject(reason);
+                    }
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 open_connections.dec();
@@ -260,6 +268,21 @@ impl Acceptor {
         {
             tracing::warn!(grace_period = ?self.grace_period, "requests still in flight after the grace period were dropped");
         }
+    }
+}
+
+/// Why hyper refused a request before any handler ran (it answered 400, 414 or 431 itself, or
+/// closed the connection), or why a response could not be written; `None` for errors that
+/// refuse nothing (the client closed an idle connection, the header-read timeout).
+fn refusal(error: &hyper::Error) -> Option<RejectReason> {
+    if error.is_parse_too_large() {
+        Some(RejectReason::TooLarge)
+    } else if error.is_parse() || error.is_parse_status() {
+        Some(RejectReason::Malformed)
+    } else if write_deadline::is_write_timeout(error) {
+        Some(RejectReason::Timeout)
+    } else {
+        None
     }
 }
 
