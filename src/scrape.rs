@@ -2,9 +2,9 @@
 //! scrapes whose client is gone, and that compresses for clients that accept gzip.
 
 use std::io::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -23,12 +23,51 @@ pub const GZIP_MIN_BYTES: usize = 1_448;
 /// The encoder's niceness: below the webhook threads, above idle.
 const ENCODER_NICENESS: libc::c_int = 10;
 
+/// Expositions that responses may hold at once. Past it (clients that do not read, each held
+/// up to `limits.request_timeout`), a scrape gets the newest of them instead of a new encode:
+/// memory stays at this many expositions however many clients stall.
+pub const MAX_LIVE_EXPOSITIONS: usize = 2;
+
 /// One encoded exposition, shared by every scrape that waited for it.
 #[derive(Clone, Debug)]
 pub struct Exposition {
     pub text: Bytes,
     /// Present when a waiting scrape accepts gzip and the text is at least [`GZIP_MIN_BYTES`].
     pub gzip: Option<Bytes>,
+}
+
+/// The bytes behind an [`Exposition`]: one allocation the encoder can tell is still alive.
+#[derive(Debug)]
+struct Encoded {
+    text: Vec<u8>,
+    gzip: Option<Vec<u8>>,
+}
+
+struct TextOf(Arc<Encoded>);
+struct GzipOf(Arc<Encoded>);
+
+impl AsRef<[u8]> for TextOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.text
+    }
+}
+
+impl AsRef<[u8]> for GzipOf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.gzip.as_deref().unwrap_or_default()
+    }
+}
+
+impl Exposition {
+    fn of(encoded: &Arc<Encoded>) -> Self {
+        Self {
+            text: Bytes::from_owner(TextOf(Arc::clone(encoded))),
+            gzip: encoded
+                .gzip
+                .as_ref()
+                .map(|_| Bytes::from_owner(GzipOf(Arc::clone(encoded)))),
+        }
+    }
 }
 
 struct Request {
@@ -55,6 +94,7 @@ impl EncoderThread {
             .name("metrics-encoder".into())
             .spawn(move || {
                 lower_current_thread_priority();
+                let mut live: Vec<Weak<Encoded>> = Vec::new();
                 while let Ok(first) = queue.recv() {
                     let waiting: Vec<Request> = std::iter::once(first)
                         .chain(queue.try_iter())
@@ -63,15 +103,23 @@ impl EncoderThread {
                     if waiting.is_empty() {
                         continue;
                     }
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    let text = metrics.encode();
-                    let gzip = (waiting.iter().any(|request| request.gzip)
-                        && text.len() >= GZIP_MIN_BYTES)
-                        .then(|| compress(&text));
-                    let exposition = Exposition {
-                        text: Bytes::from(text),
-                        gzip,
+                    live.retain(|encoded| encoded.strong_count() > 0);
+                    let newest_live = live.last().and_then(Weak::upgrade);
+                    let encoded = match newest_live {
+                        Some(encoded) if live.len() >= MAX_LIVE_EXPOSITIONS => encoded,
+                        _ => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            let text = metrics.encode();
+                            let gzip = (waiting.iter().any(|request| request.gzip)
+                                && text.len() >= GZIP_MIN_BYTES)
+                                .then(|| compress(&text));
+                            let encoded = Arc::new(Encoded { text, gzip });
+                            live.push(Arc::downgrade(&encoded));
+                            encoded
+                        }
                     };
+                    let exposition = Exposition::of(&encoded);
+                    drop(encoded);
                     for request in waiting {
                         let _ = request.reply.send(exposition.clone());
                     }
@@ -93,12 +141,11 @@ impl EncoderThread {
     }
 }
 
-fn compress(text: &[u8]) -> Bytes {
+fn compress(text: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(text.len() / 8), Compression::fast());
     encoder
         .write_all(text)
         .and_then(|()| encoder.finish())
-        .map(Bytes::from)
         .expect("compressing into memory cannot fail")
 }
 
@@ -211,6 +258,24 @@ mod tests {
             .read_to_end(&mut unzipped)
             .unwrap();
         assert_eq!(unzipped, last.text);
+    }
+
+    #[tokio::test]
+    async fn clients_that_hold_expositions_get_the_newest_one_past_the_cap() {
+        let encoder = EncoderThread::spawn(metrics()).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..MAX_LIVE_EXPOSITIONS {
+            held.push(encoder.encode(false).await.unwrap());
+        }
+        let encodes = encoder.encodes();
+        assert_eq!(encodes, MAX_LIVE_EXPOSITIONS as u64);
+        let shared = encoder.encode(false).await.unwrap();
+        assert_eq!(encoder.encodes(), encodes);
+        assert_eq!(shared.text.as_ptr(), held.last().unwrap().text.as_ptr());
+        drop(held);
+        drop(shared);
+        encoder.encode(false).await.unwrap();
+        assert_eq!(encoder.encodes(), encodes + 1);
     }
 
     #[test]
