@@ -459,6 +459,10 @@ impl Running {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
