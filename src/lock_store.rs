@@ -61,6 +61,11 @@ pub struct Operation(u16);
 impl Operation {
     pub const UNNAMED: Operation = Operation(0);
     pub const OVERFLOW: Operation = Operation(1);
+
+    /// Dense from 0: `unknown`, `other`, then the values in the order they were first seen.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
 }
 
 /// The counters of one `smartlock_id` label value, and how many series it holds in all.
@@ -278,7 +283,12 @@ impl LockStore {
         if self.take(&mut counters.series, 1) {
             let mut entry = new();
             *value(&mut entry) = 1;
-            list(counters).push(entry);
+            let list = list(counters);
+            if list.is_empty() {
+                // Most locks keep one series per list: room for one, not the default four.
+                list.reserve_exact(1);
+            }
+            list.push(entry);
         }
     }
 
@@ -413,55 +423,63 @@ impl LockStore {
             ErrorCode::Missing => ("missing", "MISSING"),
         };
 
-        self.counter_family(out, &ERRORS, |out, id, counters| {
-            for &(operation, code, count) in &counters.errors {
-                let (code, name) = error_labels(code);
-                let labels = [
-                    ("error_code", code),
-                    ("error_name", name),
-                    ("operation", op(operation)),
-                    ("smartlock_id", id),
-                ];
-                sample(out, ERRORS.name, &labels, Value::Int(count as i64));
-            }
-        });
-        self.counter_family(out, &OPERATIONS, |out, id, counters| {
-            for &(operation, count) in &counters.operations {
-                let labels = [("operation", op(operation)), ("smartlock_id", id)];
-                sample(out, OPERATIONS.name, &labels, Value::Int(count as i64));
-            }
-        });
-        self.counter_family(out, &ACTIVITY, |out, id, counters| {
-            for &(action, state, count) in &counters.activity {
-                let labels = [
-                    ("action", action.map_or("missing", LogAction::label)),
-                    (
-                        "completion_state",
-                        state.map_or("missing", CompletionState::label),
-                    ),
-                    ("smartlock_id", id),
-                ];
-                sample(out, ACTIVITY.name, &labels, Value::Int(count as i64));
-            }
-        });
-        let status_gauge = |family: &'static Family, field: fn(&LockStatus) -> Option<i64>| {
-            move |out: &mut Vec<u8>, id: &str, row: &LockRow| {
-                if let Some(value) = field(&row.status) {
-                    sample(out, family.name, &[("smartlock_id", id)], Value::Int(value));
+        self.counter_family(
+            out,
+            &ERRORS,
+            |c| !c.errors.is_empty(),
+            |out, id, counters| {
+                for &(operation, code, count) in &counters.errors {
+                    let (code, name) = error_labels(code);
+                    let labels = [
+                        ("error_code", code),
+                        ("error_name", name),
+                        ("operation", op(operation)),
+                        ("smartlock_id", id),
+                    ];
+                    sample(out, ERRORS.name, &labels, Value::Int(count as i64));
                 }
-            }
+            },
+        );
+        self.counter_family(
+            out,
+            &OPERATIONS,
+            |c| !c.operations.is_empty(),
+            |out, id, counters| {
+                for &(operation, count) in &counters.operations {
+                    let labels = [("operation", op(operation)), ("smartlock_id", id)];
+                    sample(out, OPERATIONS.name, &labels, Value::Int(count as i64));
+                }
+            },
+        );
+        self.counter_family(
+            out,
+            &ACTIVITY,
+            |c| !c.activity.is_empty(),
+            |out, id, counters| {
+                for &(action, state, count) in &counters.activity {
+                    let labels = [
+                        ("action", action.map_or("missing", LogAction::label)),
+                        (
+                            "completion_state",
+                            state.map_or("missing", CompletionState::label),
+                        ),
+                        ("smartlock_id", id),
+                    ];
+                    sample(out, ACTIVITY.name, &labels, Value::Int(count as i64));
+                }
+            },
+        );
+        self.status_family(out, &BATTERY_CHARGE, |s| s.battery_charge_percent);
+        self.status_family(out, &BATTERY_CHARGING, |s| {
+            s.battery_charging.map(i64::from)
+        });
+        let any_critical = |row: &LockRow| {
+            let status = &row.status;
+            status.battery_critical.is_some()
+                || status.keypad_battery_critical.is_some()
+                || status.doorsensor_battery_critical.is_some()
         };
-        self.gauge_family(
-            out,
-            &BATTERY_CHARGE,
-            status_gauge(&BATTERY_CHARGE, |s| s.battery_charge_percent),
-        );
-        self.gauge_family(
-            out,
-            &BATTERY_CHARGING,
-            status_gauge(&BATTERY_CHARGING, |s| s.battery_charging.map(i64::from)),
-        );
-        self.gauge_family(out, &BATTERY_CRITICAL, |out, id, row| {
+        self.gauge_family(out, &BATTERY_CRITICAL, any_critical, |out, id, row| {
             let status = &row.status;
             let batteries = [
                 ("lock", status.battery_critical),
@@ -480,49 +498,47 @@ impl LockStore {
                 }
             }
         });
+        self.status_family(out, &DOOR_STATE, |s| s.door_state);
         self.gauge_family(
             out,
-            &DOOR_STATE,
-            status_gauge(&DOOR_STATE, |s| s.door_state),
+            &INFO,
+            |row| row.info.is_some(),
+            |out, id, row| {
+                if let Some(info) = &row.info {
+                    let labels = [
+                        (
+                            "device_type",
+                            info.device_type.as_deref().unwrap_or(UNNAMED),
+                        ),
+                        (
+                            "firmware_version",
+                            info.firmware_version.as_deref().unwrap_or(UNNAMED),
+                        ),
+                        ("name", info.name.as_deref().unwrap_or_default()),
+                        ("smartlock_id", id),
+                    ];
+                    sample(out, INFO.name, &labels, Value::Int(1));
+                }
+            },
         );
-        self.gauge_family(out, &INFO, |out, id, row| {
-            if let Some(info) = &row.info {
-                let labels = [
-                    (
-                        "device_type",
-                        info.device_type.as_deref().unwrap_or(UNNAMED),
-                    ),
-                    (
-                        "firmware_version",
-                        info.firmware_version.as_deref().unwrap_or(UNNAMED),
-                    ),
-                    ("name", info.name.as_deref().unwrap_or_default()),
-                    ("smartlock_id", id),
-                ];
-                sample(out, INFO.name, &labels, Value::Int(1));
-            }
-        });
-        self.gauge_family(out, &LAST_SEEN, |out, id, row| {
-            if let Some(seen) = row.last_seen {
-                sample(
-                    out,
-                    LAST_SEEN.name,
-                    &[("smartlock_id", id)],
-                    Value::Float(seen),
-                );
-            }
-        });
         self.gauge_family(
             out,
-            &LOCK_STATE,
-            status_gauge(&LOCK_STATE, |s| s.lock_state),
+            &LAST_SEEN,
+            |row| row.last_seen.is_some(),
+            |out, id, row| {
+                if let Some(seen) = row.last_seen {
+                    sample(
+                        out,
+                        LAST_SEEN.name,
+                        &[("smartlock_id", id)],
+                        Value::Float(seen),
+                    );
+                }
+            },
         );
-        self.gauge_family(out, &MODE, status_gauge(&MODE, |s| s.mode));
-        self.gauge_family(
-            out,
-            &SERVER_STATE,
-            status_gauge(&SERVER_STATE, |s| s.server_state),
-        );
+        self.status_family(out, &LOCK_STATE, |s| s.lock_state);
+        self.status_family(out, &MODE, |s| s.mode);
+        self.status_family(out, &SERVER_STATE, |s| s.server_state);
         self.last_size.store(out.len() - start, Ordering::Relaxed);
     }
 
@@ -531,33 +547,68 @@ impl LockStore {
         &self,
         out: &mut Vec<u8>,
         family: &Family,
+        has: impl Fn(&Counters) -> bool,
         mut write: impl FnMut(&mut Vec<u8>, &str, &Counters),
     ) {
         self.family(out, family, |out| {
-            self.each_row(out, |out, id, row| write(out, id, &row.counters));
+            self.each_row(
+                out,
+                |row| has(&row.counters),
+                |out, id, row| write(out, id, &row.counters),
+            );
             let shared = locked(&self.shared);
-            write(out, OVERFLOW, &shared.overflow);
-            write(out, UNNAMED, &shared.unnamed);
+            for (id, counters) in [(OVERFLOW, &shared.overflow), (UNNAMED, &shared.unnamed)] {
+                if has(counters) {
+                    write(out, id, counters);
+                }
+            }
         });
+    }
+
+    /// Writes a gauge family of one state field.
+    fn status_family(
+        &self,
+        out: &mut Vec<u8>,
+        family: &Family,
+        field: impl Fn(&LockStatus) -> Option<i64>,
+    ) {
+        self.gauge_family(
+            out,
+            family,
+            |row| field(&row.status).is_some(),
+            |out, id, row| {
+                if let Some(value) = field(&row.status) {
+                    sample(out, family.name, &[("smartlock_id", id)], Value::Int(value));
+                }
+            },
+        );
     }
 
     fn gauge_family(
         &self,
         out: &mut Vec<u8>,
         family: &Family,
+        has: impl Fn(&LockRow) -> bool,
         write: impl FnMut(&mut Vec<u8>, &str, &LockRow),
     ) {
-        self.family(out, family, |out| self.each_row(out, write));
+        self.family(out, family, |out| self.each_row(out, has, write));
     }
 
-    /// Calls `write` for every tracked lock with its `smartlock_id` label value, one shard
-    /// held at a time.
-    fn each_row(&self, out: &mut Vec<u8>, mut write: impl FnMut(&mut Vec<u8>, &str, &LockRow)) {
+    /// Calls `write` for every tracked lock that `has` series of the family, with its
+    /// `smartlock_id` label value, one shard held at a time.
+    fn each_row(
+        &self,
+        out: &mut Vec<u8>,
+        has: impl Fn(&LockRow) -> bool,
+        mut write: impl FnMut(&mut Vec<u8>, &str, &LockRow),
+    ) {
         let mut label = itoa::Buffer::new();
         for shard in self.shards.iter() {
             let shard = locked(shard);
             for (&id, row) in &shard.locks {
-                write(out, label.format(id), row);
+                if has(row) {
+                    write(out, label.format(id), row);
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::{PoisonError, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::lock::{KnownLock, LockEvent, LockStatus};
@@ -85,6 +85,8 @@ pub struct Metrics {
     open_connections: IntGaugeVec,
     /// Device `feature` values, bounded apart from the API `type` values that the store interns.
     features: BoundedSet,
+    /// `received{source="api"}` by operation index: no label hashing per webhook.
+    received_api: RwLock<Vec<Option<IntCounter>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,6 +218,7 @@ impl Metrics {
                 capacity: limits.max_operations,
                 values: RwLock::new(HashSet::new()),
             },
+            received_api: RwLock::default(),
             label_overflow,
             registry,
         };
@@ -294,7 +297,7 @@ impl Metrics {
 
     fn record_api(&self, api: &ApiWebhook, now: f64) {
         let (operation, label) = self.store.operation(api.operation.as_deref());
-        self.received.with_label_values(&["api", label]).inc();
+        self.received_api(operation.index(), label).inc();
         for result in &api.results {
             let failure = match result.outcome {
                 Outcome::Failure(code) => Some(code),
@@ -303,6 +306,28 @@ impl Metrics {
             self.store
                 .count_result(result.smartlock_id, operation, failure, now);
         }
+    }
+
+    /// The `received{source="api"}` counter of the operation at `index`, labelled `label`.
+    fn received_api(&self, index: usize, label: &str) -> IntCounter {
+        let cached = self
+            .received_api
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(Some(counter)) = cached.get(index) {
+            return counter.clone();
+        }
+        drop(cached);
+        let mut cached = self
+            .received_api
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cached.len() <= index {
+            cached.resize(index + 1, None);
+        }
+        cached[index]
+            .get_or_insert_with(|| self.received.with_label_values(&["api", label]))
+            .clone()
     }
 
     fn record_device(&self, device: &DeviceWebhook, now: f64) {
