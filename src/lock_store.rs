@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use prometheus::{IntCounter, IntGauge};
+use smallvec::SmallVec;
 
 use crate::catalogue;
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
@@ -69,25 +70,42 @@ impl Operation {
 }
 
 /// The counters of one `smartlock_id` label value, and how many series it holds in all.
+/// Most locks have one operation and one error code: those live in the row itself.
 #[derive(Debug, Default)]
 struct Counters {
     series: u32,
-    operations: Vec<(Operation, u64)>,
-    errors: Vec<(Operation, ErrorCode, u64)>,
+    operations: SmallVec<[(Operation, u64); 1]>,
+    errors: SmallVec<[(Operation, ErrorCode, u64); 1]>,
     activity: Vec<(Option<LogAction>, Option<CompletionState>, u64)>,
 }
 
-/// One tracked lock.
+/// One tracked lock: small, since counting an API result (the hot path) reads it.
 #[derive(Debug, Default)]
 struct LockRow {
-    /// Every state field some source reported, the newest value of each: a gauge each.
-    status: LockStatus,
-    info: Option<Box<LockInfo>>,
-    /// Unix time of the last event that reported state or info.
-    updated_at: Option<f64>,
     /// Unix time of the lock's last webhook: a lock only polled has no last-seen series.
     last_seen: Option<f64>,
     counters: Counters,
+    /// State and info, once some source reported them.
+    known: Option<Box<Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Every state field some source reported, the newest value of each: a gauge each.
+    status: LockStatus,
+    info: Option<LockInfo>,
+    /// Unix time of the last event that reported state or info.
+    updated_at: f64,
+}
+
+impl LockRow {
+    fn status(&self) -> Option<&LockStatus> {
+        self.known.as_ref().map(|known| &known.status)
+    }
+
+    fn info(&self) -> Option<&LockInfo> {
+        self.known.as_ref().and_then(|known| known.info.as_ref())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -268,10 +286,10 @@ impl LockStore {
 
     /// Adds 1 to the series `matches` finds in one of `counters`' lists, creating it at 0 first
     /// if the budget has room.
-    fn increment<T>(
+    fn increment<L: std::ops::DerefMut<Target = [T]> + Extend<T>, T>(
         &self,
         counters: &mut Counters,
-        list: impl Fn(&mut Counters) -> &mut Vec<T>,
+        list: impl Fn(&mut Counters) -> &mut L,
         matches: impl Fn(&T) -> bool,
         new: impl FnOnce() -> T,
         value: impl Fn(&mut T) -> &mut u64,
@@ -283,12 +301,7 @@ impl LockStore {
         if self.take(&mut counters.series, 1) {
             let mut entry = new();
             *value(&mut entry) = 1;
-            let list = list(counters);
-            if list.is_empty() {
-                // Most locks keep one series per list: room for one, not the default four.
-                list.reserve_exact(1);
-            }
-            list.push(entry);
+            list(counters).extend([entry]);
         }
     }
 
@@ -342,21 +355,24 @@ impl LockStore {
                         store.seen(row, now);
                     }
                     LockEvent::Status(status) => {
-                        let mut merged = row.status;
+                        let known = row.known.get_or_insert_default();
+                        let mut merged = known.status;
                         merged.merge(status);
-                        let added = gauge_series(&merged) - gauge_series(&row.status);
+                        let added = gauge_series(&merged) - gauge_series(&known.status);
                         if store.take(&mut row.counters.series, added) {
-                            row.status = merged;
+                            known.status = merged;
                         } else {
-                            row.status.merge(&reported_where_known(&row.status, status));
+                            let update = reported_where_known(&known.status, status);
+                            known.status.merge(&update);
                         }
-                        row.updated_at = Some(now);
+                        known.updated_at = now;
                     }
                     LockEvent::Info(info) => {
-                        if row.info.is_some() || store.take(&mut row.counters.series, 1) {
-                            row.info = Some(Box::new(bounded_info(info)));
+                        let known = row.known.get_or_insert_default();
+                        if known.info.is_some() || store.take(&mut row.counters.series, 1) {
+                            known.info = Some(bounded_info(info));
                         }
-                        row.updated_at = Some(now);
+                        known.updated_at = now;
                     }
                     LockEvent::Removed => {}
                 }
@@ -380,11 +396,11 @@ impl LockStore {
         for shard in self.shards.iter() {
             let shard = locked(shard);
             known.extend(shard.locks.iter().filter_map(|(&smartlock_id, row)| {
-                row.updated_at.map(|updated_at| KnownLock {
+                row.known.as_ref().map(|known| KnownLock {
                     smartlock_id,
-                    status: row.status,
-                    info: row.info.as_deref().cloned(),
-                    updated_at: Some(updated_at),
+                    status: known.status,
+                    info: known.info.clone(),
+                    updated_at: Some(known.updated_at),
                 })
             }));
         }
@@ -474,13 +490,14 @@ impl LockStore {
             s.battery_charging.map(i64::from)
         });
         let any_critical = |row: &LockRow| {
-            let status = &row.status;
-            status.battery_critical.is_some()
-                || status.keypad_battery_critical.is_some()
-                || status.doorsensor_battery_critical.is_some()
+            row.status().is_some_and(|status| {
+                status.battery_critical.is_some()
+                    || status.keypad_battery_critical.is_some()
+                    || status.doorsensor_battery_critical.is_some()
+            })
         };
         self.gauge_family(out, &BATTERY_CRITICAL, any_critical, |out, id, row| {
-            let status = &row.status;
+            let Some(status) = row.status() else { return };
             let batteries = [
                 ("lock", status.battery_critical),
                 ("keypad", status.keypad_battery_critical),
@@ -502,9 +519,9 @@ impl LockStore {
         self.gauge_family(
             out,
             &INFO,
-            |row| row.info.is_some(),
+            |row| row.info().is_some(),
             |out, id, row| {
-                if let Some(info) = &row.info {
+                if let Some(info) = row.info() {
                     let labels = [
                         (
                             "device_type",
@@ -575,9 +592,9 @@ impl LockStore {
         self.gauge_family(
             out,
             family,
-            |row| field(&row.status).is_some(),
+            |row| row.status().and_then(&field).is_some(),
             |out, id, row| {
-                if let Some(value) = field(&row.status) {
+                if let Some(value) = row.status().and_then(&field) {
                     sample(out, family.name, &[("smartlock_id", id)], Value::Int(value));
                 }
             },
