@@ -157,6 +157,7 @@ async fn a_cardinality_attack_and_stalled_readers_stay_under_the_memory_bound() 
     let scraper = exporter.scrape_throughout(Arc::clone(&done));
     exporter.post_all(cardinality_attack(), 8).await;
     let after_attack = exporter.rss_kib();
+    eprintln!("RSS after the cardinality attack: {after_attack} KiB");
     done.store(true, Ordering::Relaxed);
     assert!(scraper.await.unwrap() > 0);
     assert!(
@@ -247,6 +248,7 @@ async fn lock_names_of_65_kb_are_cut_and_memory_stays_bounded() {
             .iter()
             .all(|(labels, _)| labels["name"] == "N".repeat(128))
     );
+    eprintln!("exposition with 10,000 cut names: {} bytes", scrape.0.len());
     assert!(scrape.0.len() < 10_000 * 400, "{} bytes", scrape.0.len());
     exporter.running.terminate();
 }
