@@ -17,6 +17,12 @@ use nuki_exporter::signature::{HEADER, sign};
 const RSS_BOUND_KIB: u64 = 256 * 1024;
 /// What `/metrics` must answer within, throughout.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(1);
+/// Concurrent senders: enough to keep the exporter's webhook thread busy.
+const SENDERS: usize = 4;
+
+/// The flooding tests take turns: two debug-build exporters flooded at once on a 2-core
+/// machine would measure each other.
+static FLOOD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Exporter {
     running: Running,
@@ -111,7 +117,7 @@ impl Exporter {
                     .unwrap_or_else(|_| panic!("scrape {scrapes} took over {SCRAPE_DEADLINE:?}"));
                 assert_eq!(status, 200, "scrape {scrapes}");
                 scrapes += 1;
-                let pause = Duration::from_millis(100).saturating_sub(started.elapsed());
+                let pause = Duration::from_millis(250).saturating_sub(started.elapsed());
                 tokio::time::sleep(pause).await; // pacing, not synchronisation
             }
             scrapes
@@ -152,10 +158,11 @@ fn cardinality_attack() -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cardinality_attack_and_stalled_readers_stay_under_the_memory_bound() {
+    let _turn = FLOOD.lock().await;
     let exporter = Exporter::start(true);
     let done = Arc::new(AtomicBool::new(false));
     let scraper = exporter.scrape_throughout(Arc::clone(&done));
-    exporter.post_all(cardinality_attack(), 8).await;
+    exporter.post_all(cardinality_attack(), SENDERS).await;
     let after_attack = exporter.rss_kib();
     eprintln!("RSS after the cardinality attack: {after_attack} KiB");
     done.store(true, Ordering::Relaxed);
@@ -224,6 +231,7 @@ async fn a_cardinality_attack_and_stalled_readers_stay_under_the_memory_bound() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_names_of_65_kb_are_cut_and_memory_stays_bounded() {
+    let _turn = FLOOD.lock().await;
     let exporter = Exporter::start(false);
     let name = "N".repeat(65_000);
     let bodies = (0..10_000u64)
@@ -234,7 +242,7 @@ async fn lock_names_of_65_kb_are_cut_and_memory_stays_bounded() {
         .collect();
     let done = Arc::new(AtomicBool::new(false));
     let scraper = exporter.scrape_throughout(Arc::clone(&done));
-    exporter.post_all(bodies, 8).await;
+    exporter.post_all(bodies, SENDERS).await;
     done.store(true, Ordering::Relaxed);
     assert!(scraper.await.unwrap() > 0);
     let rss = exporter.rss_kib();
