@@ -127,7 +127,7 @@ enum Slot<'s> {
 }
 
 pub struct LockStore {
-    budget: Limits,
+    limits: Limits,
     overflow: Overflow,
     shards: Box<[Mutex<Shard>]>,
     shared: Mutex<SharedRows>,
@@ -144,7 +144,7 @@ pub struct LockStore {
 impl std::fmt::Debug for LockStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockStore")
-            .field("budget", &self.budget)
+            .field("limits", &self.limits)
             .field("locks", &self.locks)
             .field("series", &self.series)
             .finish_non_exhaustive()
@@ -156,9 +156,9 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LockStore {
-    pub fn new(budget: Limits, overflow: Overflow) -> Self {
+    pub fn new(limits: Limits, overflow: Overflow) -> Self {
         Self {
-            budget,
+            limits,
             overflow,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shared: Mutex::default(),
@@ -179,6 +179,7 @@ impl LockStore {
         let Some(value) = value else {
             return (Operation::UNNAMED, UNNAMED);
         };
+        // A scan: at most `max_operations` (64) short names, no slower than hashing the value.
         let find = |names: &[Box<str>]| names[2..].iter().position(|n| **n == *value);
         let names = self
             .operations
@@ -195,7 +196,7 @@ impl LockStore {
         if let Some(index) = find(&names) {
             return (Operation(index as u16 + 2), value);
         }
-        let room = names.len() - 2 < self.budget.max_operations.min(usize::from(u16::MAX) - 2);
+        let room = names.len() - 2 < self.limits.max_operations.min(usize::from(u16::MAX) - 2);
         if value.len() <= MAX_OPERATION_LEN && room {
             names.push(value.into());
             return (Operation(names.len() as u16 - 1), value);
@@ -209,12 +210,12 @@ impl LockStore {
         if count == 0 {
             return true;
         }
-        let per_lock = self.budget.max_series_per_lock;
+        let per_lock = self.limits.max_series_per_lock;
         let fits = (*held + count) as usize <= per_lock
             && self
                 .series
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                    (held + count as usize <= self.budget.max_series)
+                    (held + count as usize <= self.limits.max_series)
                         .then_some(held + count as usize)
                 })
                 .is_ok();
@@ -327,7 +328,7 @@ impl LockStore {
         let admitted = self
             .locks
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |locks| {
-                (locks < self.budget.max_smartlocks).then_some(locks + 1)
+                (locks < self.limits.max_smartlocks).then_some(locks + 1)
             });
         match admitted {
             Ok(before) => {
