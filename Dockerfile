@@ -6,8 +6,8 @@
 #   docker build -t nuki-exporter:local .
 #   docker run --rm -p 10180:10180 -p 10181:10181 nuki-exporter:local
 #
-# Pin the distroless base by digest in production (gcr.io/distroless/cc-debian12:nonroot@sha256:...);
-# distroless publishes no version tags.
+# distroless publishes no version tags, so the base is pinned by digest: a rebuild gets the bytes
+# that were reviewed. To update: docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
 
 FROM rust:1.95.0-slim-bookworm AS builder
 WORKDIR /build
@@ -21,14 +21,18 @@ RUN mkdir src \
 COPY src ./src
 RUN touch src/*.rs \
  && cargo build --release --locked --bin nuki-exporter \
- && cp target/release/nuki-exporter /nuki-exporter
+ && cp target/release/nuki-exporter /nuki-exporter \
+ && mkdir /state
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 LABEL org.opencontainers.image.title="nuki-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Nuki smart-lock fleets (Nuki Web API webhooks)" \
       org.opencontainers.image.source="https://github.com/nuki-exporter/nuki-exporter" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /nuki-exporter /usr/local/bin/nuki-exporter
+# The state file's directory (state.file), owned by the exporter's user so that a volume
+# mounted here starts writable.
+COPY --from=builder --chown=nonroot:nonroot /state /var/lib/nuki-exporter
 USER nonroot:nonroot
 # 10180: webhook listener (POST /webhook), 10181: metrics listener (GET /metrics)
 EXPOSE 10180 10181

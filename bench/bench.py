@@ -178,9 +178,10 @@ def derive(r):
         seconds = w["duration_us"] / 1e6
         r["rps"] = w["requests"] / seconds
         r["latency_us"] = w["latency_us"]
-        cpu_s = r["cpu_ticks"] / r["clk_tck"]
-        r["cpu_util"] = cpu_s / seconds
-        r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
+        if "cpu_ticks" in r:
+            cpu_s = r["cpu_ticks"] / r["clk_tck"]
+            r["cpu_util"] = cpu_s / seconds
+            r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
         if r.get("client_cpu_s") is not None:
             r["client_cpu_util"] = r["client_cpu_s"] / seconds
         if "server_core_busy_ticks" in r:
@@ -298,34 +299,70 @@ def load_section(records, out):
     return rows
 
 
+def relay_section(records, out):
+    """Relay mode: the application directly, the exporter alone, the exporter relaying to it."""
+    runs = [r for r in records if r["stage"] == "relay"]
+    if not runs:
+        return None
+    out.append("### Relay mode: the application directly, and behind the exporter\n")
+    out.append("The application is the bare hyper baseline (reads the body, answers 204). `direct`: wrk to "
+               "the application; `exporter`: wrk to an exporter answering by itself; `relay`: wrk to an "
+               "exporter with forward.url pointing at the application. Exporter and application share "
+               "core 0; CPU µs/req adds up both. `wrk -t1 -c64`, 1 entry per webhook, modes interleaved.\n")
+    out.append("| pair | mode | req/s | CPU µs/req | p50 ms | p99 ms |")
+    out.append("|---:|---|---:|---:|---:|---:|")
+    for r in runs:
+        out.append("| %d | %s | %s | %.1f | %s | %s |" % (
+            r["pair"], r["mode"], "{:,.0f}".format(r["rps"]), r["cpu_us_per_req"],
+            ms(r["latency_us"]["p50"]), ms(r["latency_us"]["p99"])))
+    med = {}
+    for mode in ("direct", "exporter", "relay"):
+        rows = [r for r in runs if r["mode"] == mode]
+        med[mode] = {
+            "rps": statistics.median(r["rps"] for r in rows),
+            "cpu": statistics.median(r["cpu_us_per_req"] for r in rows),
+            "p50": statistics.median(r["latency_us"]["p50"] for r in rows),
+            "p99": statistics.median(r["latency_us"]["p99"] for r in rows),
+        }
+    out.append("")
+    out.append("| median | req/s | CPU µs/req | p50 ms | p99 ms |")
+    out.append("|---|---:|---:|---:|---:|")
+    for mode, m in med.items():
+        out.append("| %s | %s | %.1f | %s | %s |" % (mode, "{:,.0f}".format(m["rps"]), m["cpu"], ms(m["p50"]), ms(m["p99"])))
+    d, e, r = med["direct"], med["exporter"], med["relay"]
+    single = [x for x in records if x["stage"] == "relay_latency"]
+    if single:
+        out.append("")
+        out.append("One connection, one webhook at a time (no queueing): the hop's own latency.\n")
+        out.append("| mode | req/s | p50 ms | p90 ms | p99 ms |")
+        out.append("|---|---:|---:|---:|---:|")
+        for mode in ("direct", "relay"):
+            rows = [x["wrk"] for x in single if x["mode"] == mode]
+            rate = statistics.median(w["requests"] / (w["duration_us"] / 1e6) for w in rows)
+            lat = {q: statistics.median(w["latency_us"][q] for w in rows) for q in ("p50", "p90", "p99")}
+            med[mode + "_single"] = lat
+            out.append("| %s | %s | %s | %s | %s |" % (mode, "{:,.0f}".format(rate), ms(lat["p50"]),
+                                                      ms(lat["p90"]), ms(lat["p99"])))
+    out.append("")
+    out.append("Relaying costs %.1f µs of CPU per webhook over the exporter answering by itself (the "
+               "hop: one more HTTP exchange on loopback plus the application's own %.1f µs), %.1f µs "
+               "over the application alone; p50 latency %s ms behind the exporter against %s ms "
+               "direct (+%s ms), p99 %s against %s ms.\n" % (
+                   r["cpu"] - e["cpu"], d["cpu"], r["cpu"] - d["cpu"], ms(r["p50"]), ms(d["p50"]),
+                   ms(r["p50"] - d["p50"]), ms(r["p99"]), ms(d["p99"])))
+    if "relay_single" in med:
+        out.append("Unloaded, the relay adds %s ms to the median webhook (%s ms against %s ms direct).\n" % (
+            ms(med["relay_single"]["p50"] - med["direct_single"]["p50"]), ms(med["relay_single"]["p50"]),
+            ms(med["direct_single"]["p50"])))
+    return med
+
+
 def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def cmd_report(args):
-    records = [derive(r) for r in load(args.records)]
-    meta = next((r for r in records if r["stage"] == "meta"), {})
-    out = ["## nuki-exporter benchmark results (%s)\n" % meta.get("mode", "full")]
-    out.append("- date: %s; commit %s%s; host: %s, %s CPUs" % (
-        meta.get("date", "?"), meta.get("commit", "?"), " (working tree modified)" if meta.get("dirty") else "",
-        meta.get("cpu", "?"), meta.get("cpus", "?")))
-    out.append("- load average before measuring: %s; after: %s" % (
-        meta.get("load_before", "?"), next((r["load"] for r in records if r["stage"] == "end"), "?")))
-    out.append("- wrk %s, rustc %s; server on CPU %s, wrk and scraper on CPU %s; baseline builder %s; session autogroup nice %s" % (
-        meta.get("wrk_version", "?"), meta.get("rustc", "?"), meta.get("server_cpu", "?"), meta.get("client_cpu", "?"),
-        meta.get("baseline_builder", "?"), meta.get("nice", 0)))
-    busy = [r["busy_before_pct"] for r in records if r.get("busy_before_pct") is not None]
-    others = [max(r.get("server_core_other") or 0, r.get("client_core_other") or 0)
-              for r in records if r["stage"] == "throughput"]
-    if busy:
-        out.append("- machine busy in the second before each measured step: at most %d%% (median %d%%)%s" % (
-            max(busy), statistics.median(busy),
-            "; other processes during the throughput runs: at most %.0f%% of a core" % (max(others) * 100) if others else ""))
-    out.append("")
-    summary = throughput_section(records, out)
-    scrapes = scrape_section(records, out)
-    loaded = load_section(records, out)
-
+def targets_section(summary, scrapes, loaded, out):
+    """The issue 9 targets against the measured numbers."""
     out.append("### Targets (issue 9)\n")
     out.append("| target | measured | |")
     out.append("|---|---|---|")
@@ -359,6 +396,36 @@ def cmd_report(args):
                 "{:,}".format(r["series"]), r["bytes_per_series_filled"], r["bytes_per_series_after"],
                 verdict(per <= 256)))
     out.append("")
+
+
+def cmd_report(args):
+    records = [derive(r) for r in load(args.records)]
+    meta = next((r for r in records if r["stage"] == "meta"), {})
+    out = ["## nuki-exporter benchmark results (%s)\n" % meta.get("mode", "full")]
+    out.append("- date: %s; commit %s%s; host: %s, %s CPUs" % (
+        meta.get("date", "?"), meta.get("commit", "?"), " (working tree modified)" if meta.get("dirty") else "",
+        meta.get("cpu", "?"), meta.get("cpus", "?")))
+    out.append("- load average before measuring: %s; after: %s" % (
+        meta.get("load_before", "?"), next((r["load"] for r in records if r["stage"] == "end"), "?")))
+    out.append("- wrk %s, rustc %s; server on CPU %s, wrk and scraper on CPU %s; baseline builder %s; session autogroup nice %s" % (
+        meta.get("wrk_version", "?"), meta.get("rustc", "?"), meta.get("server_cpu", "?"), meta.get("client_cpu", "?"),
+        meta.get("baseline_builder", "?"), meta.get("nice", 0)))
+    busy = [r["busy_before_pct"] for r in records if r.get("busy_before_pct") is not None]
+    others = [max(r.get("server_core_other") or 0, r.get("client_core_other") or 0)
+              for r in records if r["stage"] == "throughput"]
+    if busy:
+        out.append("- machine busy in the second before each measured step: at most %d%% (median %d%%)%s" % (
+            max(busy), statistics.median(busy),
+            "; other processes during the throughput runs: at most %.0f%% of a core" % (max(others) * 100) if others else ""))
+    out.append("")
+    staged = {r["stage"] for r in records}
+    summary = throughput_section(records, out) if "throughput" in staged else []
+    scrapes = scrape_section(records, out) if "scrape" in staged else []
+    loaded = load_section(records, out) if "scrape_under_load" in staged else []
+    relay_section(records, out)
+
+    if summary:
+        targets_section(summary, scrapes, loaded, out)
     text = "\n".join(out)
     print(text)
     if args.out:

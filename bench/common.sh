@@ -95,9 +95,12 @@ wait_http() {
     return 1
 }
 
-# start_exporter WEBHOOK_PORT METRICS_PORT MAX_SMARTLOCKS: sets EXPORTER_PID.
+# start_exporter WEBHOOK_PORT METRICS_PORT MAX_SMARTLOCKS [FORWARD_URL]: sets EXPORTER_PID.
+# With FORWARD_URL, the exporter relays every webhook there (forward.url).
 start_exporter() {
-    local webhook_port=$1 metrics_port=$2 max_smartlocks=$3
+    local webhook_port=$1 metrics_port=$2 max_smartlocks=$3 forward=()
+    [[ -n ${4:-} ]] && forward=("NUKI_EXPORTER_FORWARD__URL=$4")
+    env "${forward[@]}" \
     NUKI_EXPORTER_WEBHOOK__LISTEN=127.0.0.1:$webhook_port \
     NUKI_EXPORTER_METRICS__LISTEN=127.0.0.1:$metrics_port \
     NUKI_EXPORTER_WEBHOOK__SECRETS="[$SECRET]" \
@@ -174,14 +177,15 @@ quiet_check() {
 }
 
 # run_wrk OUTFILE URL DATAFILE DURATION_S [MAX_RESPONSES]: wrk on the client CPU, one thread,
-# 64 connections. Leaves wrk's output in OUTFILE and its CPU seconds (user+sys) in WRK_CPU_S.
+# 64 connections (WRK_CONNECTIONS). Leaves wrk's output in OUTFILE and its CPU seconds (user+sys)
+# in WRK_CPU_S.
 run_wrk() {
     local outfile=$1 url=$2 datafile=$3 duration=$4 max=${5:-0}
     local timefile="$outfile.time"
     local timer=()
     [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -o "$timefile" -f "%U %S")
     WEBHOOKS_FILE=$datafile WEBHOOKS_MAX=$max \
-        "${timer[@]}" "${ON_CLIENT_CPU[@]}" wrk -t1 -c64 -d"${duration}s" --timeout 10s \
+        "${timer[@]}" "${ON_CLIENT_CPU[@]}" wrk -t1 -c"${WRK_CONNECTIONS:-64}" -d"${duration}s" --timeout 10s \
         -s "$BENCH/webhooks.lua" "$url" >"$outfile" 2>&1 || die "wrk failed: $(tail -3 "$outfile")"
     WRK_CPU_S=null
     [[ -s $timefile ]] && WRK_CPU_S=$(tail -1 "$timefile" | awk '{ printf "%.2f", $1 + $2 }')

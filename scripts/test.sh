@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property, HTTP and end-to-end tests, and
-# the benchmark's and soak's smoke modes. Installs the Debian packages the tests drive (promtool,
-# Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time) when they are missing.
+# the smoke modes of the benchmark, the Web API benchmark and the soak. Installs the Debian packages
+# the tests drive (promtool, Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time, kubectl,
+# python3-venv, Caddy, busybox) when they are missing, and kubernetes-validate from PyPI into
+# target/kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,14 @@ have docker-compose || missing+=(docker-compose)
 have wrk || missing+=(wrk)
 have curl || missing+=(curl)
 [ -x /usr/bin/time ] || missing+=(time)
+# kubectl kustomize renders deploy/kubernetes (needs kubectl 1.21+, kustomize v4+).
+have kubectl || missing+=(kubernetes-client)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The compose stack's TLS front (caddy validate, a real Caddy in front of the exporter) and its
+# preflight check (busybox sh, as in the container; setpriv runs it as nobody).
+have caddy || missing+=(caddy)
+have busybox || missing+=(busybox)
+have setpriv || missing+=(util-linux)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo=""
@@ -21,8 +31,17 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# tests/kubernetes.rs validates every rendered object against the Kubernetes schemas.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+validate=target/kubernetes-validate/bin/kubernetes-validate
+if ! "$validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+  python3 -m venv target/kubernetes-validate
+  target/kubernetes-validate/bin/pip install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 bench/run --smoke
+bench/web_api --smoke
 bench/soak --smoke

@@ -1,4 +1,5 @@
-//! The exporter's own HTTP client: the demo fleet's sender and the container health check.
+//! The exporter's own HTTP clients: the demo fleet's sender, the container health check and the
+//! Nuki Bridge poller.
 
 use std::time::Duration;
 
@@ -8,9 +9,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// The plain-HTTP client of [`new`].
+pub type PlainClient = Client<HttpConnector, Full<Bytes>>;
+
 /// A plain-HTTP client with connection reuse.
-pub fn new() -> Client<HttpConnector, Full<Bytes>> {
+pub fn new() -> PlainClient {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A plain-HTTP client that opens a connection per request: for a Nuki Bridge, which serves
+/// one connection at a time and drops idle ones.
+pub fn without_keep_alive() -> PlainClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
 }
 
 /// Asks `url` once, within five seconds: `Ok` for a 200.

@@ -22,6 +22,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub server: ServerConfig,
+    pub forward: ForwardConfig,
+    pub api: ApiConfig,
+    pub state: StateConfig,
+    /// Nuki Bridges to poll (`[[bridges]]` tables); none by default.
+    pub bridges: Vec<BridgeConfig>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +175,243 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// The application behind the sidecar (`http://127.0.0.1:8080/nuki`): each webhook that
+    /// passes the signature check is relayed to it. Unset: no relay.
+    pub url: Option<String>,
+    /// Time the application has to answer a relayed webhook; slower ones get 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM file of CA certificates trusted for an `https` url, besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
+        }
+    }
+}
+
+/// How the exporter authenticates to a bridge (Bridge HTTP API §3.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// Encrypted, falling back to hashed when the bridge refuses it (firmware older than
+    /// 1.22.1 on a Bridge 1.0, 2.14.0 on a Bridge 2.0).
+    #[default]
+    Auto,
+    /// `ctoken` and `nonce`: the token encrypted with XSalsa20-Poly1305.
+    Encrypted,
+    /// `ts`, `rnr` and `hash`: SHA-256 of timestamp, random number and token.
+    Hashed,
+    /// `token=`: the token itself in the URL, readable by anyone on the network.
+    Plain,
+}
+
+/// One Nuki Bridge: a `[[bridges]]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The `bridge` label value.
+    pub name: String,
+    /// The bridge's address, `http://HOST:8080`.
+    pub url: String,
+    /// File holding the bridge's API token.
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub token_mode: TokenMode,
+    /// Time between two `/list` polls.
+    #[serde(
+        default = "BridgeConfig::default_poll_interval",
+        with = "humantime_serde"
+    )]
+    pub poll_interval: Duration,
+    /// Time between two `/info` requests (and checks of the callback registration).
+    #[serde(
+        default = "BridgeConfig::default_info_interval",
+        with = "humantime_serde"
+    )]
+    pub info_interval: Duration,
+    /// Least time between the end of one request to the bridge and the start of the next: the
+    /// bridge serves one request at a time and freezes when asked faster.
+    #[serde(
+        default = "BridgeConfig::default_request_spacing",
+        with = "humantime_serde"
+    )]
+    pub request_spacing: Duration,
+    /// Time one request may take.
+    #[serde(default = "BridgeConfig::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// This exporter's `POST /bridge/callback` URL as the bridge reaches it (`http://`); the
+    /// exporter keeps it registered with the bridge. Unset: polling only.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+impl BridgeConfig {
+    fn default_poll_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_info_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_request_spacing() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// A bridge with every optional key at its default.
+    pub fn new(name: &str, url: &str, token_file: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            token_file,
+            token_mode: TokenMode::default(),
+            poll_interval: Self::default_poll_interval(),
+            info_interval: Self::default_info_interval(),
+            request_spacing: Self::default_request_spacing(),
+            timeout: Self::default_timeout(),
+            callback_url: None,
+        }
+    }
+
+    /// The token, from `token_file` (trailing newline ignored).
+    pub fn read_token(&self) -> Result<String, ConfigError> {
+        let unreadable = |reason: String| ConfigError::BridgeTokenFile {
+            bridge: self.name.clone(),
+            path: self.token_file.clone(),
+            reason,
+        };
+        let content = std::fs::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
+        let token = std::str::from_utf8(content.trim_ascii())
+            .map_err(|_| unreadable("the token is not UTF-8 text".into()))?;
+        if token.is_empty() {
+            return Err(unreadable("the file is empty".into()));
+        }
+        Ok(token.to_owned())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| {
+            Err(ConfigError::Bridge {
+                bridge: self.name.clone(),
+                reason,
+            })
+        };
+        if self.name.is_empty() {
+            return invalid("name must not be empty".into());
+        }
+        let url: hyper::Uri = match self.url.parse() {
+            Ok(url) => url,
+            Err(e) => return invalid(format!("url: {e}")),
+        };
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            return invalid("url must be http://HOST:PORT (the Bridge API is plain HTTP)".into());
+        }
+        for (key, interval) in [
+            ("poll_interval", self.poll_interval),
+            ("info_interval", self.info_interval),
+            ("request_spacing", self.request_spacing),
+            ("timeout", self.timeout),
+        ] {
+            if interval.is_zero() {
+                return invalid(format!("{key} must be longer than 0s"));
+            }
+        }
+        if let Some(callback) = &self.callback_url {
+            // The bridge takes http:// callbacks of at most 254 characters, URL-encoded.
+            let encoded: String = form_urlencoded::byte_serialize(callback.as_bytes()).collect();
+            if !callback.starts_with("http://") || encoded.len() > 254 {
+                return invalid(
+                    "callback_url must be an http:// URL of at most 254 characters once URL-encoded"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Nuki Web API source: polled only when `token_file` is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// File holding a Nuki Web API token (API token or OAuth access token); unset: no polling.
+    pub token_file: Option<PathBuf>,
+    /// Base URL of the Web API.
+    pub url: String,
+    /// Time between two polls of `GET /smartlock`, and of delivery health.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Time one request may take, connecting included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The Advanced API key whose webhook delivery health is watched; unset: not watched.
+    pub advanced_key_id: Option<u32>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            url: "https://api.nuki.io".into(),
+            poll_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            advanced_key_id: None,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// The application's URL, when one is configured and usable.
+    pub fn upstream(&self) -> Result<Option<hyper::Uri>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Key {
+            key: "forward.url",
+            reason,
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(format!(
+                "{url:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+        Ok(Some(uri))
+    }
+}
+
+/// Last-known lock state kept across restarts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The state file; unset: nothing is kept.
+    pub file: Option<PathBuf>,
+    /// Time between two writes of the state file (it is also written at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub write_interval: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            write_interval: Duration::from_secs(15),
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -181,6 +423,16 @@ pub enum ConfigError {
     Key { key: &'static str, reason: String },
     #[error("webhook.secret_files: cannot read {path}: {reason}")]
     SecretFile { path: PathBuf, reason: String },
+    #[error("bridges (name {bridge:?}): {reason}")]
+    Bridge { bridge: String, reason: String },
+    #[error("bridges (name {bridge:?}) token_file: cannot read {path}: {reason}")]
+    BridgeTokenFile {
+        bridge: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(transparent)]
+    ApiToken(#[from] crate::nuki_api::TokenError),
 }
 
 impl Config {
@@ -192,15 +444,15 @@ impl Config {
     fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            // figment treats a missing file as empty; a named file must exist.
-            std::fs::metadata(path).map_err(|e| ConfigError::File {
+            // figment treats a missing file as empty; a named file must exist and be readable.
+            std::fs::read(path).map_err(|e| ConfigError::File {
                 path: path.to_owned(),
                 reason: e.to_string(),
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
         let config: Config = figment
-            .merge(env)
+            .merge(env.filter(|key| !is_service_link(key.as_str())))
             .extract()
             .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
         config.validate()?;
@@ -225,7 +477,21 @@ impl Config {
         if !self.webhook.path.starts_with('/') {
             return Err(key_error("webhook.path", "must start with '/'"));
         }
-        if ["/metrics", "/", "/-/healthy", "/-/ready"].contains(&self.webhook.path.as_str()) {
+        if !matchable_path(&self.webhook.path) {
+            return Err(key_error(
+                "webhook.path",
+                "can never match a request: use a plain URL path, without '?', '#', spaces or other characters a URL must escape",
+            ));
+        }
+        if [
+            "/metrics",
+            "/",
+            "/-/healthy",
+            "/-/ready",
+            crate::http::BRIDGE_CALLBACK_PATH,
+        ]
+        .contains(&self.webhook.path.as_str())
+        {
             return Err(key_error(
                 "webhook.path",
                 "must not be one of the exporter's own paths",
@@ -264,8 +530,40 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| key_error("log.level", &e.to_string()))?;
+        if !(self.api.url.starts_with("https://") || self.api.url.starts_with("http://"))
+            || self.api.url.parse::<hyper::Uri>().is_err()
+        {
+            return Err(key_error("api.url", "must be an http:// or https:// URL"));
+        }
+        if self.api.poll_interval.is_zero() {
+            return Err(key_error("api.poll_interval", "must be longer than 0s"));
+        }
+        if self.api.timeout.is_zero() {
+            return Err(key_error("api.timeout", "must be longer than 0s"));
+        }
+        if self.api.advanced_key_id.is_some() && self.api.token_file.is_none() {
+            return Err(key_error(
+                "api.advanced_key_id",
+                "needs api.token_file: delivery health is read from the Web API",
+            ));
+        }
+        if self.state.write_interval.is_zero() {
+            return Err(key_error("state.write_interval", "must be longer than 0s"));
+        }
+        self.forward.upstream()?;
+        if self.forward.timeout.is_zero() {
+            return Err(key_error("forward.timeout", "must be longer than 0s"));
+        }
+        validate_log_level(&self.log.level).map_err(|reason| key_error("log.level", &reason))?;
+        for (index, bridge) in self.bridges.iter().enumerate() {
+            bridge.validate()?;
+            if self.bridges[..index].iter().any(|b| b.name == bridge.name) {
+                return Err(ConfigError::Bridge {
+                    bridge: bridge.name.clone(),
+                    reason: "two bridges have this name".into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -295,6 +593,63 @@ impl Config {
     }
 }
 
+/// Whether a request path can equal `path`: hyper hands the handler the path as sent, so it
+/// must be a valid URL path that has no query or fragment.
+fn matchable_path(path: &str) -> bool {
+    path.parse::<hyper::http::uri::PathAndQuery>()
+        .is_ok_and(|parsed| parsed.as_str() == path && parsed.query().is_none())
+        && !path.contains('#')
+}
+
+/// A `tracing` filter reads a bare word as a target name (`warning` enables every level of a
+/// target called "warning", and so silences every line of the exporter): a bare word must be a
+/// level; anything else needs the `target=level` form.
+fn validate_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    for directive in level.split(',').map(str::trim) {
+        let bare_word = !directive.contains(['=', '[', ':']);
+        if bare_word && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {} or target=level directives",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an environment variable (after the `NUKI_EXPORTER_` prefix) is one Kubernetes
+/// injects for a Service whose name starts with `nuki-exporter`: `SERVICE_HOST`,
+/// `SERVICE_PORT[_NAME]`, `PORT`, `PORT_10180_TCP[_ADDR|_PORT|_PROTO]`, each possibly after the
+/// rest of the Service's name (`METRICS_SERVICE_HOST` for `nuki-exporter-metrics`). Every
+/// configuration key has a `__`, which Kubernetes cannot produce, so these are never keys.
+fn is_service_link(key: &str) -> bool {
+    // figment has already turned `__` into `.` when the filter runs.
+    if key.contains("__") || key.contains('.') {
+        return false;
+    }
+    let words: Vec<String> = key.split('_').map(str::to_ascii_uppercase).collect();
+    let is_link_tail = |tail: &[String]| match tail {
+        [service, host] => service == "SERVICE" && host == "HOST",
+        [service, port, ..] if service == "SERVICE" => port == "PORT",
+        [port] => port == "PORT",
+        [port, number, protocol, rest @ ..] => {
+            port == "PORT"
+                && !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && ["TCP", "UDP", "SCTP"].contains(&protocol.as_str())
+                && match rest {
+                    [] => true,
+                    [field] => ["ADDR", "PORT", "PROTO"].contains(&field.as_str()),
+                    _ => false,
+                }
+        }
+        _ => false,
+    };
+    (0..words.len()).any(|start| is_link_tail(&words[start..]))
+}
+
 /// figment errors can span several lines (one per nested error); start-up reports one line,
 /// naming each key in its configuration form and where the bad value came from.
 fn one_line(error: &figment::Error) -> String {
@@ -317,14 +672,29 @@ fn one_line(error: &figment::Error) -> String {
                     .unwrap_or_default(),
                 None => String::new(),
             };
+            let kind = without_snippets(&e.kind.to_string());
             if key.is_empty() {
-                format!("{}{origin}", e.kind)
+                format!("{kind}{origin}")
             } else {
-                format!("key {key}: {}{origin}", e.kind)
+                format!("key {key}: {kind}{origin}")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A TOML syntax error quotes the offending line under a gutter (`1 | [webhook`, `  |    ^`);
+/// the position and the explanation are kept, on one line.
+fn without_snippets(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            let gutter = line.trim_start_matches(|c: char| c.is_ascii_digit());
+            !line.is_empty() && !gutter.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
@@ -432,6 +802,122 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn kubernetes_service_variables_are_not_keys() {
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in [
+                ("NUKI_EXPORTER_SERVICE_HOST", "10.96.0.12"),
+                ("NUKI_EXPORTER_SERVICE_PORT", "10180"),
+                ("NUKI_EXPORTER_SERVICE_PORT_WEBHOOK", "10180"),
+                ("NUKI_EXPORTER_PORT", "tcp://10.96.0.12:10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP", "tcp://10.96.0.12:10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_PROTO", "tcp"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_PORT", "10180"),
+                ("NUKI_EXPORTER_PORT_10180_TCP_ADDR", "10.96.0.12"),
+                ("NUKI_EXPORTER_METRICS_SERVICE_HOST", "10.96.0.13"),
+                ("NUKI_EXPORTER_METRICS_PORT_10181_TCP_ADDR", "10.96.0.13"),
+                ("NUKI_EXPORTER_WEBHOOK__PATH", "/nuki"),
+            ] {
+                jail.set_env(key, value);
+            }
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.webhook.path, "/nuki");
+            // A key with one underscore where two belong is still a typo, not a service link.
+            jail.set_env("NUKI_EXPORTER_WEBHOOK_LISTEN", "0.0.0.0:1");
+            let typo = Config::load(None).unwrap_err().to_string();
+            assert!(typo.contains("NUKI_EXPORTER_WEBHOOK_LISTEN"), "{typo}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn service_link_shapes() {
+        for link in ["PORT_53_UDP", "SERVICE_PORT", "A_B_PORT_1_SCTP_PROTO"] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for key in [
+            "PORTS",
+            "PORT_X_TCP",
+            "PORT_1_TCP_HOST",
+            "SERVICE",
+            "WEBHOOK.PORT",
+            "LOG",
+        ] {
+            assert!(!is_service_link(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn log_levels_must_be_levels_or_target_directives() {
+        for level in ["warning", "inf", "info,warning"] {
+            let error = load_toml(&format!("[log]\nlevel = \"{level}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("log.level"), "{error}");
+            assert!(error.contains("is not a level"), "{error}");
+        }
+        for level in [
+            "WARN",
+            "off",
+            "info,nuki_exporter=debug",
+            "hyper[conn]=trace",
+        ] {
+            load_toml(&format!("[log]\nlevel = \"{level}\"\n"))
+                .unwrap_or_else(|e| panic!("{level}: {e}"));
+        }
+    }
+
+    #[test]
+    fn webhook_paths_that_never_match_are_refused() {
+        for path in ["/webhook?key=1", "/web#hook", "/web hook", "/webhook\\t"] {
+            let error = load_toml(&format!("[webhook]\npath = \"{path}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("can never match"), "{path}: {error}");
+        }
+        let config = load_toml("[webhook]\npath = \"/nuki/hooks-1.0/%41\"\n").unwrap();
+        assert_eq!(config.webhook.path, "/nuki/hooks-1.0/%41");
+    }
+
+    #[test]
+    fn toml_syntax_errors_and_unreadable_files_are_one_line() {
+        let syntax = load_toml("[webhook\nlisten = 1\n").unwrap_err().to_string();
+        assert!(!syntax.contains('\n'), "{syntax}");
+        assert!(syntax.contains("line 1"), "{syntax}");
+        assert!(syntax.contains("invalid table header"), "{syntax}");
+        let dir = tempfile::tempdir().unwrap();
+        let error = Config::load_from(
+            Some(dir.path()),
+            Env::prefixed("NUKI_EXPORTER_TEST_UNUSED_"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(
+            error.starts_with(&format!("configuration file {}:", dir.path().display())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn forward_url_must_be_an_http_or_https_url() {
+        let config = load_toml("[forward]\nurl = \"https://app.internal:8443/nuki\"\n").unwrap();
+        let upstream = config.forward.upstream().unwrap().unwrap();
+        assert_eq!(upstream.host(), Some("app.internal"));
+        assert_eq!(config.forward.timeout, Duration::from_secs(10));
+        for url in ["127.0.0.1:8080", "ftp://app/x", "http://", "/nuki"] {
+            let error = load_toml(&format!("[forward]\nurl = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("forward.url"), "{url}: {error}");
+        }
+        let zero = load_toml("[forward]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("forward.timeout"), "{zero}");
+    }
+
+    #[test]
     fn secrets_are_read_from_files_without_trailing_newline() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
@@ -475,6 +961,114 @@ mod tests {
         );
         config.webhook.secret_files.clear();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn bridges_are_tables_with_defaults_and_named_errors() {
+        let config = load_toml(
+            "[[bridges]]\nname = \"hall\"\nurl = \"http://192.168.1.20:8080\"\ntoken_file = \"/run/secrets/bridge\"\n\n[[bridges]]\nname = \"garage\"\nurl = \"http://bridge.lan:8080\"\ntoken_file = \"t\"\ntoken_mode = \"hashed\"\npoll_interval = \"1m\"\ncallback_url = \"http://192.168.1.5:10180/bridge/callback\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.bridges[0],
+            BridgeConfig::new(
+                "hall",
+                "http://192.168.1.20:8080",
+                PathBuf::from("/run/secrets/bridge")
+            )
+        );
+        assert_eq!(config.bridges[0].poll_interval, Duration::from_secs(30));
+        assert_eq!(config.bridges[0].token_mode, TokenMode::Auto);
+        assert_eq!(config.bridges[1].token_mode, TokenMode::Hashed);
+        assert_eq!(config.bridges[1].poll_interval, Duration::from_secs(60));
+
+        let bridge = "[[bridges]]\nname = \"hall\"\ntoken_file = \"t\"\n";
+        let refused = |extra: &str| {
+            load_toml(&format!("{bridge}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let unknown = refused("url = \"http://b:8080\"\ntoken = \"x\"\n");
+        assert!(unknown.contains("token"), "{unknown}");
+        let https = refused("url = \"https://b:8080\"\n");
+        assert!(
+            https.contains("hall") && https.contains("http://"),
+            "{https}"
+        );
+        let mode = refused("url = \"http://b:8080\"\ntoken_mode = \"clear\"\n");
+        assert!(mode.contains("token_mode"), "{mode}");
+        let callback = refused("url = \"http://b:8080\"\ncallback_url = \"https://me/cb\"\n");
+        assert!(callback.contains("callback_url"), "{callback}");
+        let twice = load_toml(&format!(
+            "{bridge}url = \"http://a:8080\"\n{bridge}url = \"http://b:8080\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("two bridges"), "{twice}");
+        let path = load_toml("[webhook]\npath = \"/bridge/callback\"\n").unwrap_err();
+        assert!(path.to_string().contains("webhook.path"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn bridges_can_come_from_the_environment_as_inline_tables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "NUKI_EXPORTER_BRIDGES",
+                r#"[{name="demo",url="http://demo:8080",token_file="/run/secrets/t",poll_interval="15s"}]"#,
+            );
+            let config = Config::load(None).unwrap();
+            let mut expected =
+                BridgeConfig::new("demo", "http://demo:8080", PathBuf::from("/run/secrets/t"));
+            expected.poll_interval = Duration::from_secs(15);
+            assert_eq!(config.bridges, [expected]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bridge_tokens_are_read_from_files_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "abc123\n").unwrap();
+        let bridge = BridgeConfig::new("hall", "http://b:8080", file.clone());
+        assert_eq!(bridge.read_token().unwrap(), "abc123");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = bridge.read_token().unwrap_err().to_string();
+        assert!(empty.contains("hall") && empty.contains("empty"), "{empty}");
+        let missing = BridgeConfig::new("hall", "http://b:8080", dir.path().join("missing"));
+        assert!(
+            missing
+                .read_token()
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+    }
+
+    #[test]
+    fn api_and_state_keys_load_and_are_checked() {
+        let config = load_toml(
+            "[api]\ntoken_file = \"/run/secrets/nuki_api_token\"\npoll_interval = \"30s\"\nadvanced_key_id = 12\n[state]\nfile = \"/var/lib/nuki-exporter/state.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.api.url, "https://api.nuki.io");
+        assert_eq!(config.api.poll_interval, Duration::from_secs(30));
+        assert_eq!(config.api.advanced_key_id, Some(12));
+        assert_eq!(
+            config.state.file.as_deref(),
+            Some(Path::new("/var/lib/nuki-exporter/state.json"))
+        );
+        let url = load_toml("[api]\nurl = \"api.nuki.io\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("api.url"), "{url}");
+        let orphan = load_toml("[api]\nadvanced_key_id = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(orphan.contains("api.token_file"), "{orphan}");
+        let unknown = load_toml("[api]\ntoken = \"x\"\n").unwrap_err().to_string();
+        assert!(unknown.contains("token"), "{unknown}");
     }
 
     #[test]

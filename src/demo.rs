@@ -2,8 +2,14 @@
 //! exporter, so a new user sees dashboards fill and alerts fire within minutes.
 //!
 //! The fleet is deterministic: two locks go unreachable (0xFF, then server state 4), one reports
-//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries.
+//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries. With
+//! `--bridge-listen` the demo also runs a simulated Nuki Bridge ([`bridge`]).
 
+pub mod bridge;
+mod simulated_api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +22,12 @@ use crate::signature::{HEADER, sign};
 /// What the demo sends, and where.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    pub target: hyper::Uri,
+    /// The exporter's webhook URL; no webhooks are sent without it.
+    pub target: Option<hyper::Uri>,
+    /// Where to serve the simulated Nuki Web API, if at all.
+    pub api_listen: Option<SocketAddr>,
+    /// Where to serve the simulated Nuki Bridge, if at all.
+    pub bridge_listen: Option<SocketAddr>,
     pub secret: Option<Vec<u8>>,
     pub locks: u64,
     pub interval: Duration,
@@ -53,35 +64,77 @@ fn low_voltage(index: u64) -> bool {
     index == 2
 }
 
+/// A lock's master data: kind, name, firmware.
+fn masterdata(index: u64) -> Value {
+    json!({
+        "type": if index % 5 == 4 { 2 } else { 4 },
+        "name": NAMES[(index as usize) % NAMES.len()], "firmwareVersion": 199175 + (index % 3),
+        "serverState": 0, "adminPinState": 0,
+    })
+}
+
+/// A lock's `state` object in a round (DEVICE_STATUS and the Web API's `Smartlock.state`).
+fn state(number: u64, index: u64) -> Value {
+    let battery = if low_voltage(index) {
+        8
+    } else {
+        100 - (number * 2 + index * 7) % 60
+    };
+    json!({
+        "mode": 2, "state": if number % 2 == 0 { 1 } else { 3 }, "trigger": 0,
+        "batteryCritical": low_voltage(index) && number >= 2, "batteryCharge": battery,
+        "keypadBatteryCritical": false, "doorsensorBatteryCritical": false,
+        "doorState": if number % 2 == 0 { 2 } else { 3 },
+    })
+}
+
+fn server_state(number: u64, index: u64, locks: u64) -> u8 {
+    if unreachable(index, locks) && number >= 1 {
+        4
+    } else {
+        0
+    }
+}
+
+/// Adds every field of `more` to the object `base`.
+fn merged(mut base: Value, more: Value) -> Value {
+    if let (Some(base), Value::Object(more)) = (base.as_object_mut(), more) {
+        base.extend(more);
+    }
+    base
+}
+
+/// `GET /smartlock` of the fleet in a round: what the Web API would list.
+pub fn smartlocks(number: u64, locks: u64) -> Vec<Value> {
+    (0..locks)
+        .map(|index| {
+            let lock = json!({
+                "smartlockId": lock_id(index), "accountId": 1, "authId": 1, "favorite": false,
+                "state": state(number, index),
+                "serverState": server_state(number, index, locks),
+            });
+            merged(masterdata(index), lock)
+        })
+        .collect()
+}
+
 /// Every webhook of one round. Round 0 also sends each lock's master data.
 pub fn round(number: u64, locks: u64) -> Vec<Value> {
     let mut webhooks = Vec::new();
     for index in 0..locks {
         let id = lock_id(index);
         if number == 0 {
-            webhooks.push(json!({
-                "feature": "DEVICE_MASTERDATA", "deleted": false, "smartlockId": id,
-                "type": if index % 5 == 4 { 2 } else { 4 },
-                "name": NAMES[(index as usize) % NAMES.len()], "firmwareVersion": 199175 + (index % 3),
-                "serverState": 0, "adminPinState": 0,
-            }));
+            webhooks.push(merged(
+                json!({"feature": "DEVICE_MASTERDATA", "deleted": false, "smartlockId": id}),
+                masterdata(index),
+            ));
             webhooks.push(json!({"feature": "DEVICE_CONFIG", "smartlockId": id, "config": {"keypadPaired": true}}));
         }
         let offline = unreachable(index, locks) && number >= 1;
-        let battery = if low_voltage(index) {
-            8
-        } else {
-            100 - (number * 2 + index * 7) % 60
-        };
         webhooks.push(json!({
             "feature": "DEVICE_STATUS", "smartlockId": id,
-            "state": {
-                "mode": 2, "state": if number % 2 == 0 { 1 } else { 3 }, "trigger": 0,
-                "batteryCritical": low_voltage(index) && number >= 2, "batteryCharge": battery,
-                "keypadBatteryCritical": false, "doorsensorBatteryCritical": false,
-                "doorState": if number % 2 == 0 { 2 } else { 3 },
-            },
-            "serverState": if offline { 4 } else { 0 },
+            "state": state(number, index),
+            "serverState": server_state(number, index, locks),
         }));
         let (success, error_code) = if offline {
             (false, Some("ff"))
@@ -137,44 +190,107 @@ pub fn round(number: u64, locks: u64) -> Vec<Value> {
     webhooks
 }
 
-/// Sends rounds of webhooks until `options.rounds` is reached (or forever).
+/// Plays rounds until `options.rounds` is reached (or forever): sends each round's webhooks to
+/// the target, and serves the fleet's state as a simulated Web API.
 pub async fn run(options: &DemoOptions) -> Result<(), String> {
+    let account = Arc::new(simulated_api::SimulatedAccount::new(options.locks));
+    if let Some(address) = options.api_listen {
+        simulated_api::serve(address, Arc::clone(&account)).await?;
+    }
+    let simulated_bridge = match options.bridge_listen {
+        Some(address) => Some(bridge::serve(address).await?),
+        None => None,
+    };
     let client = crate::client::new();
     let mut number = 0;
     loop {
-        let webhooks = round(number, options.locks);
-        let mut refused = 0;
-        for webhook in &webhooks {
-            let body = serde_json::to_vec(webhook).expect("JSON values serialise");
-            let mut request =
-                Request::post(options.target.clone()).header("content-type", "application/json");
-            if let Some(secret) = &options.secret {
-                request = request.header(HEADER, sign(secret, &body));
-            }
-            let request = request
-                .body(Full::new(Bytes::from(body)))
-                .expect("valid request");
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| format!("cannot reach {}: {e}", options.target))?;
-            if !response.status().is_success() {
-                refused += 1;
-                tracing::warn!(status = %response.status(), "the exporter refused a demo webhook");
-            }
+        if let Some(bridge) = &simulated_bridge {
+            call_back(&client, bridge, number).await;
         }
-        tracing::info!(
-            round = number,
-            sent = webhooks.len(),
-            refused,
-            "demo round sent"
-        );
+        account.set_round(number);
+        if let Some(target) = &options.target {
+            send_round(
+                &client,
+                target,
+                options.secret.as_deref(),
+                number,
+                options.locks,
+                &account,
+            )
+            .await?;
+        }
         number += 1;
         if options.rounds.is_some_and(|rounds| number >= rounds) {
             return Ok(());
         }
         tokio::time::sleep(options.interval).await;
     }
+}
+
+/// Moves the simulated bridge's devices to round `number` and POSTs their new state to every
+/// registered callback, as a bridge does on each change; a callback that fails is only logged.
+async fn call_back(
+    client: &crate::client::PlainClient,
+    bridge: &bridge::SimulatedBridge,
+    number: u64,
+) {
+    let bodies = bridge.advance(number);
+    for url in bridge.callback_urls() {
+        for body in &bodies {
+            let request = Request::post(url.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let Ok(request) = request else {
+                tracing::warn!(%url, "registered callback URL is not a valid URL");
+                break;
+            };
+            match client.request(request).await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => {
+                    tracing::warn!(%url, status = %response.status(), "bridge callback refused")
+                }
+                Err(error) => tracing::warn!(%url, %error, "bridge callback failed"),
+            }
+        }
+    }
+}
+
+async fn send_round(
+    client: &crate::client::PlainClient,
+    target: &hyper::Uri,
+    secret: Option<&[u8]>,
+    number: u64,
+    locks: u64,
+    account: &simulated_api::SimulatedAccount,
+) -> Result<(), String> {
+    let webhooks = round(number, locks);
+    let mut refused = 0;
+    for webhook in &webhooks {
+        let body = serde_json::to_vec(webhook).expect("JSON values serialise");
+        let mut request = Request::post(target.clone()).header("content-type", "application/json");
+        if let Some(secret) = secret {
+            request = request.header(HEADER, sign(secret, &body));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid request");
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("cannot reach {target}: {e}"))?;
+        account.delivered(Some(response.status().as_u16()));
+        if !response.status().is_success() {
+            refused += 1;
+            tracing::warn!(status = %response.status(), "the exporter refused a demo webhook");
+        }
+    }
+    tracing::info!(
+        round = number,
+        sent = webhooks.len(),
+        refused,
+        "demo round sent"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! HTTP request handling: routes, status codes, the body limit, and the webhook pipeline
 //! (read the body, check the signature, parse, record).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,11 +12,17 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::bridge_poller::CallbackSenders;
+use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
+use crate::reload::FileBacked;
 use crate::scrape::{self, EncoderThread};
 use crate::signature::{self, Verifier};
-use crate::source::webhook;
+use crate::source::{bridge, webhook};
 use crate::web::{Access, MetricsGuard};
+
+/// Where Nuki Bridges POST their lock-state callbacks, on the webhook listener.
+pub const BRIDGE_CALLBACK_PATH: &str = "/bridge/callback";
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,13 +46,19 @@ impl Role {
 #[derive(Debug)]
 pub struct App {
     pub metrics: Arc<Metrics>,
-    pub verifier: Verifier,
+    /// Rebuilt from `webhook.secret_files` on SIGHUP.
+    pub verifier: Arc<FileBacked<Verifier>>,
     pub webhook_path: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub guard: MetricsGuard,
+    /// Rebuilt from the metrics listener's files on SIGHUP.
+    pub guard: Arc<FileBacked<MetricsGuard>>,
+    /// The configured bridges' addresses: the callback route's guard.
+    pub bridges: Arc<CallbackSenders>,
     encoder: EncoderThread,
     ready: AtomicBool,
+    /// Relay mode: webhooks go on to the application, which answers the sender.
+    relay: Option<Relay>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -63,11 +76,12 @@ const LANDING_PAGE: &str = concat!(
 impl App {
     pub fn new(
         metrics: Arc<Metrics>,
-        verifier: Verifier,
+        verifier: Arc<FileBacked<Verifier>>,
         webhook_path: String,
         max_body_bytes: usize,
         request_timeout: Duration,
-        guard: MetricsGuard,
+        guard: Arc<FileBacked<MetricsGuard>>,
+        bridges: Arc<CallbackSenders>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
@@ -77,8 +91,15 @@ impl App {
             max_body_bytes,
             request_timeout,
             guard,
+            bridges,
             ready: AtomicBool::new(true),
+            relay: None,
         })
+    }
+
+    /// Relays every webhook that passes the signature check (`forward.url`).
+    pub fn with_relay(self, relay: Option<Relay>) -> Self {
+        Self { relay, ..self }
     }
 
     /// Turns `/-/ready` to 503: the exporter is shutting down.
@@ -86,13 +107,23 @@ impl App {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Answers one request on a listener with the given role, within `limits.request_timeout`.
-    pub async fn handle<B>(self: Arc<Self>, role: Role, request: Request<B>) -> HttpResponse
+    /// Answers one request from `peer` on a listener with the given role, within
+    /// `limits.request_timeout`.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        role: Role,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        match tokio::time::timeout(self.request_timeout, self.route(role, request)).await {
+        // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
+        // the application's answer.
+        let deadline =
+            self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
+        match tokio::time::timeout(deadline, self.route(role, peer, request)).await {
             Ok(response) => response,
             Err(_) => self.refuse(
                 RejectReason::Timeout,
@@ -102,7 +133,7 @@ impl App {
         }
     }
 
-    async fn route<B>(&self, role: Role, request: Request<B>) -> HttpResponse
+    async fn route<B>(&self, role: Role, peer: SocketAddr, request: Request<B>) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -117,6 +148,13 @@ impl App {
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
         }
+        if role.webhook && path == BRIDGE_CALLBACK_PATH && self.bridges.accepts_callbacks() {
+            if method == Method::POST {
+                return self.receive_bridge_callback(peer, request).await;
+            }
+            self.metrics.reject(RejectReason::Method);
+            return method_not_allowed("POST");
+        }
         match path {
             "/-/healthy" | "/-/ready" | "/metrics" | "/" if !readable => {
                 method_not_allowed("GET, HEAD")
@@ -124,26 +162,27 @@ impl App {
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-            "/metrics" | "/" if role.metrics => match self.guard.authorize(request.headers()).await
-            {
-                Access::Denied(challenge) => {
-                    let mut response = self.refuse(
-                        RejectReason::Unauthorized,
-                        StatusCode::UNAUTHORIZED,
-                        "Unauthorized.\n",
-                    );
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(challenge),
-                    );
-                    response
+            "/metrics" | "/" if role.metrics => {
+                match self.guard.current().authorize(request.headers()).await {
+                    Access::Denied(challenge) => {
+                        let mut response = self.refuse(
+                            RejectReason::Unauthorized,
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized.\n",
+                        );
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                        response
+                    }
+                    Access::Granted if path == "/metrics" => {
+                        self.serve_metrics(scrape::accepts_gzip(request.headers()))
+                            .await
+                    }
+                    Access::Granted => html(LANDING_PAGE),
                 }
-                Access::Granted if path == "/metrics" => {
-                    self.serve_metrics(scrape::accepts_gzip(request.headers()))
-                        .await
-                }
-                Access::Granted => html(LANDING_PAGE),
-            },
+            }
             _ => {
                 if role.webhook {
                     self.metrics.reject(RejectReason::NotFound);
@@ -177,47 +216,103 @@ impl App {
         }
     }
 
-    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    /// Reads a POST body within `limits.max_body_bytes`; the refusal to answer otherwise.
+    async fn read_body<B>(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: B,
+    ) -> Result<Bytes, HttpResponse>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let (parts, body) = request.into_parts();
         let declared_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return self.refuse(
+            return Err(self.refuse(
                 RejectReason::TooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Body too large.\n",
-            );
+            ));
         }
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => {
-                return self.refuse(
-                    RejectReason::TooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Body too large.\n",
-                );
-            }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<LengthLimitError>() => Err(self.refuse(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large.\n",
+            )),
             Err(error) => {
-                tracing::debug!(%error, "webhook body could not be read");
-                return self.refuse(
+                tracing::debug!(%error, "request body could not be read");
+                Err(self.refuse(
                     RejectReason::Malformed,
                     StatusCode::BAD_REQUEST,
                     "Body could not be read.\n",
-                );
+                ))
             }
+        }
+    }
+
+    /// A Nuki Bridge's lock-state callback. A bridge cannot sign what it sends: the sender's
+    /// address, which must be a configured bridge's, is the only check.
+    async fn receive_bridge_callback<B>(
+        &self,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(bridge) = self.bridges.sender(peer.ip()) else {
+            tracing::debug!(%peer, "bridge callback from an address that is no configured bridge's");
+            return self.refuse(
+                RejectReason::Forbidden,
+                StatusCode::FORBIDDEN,
+                "Not a configured bridge's address.\n",
+            );
+        };
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        match bridge::parse_callback(&body) {
+            Ok(report) => {
+                self.metrics
+                    .observe(report.smartlock_id, &report.events, unix_now());
+                bridge.callback_received();
+                text(StatusCode::OK, "OK.\n")
+            }
+            Err(error) => {
+                tracing::debug!(bridge = %bridge.name(), %error, "bridge callback refused");
+                self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Not a bridge callback.\n",
+                )
+            }
+        }
+    }
+
+    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
         };
         let signature = parts
             .headers
             .get(signature::HEADER)
             .map(HeaderValue::as_bytes);
-        if let Err(error) = self.verifier.verify(signature, &body) {
+        if let Err(error) = self.verifier.current().verify(signature, &body) {
             tracing::debug!(%error, "webhook signature refused");
             return self.refuse(
                 RejectReason::Signature,
@@ -225,18 +320,25 @@ impl App {
                 "Invalid signature.\n",
             );
         }
-        match webhook::parse(&body) {
-            Ok(webhook) => {
-                self.metrics.record(&webhook, unix_now());
-                Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(Full::default())
-                    .expect("static response")
-            }
+        let parsed = webhook::parse(&body);
+        match &parsed {
+            Ok(webhook) => self.metrics.record(webhook, unix_now()),
             Err(error) => {
                 // The parser's messages name a position or a field, never the body's content.
                 tracing::debug!(%error, "webhook refused");
                 self.metrics.reject(RejectReason::Malformed);
+            }
+        }
+        // A signed body the exporter cannot read is still Nuki's: the application decides.
+        if let Some(relay) = &self.relay {
+            return relay.forward(&parts, body).await;
+        }
+        match parsed {
+            Ok(_) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response"),
+            Err(error) => {
                 let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
                 *response.status_mut() = StatusCode::BAD_REQUEST;
                 response
@@ -255,7 +357,8 @@ impl App {
     }
 }
 
-fn unix_now() -> f64 {
+/// Now, in Unix seconds: the time the metrics facade stamps events with.
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

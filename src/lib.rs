@@ -1,22 +1,33 @@
-//! nuki-exporter: receives Nuki Web API webhooks, checks their signature, and serves what they
-//! report (error codes per lock, battery, lock and server state, activity log) as Prometheus
-//! metrics.
+//! nuki-exporter: receives Nuki Web API webhooks, checks their signature, polls the Nuki Web
+//! API, and serves what they report (error codes per lock, battery, lock and server state,
+//! activity log, webhook delivery health) as Prometheus metrics.
 //!
 //! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
 
+pub mod background;
+pub mod bridge_client;
+pub mod bridge_metrics;
+pub mod bridge_poller;
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod decentral_webhook;
 pub mod demo;
+pub mod forward;
 pub mod http;
 pub mod lock;
 pub mod lock_store;
 pub mod logging;
 pub mod metrics;
+pub mod nuki_api;
+pub mod poller;
+pub mod reload;
+mod request_progress;
 pub mod scrape;
 pub mod server;
 pub mod signature;
 pub mod source;
+pub mod state;
 pub mod web;
 pub mod write_deadline;
 

@@ -370,8 +370,12 @@ impl LockStore {
                     }
                     LockEvent::Info(info) => {
                         let known = row.known.get_or_insert_default();
-                        if known.info.is_some() || store.take(&mut row.counters.series, 1) {
-                            known.info = Some(bounded_info(info));
+                        match &mut known.info {
+                            Some(known_info) => known_info.merge(&bounded_info(info)),
+                            None if store.take(&mut row.counters.series, 1) => {
+                                known.info = Some(bounded_info(info));
+                            }
+                            None => {}
                         }
                         known.updated_at = now;
                     }
@@ -1154,5 +1158,30 @@ mod tests {
         let kept = store.known_locks()[0].info.clone().unwrap().name.unwrap();
         assert_eq!(kept, format!("a{}", "ä".repeat(63)));
         assert_eq!(kept.len(), 127);
+    }
+
+    #[test]
+    fn info_without_a_field_keeps_the_one_another_source_reported() {
+        let (store, _) = store(limits());
+        let web_api = LockInfo {
+            name: Some("Front door".into()),
+            device_type: Some("smartlock_3_4".into()),
+            firmware_version: Some("3.10.7".into()),
+        };
+        let bridge = LockInfo {
+            name: Some("Front".into()),
+            device_type: Some("smartlock_3_4".into()),
+            firmware_version: None,
+        };
+        store.observe(5, &[LockEvent::Info(web_api)], 1.0);
+        store.observe(5, &[LockEvent::Info(bridge)], 2.0);
+        let mut text = Vec::new();
+        store.encode_into(&mut text);
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("nuki_smartlock_info{device_type=\"smartlock_3_4\",firmware_version=\"3.10.7\",name=\"Front\",smartlock_id=\"5\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("nuki_smartlock_info{").count(), 1, "{text}");
     }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nuki_exporter::config::LogConfig;
+use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
+use nuki_exporter::nuki_api::NukiApi;
 use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, server};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
@@ -15,7 +17,7 @@ use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, server};
 #[command(version, about, long_about)]
 struct Cli {
     /// TOML configuration file.
-    #[arg(long = "config.file", value_name = "PATH")]
+    #[arg(long = "config.file", value_name = "PATH", global = true)]
     config_file: Option<PathBuf>,
     /// Validate the configuration (and read every file it names), then exit 0 or 1.
     #[arg(long = "check-config")]
@@ -33,16 +35,29 @@ enum Command {
         markdown: bool,
     },
     /// Simulate a small fleet: send signed webhooks of every kind to an exporter, with two
-    /// locks going unreachable (0xFF) and one reporting low voltage (0x4C).
+    /// locks going unreachable (0xFF) and one reporting low voltage (0x4C); with --api-listen,
+    /// also answer as a SIMULATED Nuki Web API (for the demo only) that the exporter can poll.
     Demo {
         /// Webhook URL of the exporter, e.g. http://127.0.0.1:10180/webhook.
-        #[arg(long, value_name = "URL")]
-        target: hyper::Uri,
+        #[arg(
+            long,
+            value_name = "URL",
+            required_unless_present_any = ["api_listen", "bridge_listen"]
+        )]
+        target: Option<hyper::Uri>,
+        /// Serve the fleet as a simulated Nuki Web API on this address (GET /smartlock, an
+        /// ACTIVE advanced key, the demo's deliveries as its webhook log).
+        #[arg(long = "api-listen", value_name = "ADDRESS")]
+        api_listen: Option<std::net::SocketAddr>,
+        /// Serve a simulated Nuki Bridge on this address (three locks and an Opener that call
+        /// back on every change; any token accepted), for a `[[bridges]]` table to poll.
+        #[arg(long = "bridge-listen", value_name = "ADDRESS")]
+        bridge_listen: Option<std::net::SocketAddr>,
         /// File holding the webhook secret to sign with; unsigned without it.
         #[arg(long = "secret-file", value_name = "PATH")]
         secret_file: Option<PathBuf>,
         /// Number of simulated locks.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         locks: u64,
         /// Time between rounds of webhooks.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -50,6 +65,12 @@ enum Command {
         /// Stop after this many rounds (default: run until interrupted).
         #[arg(long)]
         rounds: Option<u64>,
+    },
+    /// Register, list or delete Nuki decentral webhooks through the Nuki Web API (api.url, with
+    /// the token of api.token_file).
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
     },
     /// Exit 0 when the exporter at URL answers 200, 1 otherwise: the container health check of
     /// an image that has no shell or curl.
@@ -62,6 +83,28 @@ enum Command {
         )]
         url: hyper::Uri,
     },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// Register a webhook (PUT /api/decentralWebhook) and write the secret Nuki returns to a
+    /// file of mode 0600: the exporter's webhook.secret_files.
+    Register {
+        /// Where Nuki posts to: this exporter's webhook URL, as the internet reaches it.
+        #[arg(long, value_name = "https://…")]
+        url: String,
+        /// A feature to receive; repeat for several (default: DEVICE_STATUS, DEVICE_MASTERDATA,
+        /// DEVICE_LOGS, the ones the exporter reads).
+        #[arg(long = "feature", value_name = "FEATURE", value_parser = clap::builder::PossibleValuesParser::new(FEATURES))]
+        features: Vec<String>,
+        /// File to write the webhook secret to (created with mode 0600).
+        #[arg(long = "secret-file", value_name = "PATH")]
+        secret_file: PathBuf,
+    },
+    /// List the account's decentral webhooks: id, URL and features.
+    List,
+    /// Delete the decentral webhook with this id.
+    Delete { id: u32 },
 }
 
 fn main() -> ExitCode {
@@ -80,10 +123,12 @@ fn main() -> ExitCode {
         }
         Some(Command::Demo {
             target,
+            api_listen,
             secret_file,
             locks,
             interval,
             rounds,
+            bridge_listen,
         }) => {
             let secret = match secret_file.map(std::fs::read).transpose() {
                 Ok(secret) => secret.map(|s| s.trim_ascii_end().to_vec()),
@@ -91,13 +136,16 @@ fn main() -> ExitCode {
             };
             let options = demo::DemoOptions {
                 target,
+                api_listen,
                 secret,
                 locks,
                 interval,
                 rounds,
+                bridge_listen,
             };
             run_demo(&options)
         }
+        Some(Command::Webhook { action }) => run_webhook(cli.config_file, action),
         Some(Command::Healthcheck { url }) => match runtime().block_on(client::probe(&url)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
@@ -122,14 +170,72 @@ fn run_exporter(config_file: Option<PathBuf>, check_only: bool) -> ExitCode {
     }
     logging::init(&config.log);
     runtime().block_on(async {
+        let terminated = server::termination_signal();
         match Exporter::start(&config).await {
             Ok(exporter) => {
-                exporter.run_until(server::termination_signal()).await;
+                exporter.run_until(terminated).await;
                 ExitCode::SUCCESS
             }
             Err(error) => fail(&error),
         }
     })
+}
+
+fn run_webhook(config_file: Option<PathBuf>, action: WebhookAction) -> ExitCode {
+    let config = match Config::load(config_file.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return fail(&error),
+    };
+    let Some(token_file) = &config.api.token_file else {
+        return fail(
+            &"webhook: set api.token_file (in --config.file or NUKI_EXPORTER_API__TOKEN_FILE)",
+        );
+    };
+    logging::init(&config.log);
+    let api = match NukiApi::new(&config.api, token_file, None) {
+        Ok(api) => api,
+        Err(error) => return fail(&error),
+    };
+    let done = runtime().block_on(async {
+        match action {
+            WebhookAction::Register {
+                url,
+                features,
+                secret_file,
+            } => {
+                let features = if features.is_empty() {
+                    DEFAULT_FEATURES.map(String::from).to_vec()
+                } else {
+                    features
+                };
+                let id = decentral_webhook::register(&api, &url, &features, &secret_file).await?;
+                println!(
+                    "registered webhook {id} for {url} ({}); its secret is in {}",
+                    features.join(", "),
+                    secret_file.display()
+                );
+            }
+            WebhookAction::List => {
+                for webhook in decentral_webhook::list(&api).await? {
+                    let id = webhook.id.map(|id| id.to_string()).unwrap_or_default();
+                    println!(
+                        "{id}\t{}\t{}",
+                        webhook.webhook_url,
+                        webhook.webhook_features.join(",")
+                    );
+                }
+            }
+            WebhookAction::Delete { id } => {
+                decentral_webhook::delete(&api, id).await?;
+                println!("deleted webhook {id}");
+            }
+        }
+        Ok::<_, decentral_webhook::WebhookError>(())
+    });
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
 }
 
 fn run_demo(options: &demo::DemoOptions) -> ExitCode {

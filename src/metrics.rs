@@ -1,8 +1,12 @@
 //! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
 //! counter increments and gauge values. Nothing else touches a metric.
 
+mod web_api;
+
+pub use web_api::{Endpoint, WebApiMetrics};
+
 use std::collections::HashSet;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -27,10 +31,12 @@ pub enum RejectReason {
     NotFound,
     Timeout,
     Unauthorized,
+    /// A bridge callback from an address that is no configured bridge's.
+    Forbidden,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
@@ -38,6 +44,7 @@ impl RejectReason {
         Self::NotFound,
         Self::Timeout,
         Self::Unauthorized,
+        Self::Forbidden,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,6 +56,7 @@ impl RejectReason {
             Self::NotFound => "not_found",
             Self::Timeout => "timeout",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -59,7 +67,7 @@ impl RejectReason {
 pub enum ConnectionLimit {
     /// A new connection waited because the listener had `limits.max_connections` open.
     MaxConnections,
-    /// A connection was closed because its request headers did not arrive in time.
+    /// A client was cut off while still sending its request headers (not an idle keep-alive).
     HeaderReadTimeout,
 }
 
@@ -83,6 +91,8 @@ pub struct Metrics {
     label_overflow: IntCounterVec,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
+    /// Registered when the Web API is first polled: a webhook-only exporter has none of them.
+    web_api: OnceLock<WebApiMetrics>,
     /// Device `feature` values, bounded apart from the API `type` values that the store interns.
     features: BoundedSet,
     /// `received{source="api"}` by operation index: no label hashing per webhook.
@@ -191,7 +201,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener: a request too slow, or a response its client did not read in time), unauthorized (metrics listener credentials); malformed and too_large also count requests the HTTP layer refused on any listener (bad framing, 414, 431, an HTTP/2 preface).",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener: a request too slow, or a response its client did not read in time), unauthorized (metrics listener credentials), forbidden (bridge callback from an unknown address); malformed and too_large also count requests the HTTP layer refused on any listener (bad framing, 414, 431, an HTTP/2 preface).",
                 &["reason"],
             ),
             last_webhook: register(
@@ -205,7 +215,7 @@ impl Metrics {
             connection_limit_hits: counter_vec(
                 r,
                 "nuki_exporter_connection_limit_hits_total",
-                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a connection was closed because its request headers did not arrive in time).",
+                "Times a connection limit tripped: max_connections (a new connection had to wait for a free slot), header_read_timeout (a client was cut off while still sending request headers; idle keep-alive connections do not count).",
                 &["limit"],
             ),
             open_connections: gauge_vec(
@@ -214,6 +224,7 @@ impl Metrics {
                 "Open HTTP connections, by listener (webhook, metrics, or shared when both are on one port).",
                 &["listener"],
             ),
+            web_api: OnceLock::new(),
             features: BoundedSet {
                 capacity: limits.max_operations,
                 values: RwLock::new(HashSet::new()),
@@ -280,9 +291,16 @@ impl Metrics {
         self.open_connections.with_label_values(&[listener])
     }
 
-    /// The registry of the exporter's own metrics, for other parts (pollers) to register in.
+    /// The registry every metric of the exporter is in, for the parts that own metrics of their
+    /// own (the relay, the sources).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The Nuki Web API source's own metrics, registered on first use.
+    pub fn web_api(&self) -> &WebApiMetrics {
+        self.web_api
+            .get_or_init(|| WebApiMetrics::register(&self.registry))
     }
 
     /// The text exposition of every metric: the registry's, then the per-lock series.

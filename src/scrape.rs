@@ -12,6 +12,7 @@ use flate2::write::GzEncoder;
 use hyper::header::{ACCEPT_ENCODING, HeaderMap};
 use tokio::sync::oneshot;
 
+use crate::background::spawn_low_priority;
 use crate::metrics::Metrics;
 
 /// Smallest exposition worth compressing. Below one TCP segment's payload (1,448 bytes over
@@ -21,9 +22,6 @@ use crate::metrics::Metrics;
 /// each byte costs about 1 ns to compress and saves 0.75–0.93 of the 8 ns a byte takes on a
 /// 1 Gbit/s link (docs/benchmark.md).
 pub const GZIP_MIN_BYTES: usize = 1_448;
-
-/// The encoder's niceness: below the webhook threads, above idle.
-const ENCODER_NICENESS: libc::c_int = 10;
 
 /// Expositions that responses may hold at once. Past it (clients that do not read, each held
 /// up to `limits.request_timeout`), a scrape gets the newest of them instead of a new encode:
@@ -77,8 +75,8 @@ struct Request {
     gzip: bool,
 }
 
-/// Encodes `/metrics` on a thread of its own at a lower CPU priority, so that encoding a large
-/// exposition never takes CPU time from the threads that answer webhooks. Scrapes that arrive
+/// Encodes `/metrics` on a background thread of its own (see [`crate::background`]), so that
+/// encoding a large exposition never takes CPU time from the threads that answer webhooks. Scrapes that arrive
 /// while an encode runs wait for the next one, and all of them share it; a scrape whose
 /// client has gone by then is not encoded for. The thread ends when the last handle is dropped.
 #[derive(Clone, Debug)]
@@ -93,41 +91,38 @@ impl EncoderThread {
         let (requests, queue) = mpsc::channel::<Request>();
         let encodes = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&encodes);
-        std::thread::Builder::new()
-            .name("metrics-encoder".into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                let mut live: Vec<Weak<Encoded>> = Vec::new();
-                while let Ok(first) = queue.recv() {
-                    let waiting: Vec<Request> = std::iter::once(first)
-                        .chain(queue.try_iter())
-                        .filter(|request| !request.reply.is_closed())
-                        .collect();
-                    if waiting.is_empty() {
-                        continue;
-                    }
-                    live.retain(|encoded| encoded.strong_count() > 0);
-                    let newest_live = live.last().and_then(Weak::upgrade);
-                    let encoded = match newest_live {
-                        Some(encoded) if live.len() >= MAX_LIVE_EXPOSITIONS => encoded,
-                        _ => {
-                            counted.fetch_add(1, Ordering::Relaxed);
-                            let text = metrics.encode();
-                            let gzip = (waiting.iter().any(|request| request.gzip)
-                                && text.len() >= GZIP_MIN_BYTES)
-                                .then(|| compress(&text));
-                            let encoded = Arc::new(Encoded { text, gzip });
-                            live.push(Arc::downgrade(&encoded));
-                            encoded
-                        }
-                    };
-                    let exposition = Exposition::of(&encoded);
-                    drop(encoded);
-                    for request in waiting {
-                        let _ = request.reply.send(exposition.clone());
-                    }
+        spawn_low_priority("metrics-encoder", move || {
+            let mut live: Vec<Weak<Encoded>> = Vec::new();
+            while let Ok(first) = queue.recv() {
+                let waiting: Vec<Request> = std::iter::once(first)
+                    .chain(queue.try_iter())
+                    .filter(|request| !request.reply.is_closed())
+                    .collect();
+                if waiting.is_empty() {
+                    continue;
                 }
-            })?;
+                live.retain(|encoded| encoded.strong_count() > 0);
+                let newest_live = live.last().and_then(Weak::upgrade);
+                let encoded = match newest_live {
+                    Some(encoded) if live.len() >= MAX_LIVE_EXPOSITIONS => encoded,
+                    _ => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let text = metrics.encode();
+                        let gzip = (waiting.iter().any(|request| request.gzip)
+                            && text.len() >= GZIP_MIN_BYTES)
+                            .then(|| compress(&text));
+                        let encoded = Arc::new(Encoded { text, gzip });
+                        live.push(Arc::downgrade(&encoded));
+                        encoded
+                    }
+                };
+                let exposition = Exposition::of(&encoded);
+                drop(encoded);
+                for request in waiting {
+                    let _ = request.reply.send(exposition.clone());
+                }
+            }
+        })?;
         Ok(Self { requests, encodes })
     }
 
@@ -184,15 +179,6 @@ fn return_large_buffers_to_the_os() {
     }
 }
 
-/// Raises the calling thread's niceness (Linux gives each thread its own).
-fn lower_current_thread_priority() {
-    // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, ENCODER_NICENESS) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "metrics encoder keeps the default priority");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
@@ -237,7 +223,7 @@ mod tests {
             })
             .collect();
         assert!(
-            niceness.contains(&i64::from(ENCODER_NICENESS)),
+            niceness.contains(&i64::from(crate::background::BACKGROUND_NICENESS)),
             "{niceness:?}"
         );
     }

@@ -14,10 +14,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge_metrics::BridgeMetrics;
+use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
+use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
 use crate::metrics::{ConnectionLimit, Metrics, RejectReason};
+use crate::nuki_api::{ApiToken, NukiApi};
+use crate::poller::Poller;
+use crate::reload::{FileBacked, Reloader};
+use crate::request_progress::RequestProgress;
 use crate::signature::Verifier;
+use crate::state::{self, StateWriter};
 use crate::web::MetricsGuard;
 use crate::write_deadline::{self, DeadlineIo, WriteDeadline};
 use tokio_rustls::TlsAcceptor;
@@ -27,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot start the metrics encoder thread: {0}")]
+    #[error("cannot start a background thread: {0}")]
     Encoder(std::io::Error),
     #[error("cannot listen on {address} ({key}): {source}")]
     Bind {
@@ -44,19 +52,80 @@ pub struct Exporter {
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// Each bridge poller's stop signal and task.
+    bridges: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The Web API poller's stop signal and task.
+    poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The state file writer's: stopped last, it writes once more.
+    state_writer: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     shutdown_delay: Duration,
 }
 
 impl Exporter {
     /// Reads the secrets, binds the listeners and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let (verifier, guard) = check(config)?;
-        if !verifier.is_enabled() {
+        let Loaded {
+            verifier,
+            guard,
+            relay,
+        } = check(config)?;
+        if !verifier.current().is_enabled() {
             tracing::warn!(
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
             );
         }
         let metrics = Arc::new(Metrics::new(config.metric_limits()));
+        let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
+        let bridge_metrics = BridgeMetrics::new(metrics.registry());
+        let pollers = config
+            .bridges
+            .iter()
+            .map(|bridge| {
+                BridgePoller::new(
+                    bridge,
+                    Arc::clone(&metrics),
+                    &bridge_metrics,
+                    Arc::clone(&senders),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Restored before the listeners open: the first scrape already has the last-known state.
+        let restored = match &config.state.file {
+            Some(path) => state::restore(path, &metrics),
+            None => Vec::new(),
+        };
+        let poller = match &config.api.token_file {
+            Some(token_file) => {
+                let api = NukiApi::new(&config.api, token_file, Some(metrics.web_api().clone()))
+                    .map_err(crate::config::ConfigError::from)?;
+                let poller = Poller::new(
+                    api,
+                    Arc::clone(&metrics),
+                    config.api.poll_interval,
+                    config.api.advanced_key_id,
+                    restored,
+                )
+                .map_err(StartError::Encoder)?;
+                tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
+                Some(spawn_stoppable(|stop| poller.run(stop)))
+            }
+            None => None,
+        };
+        let state_writer = config.state.file.as_ref().map(|path| {
+            let writer = StateWriter {
+                path: path.clone(),
+                metrics: Arc::clone(&metrics),
+                interval: config.state.write_interval,
+            };
+            spawn_stoppable(|stop| writer.run(stop))
+        });
+        let mut reloader = Reloader::new(metrics.registry());
+        reloader.add(Arc::clone(&verifier));
+        reloader.add(Arc::clone(&guard));
+        if let Some(relay) = &relay {
+            relay.register(metrics.registry());
+            tracing::info!(upstream = ?config.forward.url, "relaying webhooks to the application");
+        }
         let app = Arc::new(
             App::new(
                 metrics,
@@ -65,8 +134,10 @@ impl Exporter {
                 config.limits.max_body_bytes,
                 config.limits.request_timeout,
                 guard,
+                senders,
             )
-            .map_err(StartError::Encoder)?,
+            .map_err(StartError::Encoder)?
+            .with_relay(relay),
         );
 
         let bind = |key, address| async move {
@@ -104,12 +175,14 @@ impl Exporter {
             address
         };
 
+        // Ends with the runtime; SIGHUP no longer terminates the process from here on, before
+        // "listening" is logged.
+        tokio::spawn(reloader.run_on_sighup());
         let acceptors = listeners
             .into_iter()
             .map(|(listener, role)| {
                 tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
                 let acceptor = Acceptor {
-                    tls: app.guard.tls().filter(|_| role.metrics).cloned(),
                     listener,
                     role,
                     app: Arc::clone(&app),
@@ -117,15 +190,23 @@ impl Exporter {
                     header_read_timeout: config.limits.header_read_timeout,
                     grace_period: config.server.shutdown_grace_period,
                 };
-                let (stop, stopped) = watch::channel(false);
-                (stop, tokio::spawn(acceptor.run(stopped)))
+                spawn_stoppable(|stopped| acceptor.run(stopped))
             })
             .collect();
+        let mut bridges = Vec::with_capacity(pollers.len());
+        for poller in pollers {
+            // Before polling starts: the bridge's callbacks are accepted from the first one.
+            poller.resolve_sender().await;
+            bridges.push(spawn_stoppable(|stop| poller.run(stop)));
+        }
         Ok(Self {
             webhook_addr,
             metrics_addr,
             app,
             acceptors,
+            bridges,
+            poller,
+            state_writer,
             shutdown_delay: config.server.shutdown_delay,
         })
     }
@@ -151,20 +232,39 @@ impl Exporter {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         self.app.set_not_ready();
+        stop(self.poller).await;
+        for bridge in self.bridges {
+            stop(Some(bridge)).await;
+        }
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
             let _ = stop.send(true);
             let _ = acceptor.await;
         }
+        stop(self.state_writer).await;
         tracing::info!("stopped");
+    }
+}
+
+/// Spawns a task that ends when its stop signal is sent.
+fn spawn_stoppable<F: Future<Output = ()> + Send + 'static>(
+    task: impl FnOnce(watch::Receiver<bool>) -> F,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    (stop, tokio::spawn(task(stopped)))
+}
+
+/// Stops a task of [`spawn_stoppable`] and waits for it to end.
+async fn stop(task: Option<(watch::Sender<bool>, JoinHandle<()>)>) {
+    if let Some((stop, task)) = task {
+        let _ = stop.send(true);
+        let _ = task.await;
     }
 }
 
 /// Accepts and serves the connections of one listener.
 struct Acceptor {
     listener: TcpListener,
-    /// Set when the listener serves HTTPS.
-    tls: Option<TlsAcceptor>,
     role: Role,
     app: Arc<App>,
     /// One permit per open connection: `limits.max_connections`.
@@ -200,7 +300,7 @@ impl Acceptor {
                 biased;
                 _ = stopped.changed() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(%error, "accepting a connection failed");
@@ -209,47 +309,69 @@ impl Acceptor {
                     }
                 },
             };
+            let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
             let deadline = Arc::new(WriteDeadline::default());
             let write_deadline = Arc::clone(&deadline);
-            let service = service_fn(move |request| {
+            // Read per connection: a reload may bring a new certificate.
+            let tls: Option<TlsAcceptor> = if self.role.metrics {
+                self.app.guard.current().tls().cloned()
+            } else {
+                None
+            };
+            let connection = ClientConnection {
+                peer,
+                https: tls.is_some(),
+            };
+            let service = service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(connection);
                 let (app, deadline) = (Arc::clone(&app), Arc::clone(&write_deadline));
                 async move {
-                    let response = Arc::clone(&app).handle(role, request).await;
+                    let response = Arc::clone(&app).handle(role, peer, request).await;
                     deadline.arm(app.request_timeout);
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
+            let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
             let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
             tokio::spawn(async move {
-                let served = match tls {
+                // The header-read timeout also ends idle keep-alive connections; only a client cut
+                // off while sending (a TLS handshake or a request) tripped the limit.
+                let (stream, started) = RequestProgress::new(stream);
+                let (served, request_started) = match tls {
                     None => {
                         let io = TokioIo::new(DeadlineIo::new(stream, deadline));
-                        watcher.watch(builder.serve_connection(io, service)).await
+                        let served = watcher.watch(builder.serve_connection(io, service)).await;
+                        (served, started)
                     }
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
+                                let (stream, request_started) = RequestProgress::new(stream);
                                 let io = TokioIo::new(DeadlineIo::new(stream, deadline));
-                                watcher.watch(builder.serve_connection(io, service)).await
+                                let served =
+                                    watcher.watch(builder.serve_connection(io, service)).await;
+                                (served, request_started)
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
-                                Ok(())
+                                (Ok(()), started)
                             }
                             Err(_) => {
-                                metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
-                                Ok(())
+                                if started.get() {
+                                    metrics
+                                        .connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                                }
+                                (Ok(()), started)
                             }
                         }
                     }
                 };
                 if let Err(error) = served {
-                    if error.is_timeout() {
+                    if error.is_timeout() && request_started.get() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
                     if let Some(reason) = refusal(&error) {
@@ -286,21 +408,59 @@ fn refusal(error: &hyper::Error) -> Option<RejectReason> {
     }
 }
 
-/// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens), as start-up and `--check-config` do.
-pub fn check(config: &Config) -> Result<(Verifier, MetricsGuard), crate::config::ConfigError> {
-    let secrets = config.read_secrets()?;
-    let guard = MetricsGuard::load(&config.metrics)?;
-    Ok((Verifier::new(&secrets), guard))
+/// What the files the configuration names hold.
+pub struct Loaded {
+    pub verifier: Arc<FileBacked<Verifier>>,
+    pub guard: Arc<FileBacked<MetricsGuard>>,
+    pub relay: Option<Relay>,
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// Reads every file the configuration names (webhook secrets, the web configuration, TLS
+/// certificate and key, bearer tokens, the relay's CA file, the Web API token, bridge tokens), as start-up
+/// and `--check-config` do.
+pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
+    for bridge in &config.bridges {
+        bridge.read_token()?;
+    }
+    let webhook = config.clone();
+    let verifier = FileBacked::load(
+        "webhook.secret_files",
+        config.webhook.secret_files.clone(),
+        move || Ok(Verifier::new(&webhook.read_secrets()?)),
+    )?;
+    let metrics = config.metrics.clone();
+    let guard = FileBacked::load(
+        "metrics",
+        config
+            .metrics
+            .web_config_file
+            .iter()
+            .chain(&config.metrics.bearer_token_files)
+            .cloned()
+            .collect(),
+        move || MetricsGuard::load(&metrics),
+    )?;
+    if let Some(token_file) = &config.api.token_file {
+        ApiToken::read(token_file)?;
+    }
+    Ok(Loaded {
+        verifier,
+        guard,
+        relay: Relay::new(&config.forward)?,
+    })
+}
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that arrives while the exporter starts is not lost (and does
+/// not kill the process the default way).
+pub fn termination_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

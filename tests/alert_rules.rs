@@ -11,6 +11,11 @@ use stack_support::*;
 
 const SEVERITIES: &[&str] = &["critical", "warning", "info"];
 
+/// Alerts on a state whose expression uses a counter window only as a condition (NukiWebhooksStalled:
+/// "did Nuki record deliveries in the last hour"), so they resolve with the state, without
+/// keep_firing_for.
+const WINDOW_ONLY_IN_A_CONDITION: &[&str] = &["NukiWebhooksStalled"];
+
 #[test]
 fn promtool_check_rules_accepts_the_rule_files() {
     let files = rule_files();
@@ -282,6 +287,17 @@ fn alert_rules_follow_the_conventions() {
                 ));
             }
         }
+        // event windows: a lock that keeps failing stays one incident
+        let windows = expr.range_windows("increase");
+        let event_window =
+            !windows.is_empty() && !WINDOW_ONLY_IN_A_CONDITION.contains(&name.as_str());
+        match (&rule.keep_firing_for, event_window) {
+            (None, true) => problem(format!(
+                "an event window ({windows:?}) needs keep_firing_for, or a lock failing every window fires and resolves every cycle"
+            )),
+            (Some(k), false) => problem(format!("keep_firing_for: {k} on a state alert")),
+            _ => {}
+        }
         if !expr.range_windows("rate").is_empty() {
             problem("use increase() with the first-error pattern instead of rate()".into());
         }
@@ -295,6 +311,9 @@ struct Coverage {
     silent: usize,
     two_replicas: bool,
     for_boundary: bool,
+    /// Firing, then silent one sample later, both evaluated between samples: the end of the window
+    /// where Prometheus 2 (closed range) and 3 (left-open range) agree.
+    fall_edge_between_samples: bool,
 }
 
 fn as_str(v: &serde_yaml_ng::Value) -> &str {
@@ -326,6 +345,8 @@ fn every_alert_has_unit_tests() {
         }
         let interval = minutes(doc["evaluation_interval"].as_str().unwrap_or("1m"));
         for test in doc["tests"].as_sequence().into_iter().flatten() {
+            let sample_interval = test["interval"].as_str().map_or(interval, minutes);
+            let between_samples = |at: f64| (at / sample_interval).fract().abs() > 1e-9;
             let instances: BTreeSet<String> = test["input_series"]
                 .as_sequence()
                 .into_iter()
@@ -389,15 +410,30 @@ fn every_alert_has_unit_tests() {
                 let boundary = list
                     .windows(2)
                     .any(|w| !w[0].1 && w[1].1 && (w[1].0 - w[0].0 - interval).abs() < 1e-9);
-                if boundary {
-                    coverage.entry(alert).or_default().for_boundary = true;
-                }
+                let fall_edge = list.windows(2).any(|w| {
+                    w[0].1
+                        && !w[1].1
+                        && between_samples(w[0].0)
+                        && between_samples(w[1].0)
+                        && w[1].0 - w[0].0 <= sample_interval + 1e-9
+                });
+                let entry = coverage.entry(alert).or_default();
+                entry.for_boundary |= boundary;
+                entry.fall_edge_between_samples |= fall_edge;
             }
         }
     }
 
-    for alert in rules.keys() {
+    for (alert, rule) in &rules {
         let c = coverage.remove(alert).unwrap_or_default();
+        let windowed = Promql::parse(&rule.expr)
+            .map(|e| !e.range_windows("increase").is_empty())
+            .unwrap_or(false);
+        if windowed && !c.fall_edge_between_samples {
+            problems.push(format!(
+                "{alert}: no test pins the end of its window between samples (firing, then silent one sample later, both off the sample grid; see window-edges.test.yml)"
+            ));
+        }
         if c.firing == 0 {
             problems.push(format!("{alert}: no unit test expects it to fire"));
         }
@@ -443,4 +479,76 @@ fn runbook_has_one_section_per_alert_and_no_stale_ones() {
             );
         }
     }
+}
+
+/// Runs one unit-test file of alerts/tests/ against a changed copy of the rules; returns promtool's
+/// output, and fails if promtool accepts it: the tests must catch the change.
+fn promtool_fails_with_changed_rules(test_file: &str, change: impl Fn(String) -> String) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = repo().join("alerts/nuki-exporter.rules.yml");
+    let original = read(&rules);
+    let changed = change(original.clone());
+    assert_ne!(changed, original, "the change must change the rules");
+    fs::write(dir.path().join("nuki-exporter.rules.yml"), changed).expect("write rules");
+    fs::create_dir(dir.path().join("tests")).expect("tests dir");
+    let test = dir.path().join("tests").join(test_file);
+    fs::copy(repo().join("alerts/tests").join(test_file), &test).expect("copy test");
+    let ran = run(Command::new(promtool()).arg("test").arg("rules").arg(&test));
+    let text = ran.output();
+    assert!(
+        !ran.ok && text.contains("FAILED"),
+        "{test_file} passed against the changed rules:\n{text}"
+    );
+    text
+}
+
+/// The new-series guard of Prometheus 2 days, `count_over_time(x[W]) < count_over_time(up[W])`,
+/// needs the sample exactly W ago, which Prometheus 3's left-open ranges drop: the alert ends one
+/// scrape early. Evaluated between samples, Prometheus 2 behaves the same way, so the window-edge
+/// tests must fail for it, for every windowed alert.
+#[test]
+fn window_edge_tests_catch_a_guard_that_needs_the_closed_range() {
+    let output = promtool_fails_with_changed_rules("window-edges.test.yml", |rules| {
+        [
+            ("20m", "15m"),
+            ("35m", "30m"),
+            ("1h5m", "1h"),
+            ("6h5m", "6h"),
+        ]
+        .iter()
+        .fold(rules, |rules, (guard, window)| {
+            let from = format!("count_over_time(up{{job=\"nuki-exporter\"}}[{guard}])");
+            assert!(rules.contains(&from), "no guard {from}");
+            rules.replace(
+                &from,
+                &format!("count_over_time(up{{job=\"nuki-exporter\"}}[{window}])"),
+            )
+        })
+    });
+    for rule in alert_rules() {
+        let windowed = Promql::parse(&rule.expr)
+            .map(|e| !e.range_windows("increase").is_empty())
+            .unwrap();
+        if windowed {
+            assert!(
+                output.contains(&format!("alertname: {}, time:", rule.alert)),
+                "no window-edge test of {} caught the closed-range guard:\n{output}",
+                rule.alert
+            );
+        }
+    }
+}
+
+/// Without keep_firing_for, a lock that fails every 20 minutes (window 15m) fires and resolves
+/// every cycle: the periodic-failure tests must fail.
+#[test]
+fn periodic_failure_tests_catch_a_rule_without_keep_firing_for() {
+    let output = promtool_fails_with_changed_rules("periodic-failures.test.yml", |rules| {
+        rules
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("keep_firing_for:"))
+            .map(|line| format!("{line}\n"))
+            .collect()
+    });
+    assert!(output.contains("ALERTS_FOR_STATE"), "{output}");
 }

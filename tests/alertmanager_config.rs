@@ -24,13 +24,9 @@ fn route(labels: &[(&str, &str)]) -> Vec<String> {
     for (k, v) in labels {
         command.arg(format!("{k}={v}"));
     }
-    let output = run(&mut command);
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+    let ran = run(&mut command);
+    assert!(ran.ok, "{command:?} failed: {}", ran.stderr);
+    ran.stdout
         .trim()
         .split(',')
         .map(|r| r.trim().to_string())
@@ -74,7 +70,7 @@ fn critical_alerts_page_and_warnings_do_not() {
 }
 
 #[test]
-fn the_pager_is_pagerduty_events_v2_with_a_key_file_and_groups_per_alert() {
+fn the_pager_is_pagerduty_events_v2_with_a_key_file_and_groups_per_lock_or_per_alert() {
     let doc = yaml(config());
     let receivers = doc["receivers"].as_sequence().expect("receivers");
     let pager = receivers
@@ -102,8 +98,28 @@ fn the_pager_is_pagerduty_events_v2_with_a_key_file_and_groups_per_alert() {
         .collect();
     assert!(
         group_by.contains(&"alertname") && group_by.contains(&"job"),
-        "{group_by:?}"
+        "fleet alerts: one notification per alert name and job, {group_by:?}"
     );
+    // per-lock alerts: one notification (one incident) per lock
+    let per_lock = doc["route"]["routes"]
+        .as_sequence()
+        .expect("routes")
+        .iter()
+        .find(|r| {
+            r["matchers"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|m| m.as_str() == Some("smartlock_id=~\".+\""))
+        })
+        .expect("a route for alerts with a smartlock_id");
+    let lock_group_by: Vec<&str> = per_lock["group_by"]
+        .as_sequence()
+        .expect("group_by of the per-lock route")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(lock_group_by, ["job", "smartlock_id"]);
 
     // the inhibition while the exporter is down must be scoped by job (without a shared label an
     // inhibit rule mutes everything it matches)
@@ -281,4 +297,230 @@ async fn inhibition_mutes_lock_alerts_while_the_exporter_is_down_and_unreachable
         expected.map(|(k, v)| (k.to_string(), v.to_string())),
         "NukiExporterDown must inhibit the other Nuki alerts of its job only"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// One problem, one notification: the shipped routing, grouping and inhibitions, counted at a sink
+
+/// `alertmanager_notifications_total` per integration (`webhook`, `pagerduty`).
+async fn notifications_sent(client: &reqwest::Client, am: &common::Alertmanager) -> (u64, u64) {
+    let text = client
+        .get(format!("{}/metrics", am.url()))
+        .send()
+        .await
+        .expect("GET metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let count = |integration: &str| {
+        common::Scrape(text.clone()).sum(
+            "alertmanager_notifications_total",
+            &[("integration", integration)],
+        ) as u64
+    };
+    (count("webhook"), count("pagerduty"))
+}
+
+/// Every alert of `alertname` in a notification body (webhook: `alerts[]`; PagerDuty: the
+/// description lists them).
+fn alertnames(body: &Value) -> Vec<String> {
+    match body["alerts"].as_array() {
+        Some(alerts) => alerts
+            .iter()
+            .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
+            .collect(),
+        None => vec![
+            body["payload"]["summary"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
+    let client = reqwest::Client::new();
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, "routing-key").unwrap();
+    let am = common::Alertmanager::start(
+        &shipped_alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let job = ("job", "nuki-exporter");
+    let problems = vec![
+        // low voltage: the voltage alert, the critical lock battery and the log's low_motor_voltage
+        alert(&[
+            ("alertname", "NukiSmartlockVoltageTooLow"),
+            job,
+            ("smartlock_id", "501"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockBatteryCritical"),
+            job,
+            ("smartlock_id", "501"),
+            ("battery", "lock"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockActivityLogFailures"),
+            job,
+            ("smartlock_id", "501"),
+            ("completion_state", "low_motor_voltage"),
+            ("severity", "warning"),
+        ]),
+        // a blocked motor: 0x42 and the log's motor_blocked
+        alert(&[
+            ("alertname", "NukiSmartlockMechanicalFailure"),
+            job,
+            ("smartlock_id", "502"),
+            ("error_code", "0x42"),
+            ("error_name", "K_ERROR_MOTOR_BLOCKED"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockActivityLogFailures"),
+            job,
+            ("smartlock_id", "502"),
+            ("completion_state", "motor_blocked"),
+            ("severity", "warning"),
+        ]),
+        // two locks offline (and unreachable): one page each
+        alert(&[
+            ("alertname", "NukiSmartlockOffline"),
+            job,
+            ("smartlock_id", "503"),
+            ("severity", "critical"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockUnreachable"),
+            job,
+            ("smartlock_id", "503"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockOffline"),
+            job,
+            ("smartlock_id", "504"),
+            ("severity", "critical"),
+        ]),
+        alert(&[
+            ("alertname", "NukiSmartlockUnreachable"),
+            job,
+            ("smartlock_id", "504"),
+            ("severity", "warning"),
+        ]),
+        // a bridge down stalls the webhooks
+        alert(&[
+            ("alertname", "NukiBridgeDown"),
+            job,
+            ("bridge", "hall"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiWebhooksStalled"),
+            job,
+            ("severity", "warning"),
+        ]),
+    ];
+    let posted = problems.len();
+    post(&client, &am, problems).await;
+    // every alert sits in its aggregation group, whose group_wait runs from now
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let groups: Value = client
+            .get(format!("{}/api/v2/alerts/groups", am.url()))
+            .send()
+            .await
+            .expect("GET groups")
+            .json()
+            .await
+            .expect("groups JSON");
+        let grouped: usize = groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["alerts"].as_array().map_or(0, Vec::len))
+            .sum();
+        if grouped == posted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alerts never grouped: {groups}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A marker in a group of its own, created after every other group: when its notification
+    // arrives, every earlier group's group_wait has ended and each has sent what it sends.
+    post(
+        &client,
+        &am,
+        vec![alert(&[
+            ("alertname", "NukiTestMarker"),
+            job,
+            ("severity", "warning"),
+        ])],
+    )
+    .await;
+    sink.wait_for(
+        "/alertmanager",
+        &["NukiTestMarker"],
+        Duration::from_secs(90),
+    )
+    .await;
+    // and nothing is still on its way: the sink has every notification Alertmanager counted
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = notifications_sent(&client, &am).await;
+        let received = (
+            sink.bodies("/alertmanager").len() as u64,
+            sink.bodies("/pagerduty").len() as u64,
+        );
+        if sent == received {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager sent {sent:?} (webhook, pagerduty), the sink received {received:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut chat: Vec<Vec<String>> = sink
+        .bodies("/alertmanager")
+        .iter()
+        .map(alertnames)
+        .collect();
+    chat.sort();
+    assert_eq!(
+        chat,
+        [
+            vec!["NukiBridgeDown"],
+            vec!["NukiSmartlockMechanicalFailure"],
+            vec!["NukiSmartlockVoltageTooLow"],
+            vec!["NukiTestMarker"],
+        ],
+        "one warning notification per problem, naming only the most specific alert"
+    );
+    let pages = sink.bodies("/pagerduty");
+    let mut paged: Vec<String> = pages
+        .iter()
+        .map(|p| p["payload"]["summary"].as_str().unwrap_or("").to_string())
+        .collect();
+    paged.sort();
+    assert_eq!(
+        paged,
+        [
+            "Smart lock 503: NukiSmartlockOffline: test. (1 firing)",
+            "Smart lock 504: NukiSmartlockOffline: test. (1 firing)",
+        ],
+        "one PagerDuty incident per offline lock"
+    );
+    let dedup: std::collections::BTreeSet<&str> = pages
+        .iter()
+        .filter_map(|p| p["dedup_key"].as_str())
+        .collect();
+    assert_eq!(dedup.len(), 2, "two incidents, not one: {pages:?}");
 }

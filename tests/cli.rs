@@ -4,18 +4,18 @@ mod common;
 
 use std::process::Command;
 
-use common::{Running, SECRET, exporter_command, fixture, run};
+use common::{Ran, Running, SECRET, exporter_command, fixture, run};
 use nuki_exporter::signature::{HEADER, sign};
 
 #[test]
 fn version_and_help() {
-    let (ok, stdout, _) = run(exporter_command().arg("--version"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("--version"));
     assert!(ok);
     assert_eq!(
         stdout.trim(),
         format!("nuki-exporter {}", env!("CARGO_PKG_VERSION"))
     );
-    let (ok, stdout, _) = run(exporter_command().arg("--help"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("--help"));
     assert!(ok);
     for flag in ["--config.file", "--check-config", "codes", "NUKI_EXPORTER_"] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
@@ -24,7 +24,7 @@ fn version_and_help() {
 
 #[test]
 fn codes_prints_the_catalogue() {
-    let (ok, stdout, _) = run(exporter_command().arg("codes"));
+    let Ran { ok, stdout, .. } = run(exporter_command().arg("codes"));
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "code\tname\tmeaning\tremediation");
@@ -34,7 +34,11 @@ fn codes_prints_the_catalogue() {
         *ff,
         "0xFF\tERROR_UNKNOWN\tDevice is most likely offline or not reachable.\tImplement a retry mechanism. Check if the smart lock is in an optimised network."
     );
-    let (ok, markdown, _) = run(exporter_command().args(["codes", "--markdown"]));
+    let Ran {
+        ok,
+        stdout: markdown,
+        ..
+    } = run(exporter_command().args(["codes", "--markdown"]));
     assert!(ok);
     assert!(markdown.contains("| `0x13` | `P_ERROR_MAX_USER` |"));
 }
@@ -55,7 +59,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
             secret.display()
         ),
     );
-    let (ok, stdout, _) = run(exporter_command()
+    let Ran { ok, stdout, .. } = run(exporter_command()
         .arg("--check-config")
         .arg("--config.file")
         .arg(&good));
@@ -112,7 +116,7 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         ),
     ];
     for (mut command, named) in cases {
-        let (ok, _, stderr) = run(&mut command);
+        let Ran { ok, stderr, .. } = run(&mut command);
         assert!(!ok, "{named}: accepted");
         assert_eq!(
             stderr.lines().count(),
@@ -132,7 +136,7 @@ fn shipped_example_configuration_is_valid() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nuki-exporter/config.toml"
     );
-    let (ok, stdout, stderr) = run(exporter_command()
+    let Ran { ok, stdout, stderr } = run(exporter_command()
         .args(["--check-config", "--config.file", example])
         .env(
             "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
@@ -140,7 +144,7 @@ fn shipped_example_configuration_is_valid() {
         ));
     assert!(ok, "{stdout}{stderr}");
     // Without the override, the example's secret file does not exist here: named, not ignored.
-    let (ok, _, stderr) =
+    let Ran { ok, stderr, .. } =
         run(exporter_command().args(["--check-config", "--config.file", example]));
     assert!(!ok);
     assert!(
@@ -151,30 +155,153 @@ fn shipped_example_configuration_is_valid() {
 
 #[test]
 fn bad_configuration_stops_start_up() {
-    let (ok, _, stderr) =
+    let Ran { ok, stderr, .. } =
         run(exporter_command().env("NUKI_EXPORTER_WEBHOOK__LISTEN", "not-an-address"));
     assert!(!ok);
     assert!(stderr.contains("webhook.listen"), "{stderr}");
 }
 
+#[test]
+fn starts_with_the_variables_kubernetes_injects_for_a_service_named_nuki_exporter() {
+    let mut command = exporter_command();
+    for (key, value) in [
+        ("NUKI_EXPORTER_SERVICE_HOST", "10.96.0.12"),
+        ("NUKI_EXPORTER_SERVICE_PORT", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_WEBHOOK", "10180"),
+        ("NUKI_EXPORTER_SERVICE_PORT_METRICS", "10181"),
+        ("NUKI_EXPORTER_PORT", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP", "tcp://10.96.0.12:10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PROTO", "tcp"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_PORT", "10180"),
+        ("NUKI_EXPORTER_PORT_10180_TCP_ADDR", "10.96.0.12"),
+        ("NUKI_EXPORTER_PORT_10181_TCP", "tcp://10.96.0.12:10181"),
+        ("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0"),
+        ("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.1:0"),
+    ] {
+        command.env(key, value);
+    }
+    let mut running = Running::spawn(&mut command);
+    let listening = running.wait_for("listening");
+    // stderr is a pipe here: no colour escapes in the text log.
+    assert!(!listening.contains('\x1b'), "{listening:?}");
+    let (clean, lines) = running.terminate();
+    assert!(clean, "exit status after SIGTERM:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn a_log_level_that_is_not_a_level_stops_start_up() {
+    let Ran { ok, stderr, .. } = run(exporter_command().env("NUKI_EXPORTER_LOG__LEVEL", "warning"));
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("log.level"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_rotated_secret_and_token_files_and_a_failed_reload_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, token) = (dir.path().join("webhook-secret"), dir.path().join("token"));
+    std::fs::write(&secret, "first-secret\n").unwrap();
+    std::fs::write(&token, "token-1\n").unwrap();
+    let mut running = Running::spawn(
+        exporter_command()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json")
+            .env(
+                "NUKI_EXPORTER_WEBHOOK__SECRET_FILES",
+                format!("[\"{}\"]", secret.display()),
+            )
+            .env(
+                "NUKI_EXPORTER_METRICS__BEARER_TOKEN_FILES",
+                format!("[\"{}\"]", token.display()),
+            ),
+    );
+    let webhook = format!("http://{}/webhook", running.address_of("webhook"));
+    let metrics = format!("http://{}/metrics", running.address_of("metrics"));
+    let client = reqwest::Client::new();
+    let body = fixture("device-status");
+    let post = |secret: &str| {
+        client
+            .post(&webhook)
+            .header(HEADER, sign(secret.as_bytes(), &body))
+            .body(body.clone())
+            .send()
+    };
+    let scrape = |token: &str| client.get(&metrics).bearer_auth(token).send();
+    assert_eq!(post("first-secret").await.unwrap().status(), 204);
+    assert_eq!(scrape("token-1").await.unwrap().status(), 200);
+
+    std::fs::write(&secret, "second-secret\n").unwrap();
+    std::fs::write(&token, "token-2\n").unwrap();
+    running.signal("HUP");
+    let reloaded = running.wait_for("reloaded the secret and token files");
+    assert!(reloaded.contains(&*secret.to_string_lossy()), "{reloaded}");
+    assert!(reloaded.contains(&*token.to_string_lossy()), "{reloaded}");
+    assert!(!reloaded.contains("second-secret") && !reloaded.contains("token-2"));
+    assert_eq!(post("second-secret").await.unwrap().status(), 204);
+    assert_eq!(post("first-secret").await.unwrap().status(), 401);
+    assert_eq!(scrape("token-1").await.unwrap().status(), 401);
+    let text = scrape("token-2").await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("nuki_exporter_config_reloads_total{result=\"success\"} 1"),
+        "{text}"
+    );
+
+    // An empty secret file would accept forged webhooks: the reload fails, nothing changes.
+    std::fs::write(&secret, "").unwrap();
+    std::fs::write(&token, "token-3\n").unwrap();
+    running.signal("HUP");
+    let failed = running.wait_for("reload failed");
+    assert!(failed.contains(&*secret.to_string_lossy()), "{failed}");
+    assert_eq!(post("second-secret").await.unwrap().status(), 204);
+    assert_eq!(scrape("token-3").await.unwrap().status(), 401);
+    let text = scrape("token-2").await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("nuki_exporter_config_last_reload_successful 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nuki_exporter_config_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    let (clean, lines) = running.terminate();
+    assert!(
+        clean,
+        "still running after both reloads:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// The built-in defaults, but for the listen addresses: port 0 on loopback instead of the default
+/// ports 10180/10181, which another process on the machine may hold (the defaults themselves are
+/// checked below).
 #[tokio::test]
 async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
-    let mut running = Running::spawn(&mut exporter_command());
+    let defaults = nuki_exporter::Config::default();
+    assert_eq!(defaults.webhook.listen.to_string(), "0.0.0.0:10180");
+    assert_eq!(defaults.metrics.listen.to_string(), "0.0.0.0:10181");
+    let mut running = Running::spawn(
+        exporter_command()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json"),
+    );
     let warning = running.wait_for("no webhook secret configured");
     assert!(
         warning.contains("WARN") && warning.contains("unsigned webhooks are accepted"),
         "{warning}"
     );
-    running.wait_for("0.0.0.0:10181");
+    let webhook = running.address_of("webhook");
+    let metrics = running.address_of("metrics");
     let client = reqwest::Client::new();
     let ready = client
-        .get("http://127.0.0.1:10181/-/ready")
+        .get(format!("http://{metrics}/-/ready"))
         .send()
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     let hook = client
-        .post("http://127.0.0.1:10180/webhook")
+        .post(format!("http://{webhook}/webhook"))
         .body(fixture("device-status"))
         .send()
         .await
@@ -185,7 +312,7 @@ async fn runs_with_built_in_defaults_and_exits_cleanly_on_sigterm() {
         "unsigned webhooks accepted without secrets"
     );
     let metrics = client
-        .get("http://127.0.0.1:10181/metrics")
+        .get(format!("http://{metrics}/metrics"))
         .send()
         .await
         .unwrap()
@@ -278,7 +405,7 @@ async fn demo_fleet_fills_every_metric_with_two_unreachable_locks_and_one_low_vo
             .arg("--secret-file")
             .arg(&secret))
     });
-    let (ok, _, stderr) = demo.await.unwrap();
+    let Ran { ok, stderr, .. } = demo.await.unwrap();
     assert!(ok, "{stderr}");
     let scrape = exporter.scrape().await;
     let unreachable: Vec<String> = scrape
@@ -349,41 +476,124 @@ async fn demo_fleet_fills_every_metric_with_two_unreachable_locks_and_one_low_vo
 
 #[test]
 fn demo_names_an_unreachable_target() {
-    let port = common::free_port();
-    let (ok, _, stderr) = run(exporter_command().args([
+    let (_reserved, address) = common::refused_address();
+    let Ran { ok, stderr, .. } = run(exporter_command().args([
         "demo",
         "--target",
-        &format!("http://127.0.0.1:{port}/webhook"),
+        &format!("http://{address}/webhook"),
         "--rounds",
         "1",
     ]));
     assert!(!ok);
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains(&address.to_string()), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_exits_0_for_a_ready_exporter_and_1_otherwise() {
     let exporter = common::TestExporter::start().await;
     let ready = format!("{}/-/ready", exporter.metrics_base);
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+    let Ran { ok, stderr, .. } = tokio::task::spawn_blocking(move || {
         run(exporter_command().args(["healthcheck", "--url", &ready]))
     })
     .await
     .unwrap();
     assert!(ok, "{stderr}");
     let missing = format!("{}/nowhere", exporter.metrics_base);
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+    let Ran { ok, stderr, .. } = tokio::task::spawn_blocking(move || {
         run(exporter_command().args(["healthcheck", "--url", &missing]))
     })
     .await
     .unwrap();
     assert!(!ok && stderr.contains("404"), "{stderr}");
     exporter.shutdown().await;
-    let port = common::free_port();
-    let (ok, _, stderr) = run(exporter_command().args([
+    let (_reserved, address) = common::refused_address();
+    let Ran { ok, stderr, .. } = run(exporter_command().args([
         "healthcheck",
         "--url",
-        &format!("http://127.0.0.1:{port}/-/ready"),
+        &format!("http://{address}/-/ready"),
     ]));
     assert!(!ok && stderr.contains("cannot reach"), "{stderr}");
+}
+
+/// `nuki-exporter demo --bridge-listen`: the simulated bridge, polled by an exporter configured
+/// as for a real one, fills the bridge and lock series and calls back on every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_bridge_is_polled_and_calls_back_like_a_bridge() {
+    let mut demo = Running::spawn(exporter_command().args([
+        "demo",
+        "--bridge-listen",
+        "127.0.0.1:0",
+        "--interval",
+        "200ms",
+        "--rounds",
+        "100",
+    ]));
+    let listening = demo.wait_for("SIMULATED Nuki Bridge");
+    // The log line ends in the bound address (the text log may colour the field name).
+    let port: String = listening
+        .rsplit_once("127.0.0.1:")
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    assert!(!port.is_empty(), "no address in {listening:?}");
+    let bridge_address = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("bridge_token");
+    std::fs::write(&token, "any-token\n").unwrap();
+    let relay = common::bridge_stub::CallbackRelay::start().await;
+    let mut bridge = nuki_exporter::config::BridgeConfig::new(
+        "demo",
+        &format!("http://{bridge_address}"),
+        token,
+    );
+    bridge.poll_interval = std::time::Duration::from_millis(200);
+    bridge.request_spacing = std::time::Duration::from_millis(50);
+    bridge.callback_url = Some(relay.url.clone());
+    let mut config = common::test_config();
+    config.bridges = vec![bridge];
+    let exporter = common::TestExporter::start_with(config).await;
+    relay.forward_to(exporter.webhook_address());
+    let bridge = [("bridge", "demo")];
+    let scrape = exporter
+        .scrape_until(std::time::Duration::from_secs(20), |s| {
+            s.value("nuki_bridge_up", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_registered", &bridge) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_received_total", &bridge) >= Some(2.0)
+        })
+        .await;
+    assert!(
+        listening.contains("a simulation"),
+        "the demo says its bridge is simulated: {listening}"
+    );
+    demo.terminate();
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_info",
+            &[
+                ("bridge", "demo"),
+                ("bridge_type", "software"),
+                (
+                    "firmware_version",
+                    concat!(env!("CARGO_PKG_VERSION"), "-simulated")
+                ),
+            ]
+        ),
+        Some(1.0)
+    );
+    // Two Smart Locks 3.0, a Smart Lock 2.0 and an Opener, under their Web API ids.
+    for id in ["17618910209", "17618910210", "439041027", "190106"] {
+        assert!(
+            scrape
+                .value("nuki_smartlock_lock_state", &[("smartlock_id", id)])
+                .is_some(),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_battery_charge_percent",
+            &[("smartlock_id", "190106")]
+        ),
+        None
+    );
+    exporter.shutdown().await;
 }

@@ -105,6 +105,54 @@ fn dashboards_follow_the_linter_rules() {
                 problem(format!("no {required} variable"));
             }
         }
+        for v in vars.iter().filter(|v| v["includeAll"] == json!(true)) {
+            // without allValue, Grafana's "All" sends every value as one long regex alternation
+            if v["allValue"]
+                .as_str()
+                .is_none_or(|a| ![".+", ".*"].contains(&a))
+            {
+                problem(format!(
+                    "variable {} offers All: set allValue to \".+\"",
+                    v["name"]
+                ));
+            }
+        }
+
+        // firing alerts as annotations, scoped like the dashboard's queries
+        let alerts: Vec<&str> = d["annotations"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| uses_templated_datasource(a) && a["enable"] == json!(true))
+            .filter_map(|a| a["expr"].as_str())
+            .filter(|e| e.starts_with("ALERTS{"))
+            .collect();
+        match alerts.as_slice() {
+            [expr] => match Promql::parse(expr) {
+                Ok(promql) => {
+                    let s = &promql.selectors()[0];
+                    let per_lock = names.contains("smartlock_id");
+                    if !s.has("alertstate", "=", "firing")
+                        || !s.has("job", "=~", "$job")
+                        || (per_lock && !s.has("smartlock_id", "=~", "$smartlock_id"))
+                    {
+                        problem(format!(
+                            "the alerts annotation must select alertstate=\"firing\", job=~\"$job\"{}: {expr}",
+                            if per_lock {
+                                " and smartlock_id=~\"$smartlock_id\""
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                }
+                Err(e) => problem(format!("annotation {expr}: {e}")),
+            },
+            other => problem(format!(
+                "needs one enabled annotation of firing ALERTS on the datasource variable, has {other:?}"
+            )),
+        }
+
         for v in vars.iter().filter(|v| v["type"] == "query") {
             let name = v["name"].as_str().unwrap_or("?");
             if !uses_templated_datasource(v) {
@@ -214,6 +262,18 @@ fn dashboards_follow_the_linter_rules() {
                         ));
                     }
                 }
+                // one rate unit everywhere: per minute (CPU seconds per second and ratios aside)
+                let unit = panel["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !promql.range_windows("rate").is_empty()
+                    && unit != "percentunit"
+                    && !(["reqpm", "cpm", "opm"].contains(&unit) && expr.ends_with(" * 60"))
+                {
+                    problem(format!(
+                        "a rate must be shown per minute (`* 60`, unit reqpm, cpm or opm), has unit {unit:?}: {expr}"
+                    ));
+                }
                 for function in ["rate", "irate"] {
                     for window in promql.range_windows(function) {
                         if window != "$__rate_interval" {
@@ -240,6 +300,39 @@ fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The color a stat panel shows for `value`: the last threshold step at or below it.
+fn threshold_color(panel: &Value, value: f64) -> String {
+    let steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .expect("threshold steps");
+    steps
+        .iter()
+        .rfind(|s| s["value"].as_f64().is_none_or(|v| v <= value))
+        .and_then(|s| s["color"].as_str())
+        .expect("a base step")
+        .to_string()
+}
+
+#[test]
+fn no_scrapeable_target_is_not_shown_green() {
+    let (_, health) = dashboards()
+        .into_iter()
+        .find(|(file, _)| file == "nuki-exporter-health.json")
+        .expect("the health dashboard");
+    let panel = |title: &str| {
+        panels(&health)
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))
+            .clone()
+    };
+    let (up, down) = (&panel("Targets up"), &panel("Targets down"));
+    assert_eq!(threshold_color(up, 0.0), "red");
+    assert_eq!(threshold_color(up, 1.0), "green");
+    assert_eq!(threshold_color(down, 0.0), "green");
+    assert_ne!(threshold_color(down, 1.0), "green");
+}
+
 #[test]
 fn dashboard_queries_are_valid_promql() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -258,7 +351,7 @@ fn dashboard_queries_are_valid_promql() {
     let output = run(Command::new(promtool())
         .args(["check", "rules", "--lint=none"])
         .arg(&file));
-    if !output.status.success() {
+    if !output.ok {
         let listing: Vec<String> = queries
             .iter()
             .enumerate()
@@ -266,8 +359,8 @@ fn dashboard_queries_are_valid_promql() {
             .collect();
         panic!(
             "promtool rejects a dashboard query:\n{}{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
+            output.stdout,
+            output.stderr,
             listing.join("\n")
         );
     }
@@ -289,6 +382,20 @@ const SEEDED_FLEET: &str = r#"
         values: '0+60x180'
       - series: 'nuki_exporter_last_webhook_timestamp_seconds{job="nuki-exporter", instance="exporter-b:10181"}'
         values: '0x180'
+      - series: 'nuki_bridge_up{job="nuki-exporter", instance="exporter-a:10181", bridge="hall"}'
+        values: '1x170 0x10'
+      - series: 'nuki_bridge_server_connected{job="nuki-exporter", instance="exporter-a:10181", bridge="hall"}'
+        values: '1x180'
+      - series: 'nuki_bridge_callbacks_registered{job="nuki-exporter", instance="exporter-a:10181", bridge="hall"}'
+        values: '1x180'
+      - series: 'nuki_bridge_info{job="nuki-exporter", instance="exporter-a:10181", bridge="hall", bridge_type="hardware", firmware_version="2.17.0"}'
+        values: '1x180'
+      - series: 'nuki_bridge_requests_total{job="nuki-exporter", instance="exporter-a:10181", bridge="hall", endpoint="list", code="200"}'
+        values: '0+2x180'
+      - series: 'nuki_bridge_last_success_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181", bridge="hall"}'
+        values: '60+60x170 10260x10'
+      - series: 'nuki_bridge_callbacks_received_total{job="nuki-exporter", instance="exporter-a:10181", bridge="hall"}'
+        values: '0+1x180'
       - series: 'nuki_exporter_webhooks_received_total{job="nuki-exporter", instance="exporter-a:10181", source="device", kind="DEVICE_STATUS"}'
         values: '0+3x180'
       - series: 'nuki_exporter_webhooks_received_total{job="nuki-exporter", instance="exporter-b:10181", source="api", kind="UnlockAction"}'
@@ -347,10 +454,39 @@ const SEEDED_FLEET: &str = r#"
         values: '0+1x180'
       - series: 'nuki_smartlock_activity_log_entries_total{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101", action="lock", completion_state="motor_blocked"}'
         values: '0+0.2x180'
+      - series: 'nuki_smartlock_server_state{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="303"}'
+        values: '0x180'
+      - series: 'nuki_exporter_api_up{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '1x150 0x30'
+      - series: 'nuki_exporter_api_smartlocks{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '3x180'
+      - series: 'nuki_exporter_api_last_success_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181"}'
+        values: '0+60x150 9000x30'
+      - series: 'nuki_exporter_api_requests_total{job="nuki-exporter", instance="exporter-a:10181", endpoint="/smartlock", code="200"}'
+        values: '0+1x150 150x30'
+      - series: 'nuki_exporter_api_requests_total{job="nuki-exporter", instance="exporter-a:10181", endpoint="/smartlock", code="502"}'
+        values: '_x150 1+1x30'
+      - series: 'nuki_exporter_api_request_duration_seconds_bucket{job="nuki-exporter", instance="exporter-a:10181", endpoint="/smartlock", le="0.5"}'
+        values: '0+1x180'
+      - series: 'nuki_exporter_api_request_duration_seconds_bucket{job="nuki-exporter", instance="exporter-a:10181", endpoint="/smartlock", le="+Inf"}'
+        values: '0+1x180'
+      - series: 'nuki_exporter_api_malformed_responses_total{job="nuki-exporter", instance="exporter-a:10181", endpoint="/smartlock"}'
+        values: '0+0.1x180'
+      - series: 'nuki_exporter_api_poll_duration_seconds_bucket{job="nuki-exporter", instance="exporter-a:10181", le="1"}'
+        values: '0+1x180'
+      - series: 'nuki_exporter_api_poll_duration_seconds_bucket{job="nuki-exporter", instance="exporter-a:10181", le="+Inf"}'
+        values: '0+1x180'
+      - series: 'nuki_webhook_delivery_active{job="nuki-exporter", instance="exporter-a:10181", api_key_id="812"}'
+        values: '1x160 0x20'
+      - series: 'nuki_webhook_deliveries_total{job="nuki-exporter", instance="exporter-a:10181", api_key_id="812", result="failure"}'
+        values: '0+2x180'
+      - series: 'nuki_webhook_delivery_responses_total{job="nuki-exporter", instance="exporter-a:10181", api_key_id="812", code="401"}'
+        values: '0+2x180'
 "#;
 
 /// Every dashboard query (and variable) returns data in a Prometheus holding the seeded fleet:
-/// each becomes an alert `count((query)) > 0` that promtool expects to fire.
+/// each becomes an alert `count((query)) > 0` that promtool expects to fire. A zero fallback
+/// (`or vector(0)`) is removed first, or the query would return data without any series.
 #[test]
 fn dashboard_queries_return_data_for_a_seeded_fleet() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -360,6 +496,7 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
         "rule_files:\n  - rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{SEEDED_FLEET}    alert_rule_test:\n"
     );
     for (i, (_, _, expr)) in queries.iter().enumerate() {
+        let expr = without_zero_fallback(expr);
         writeln!(
             rules,
             "      - alert: DashboardQuery{i}\n        expr: {}",
@@ -378,12 +515,8 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
     let output = run(Command::new(promtool())
         .args(["test", "rules"])
         .arg(&test_file));
-    if !output.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+    if !output.ok {
+        let text = output.output();
         let mut empty = Vec::new();
         for (i, (file, title, expr)) in queries.iter().enumerate() {
             if text.contains(&format!("alertname: DashboardQuery{i},")) {
@@ -396,6 +529,20 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
         );
     }
 }
+
+/// Metrics the alert rules read that the Web API source (`nuki_exporter_api_*`,
+/// `nuki_webhook_delivery_*`) and the Nuki Bridge source (`nuki_bridge_*`) provide, whose branches
+/// are merged separately (product-contract.md Part 2). A scrape of this branch's exporter cannot
+/// show them. Drop each entry when its source is merged: the test then checks it for real.
+const FROM_SOURCES_NOT_YET_MERGED: &[&str] = &[
+    "nuki_exporter_api_up",
+    "nuki_exporter_api_requests_total",
+    "nuki_webhook_delivery_active",
+    "nuki_webhook_deliveries_total",
+    "nuki_bridge_up",
+    "nuki_bridge_server_connected",
+    "nuki_bridge_callbacks_registered",
+];
 
 /// Every metric a dashboard or an alert rule reads is one the exporter exposes: the metrics of a
 /// real scrape after every webhook fixture, plus the series Prometheus adds per target.
@@ -442,7 +589,11 @@ fn every_metric_in_dashboards_and_rules_is_exported() {
     }
     let unknown: Vec<String> = used
         .iter()
-        .filter(|(metric, _)| metric.is_empty() || !exported.contains(metric))
+        .filter(|(metric, _)| {
+            metric.is_empty()
+                || !(exported.contains(metric)
+                    || FROM_SOURCES_NOT_YET_MERGED.contains(&metric.as_str()))
+        })
         .map(|(metric, places)| format!("{metric:?} used by {places:?}"))
         .collect();
     assert!(

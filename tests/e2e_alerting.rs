@@ -1,18 +1,20 @@
-//! End to end with the real binaries: signed webhooks → nuki-exporter → Prometheus (shipped
-//! configuration and rules) → Alertmanager (shipped routing) → a pager and a webhook sink owned
-//! by this test; then every dashboard query against that Prometheus and a seeded fleet.
+//! End to end with the real binaries: signed webhooks and Web API polls (of a stand-in) →
+//! nuki-exporter → Prometheus (shipped configuration and rules) → Alertmanager (shipped routing)
+//! → a pager and a webhook sink owned by this test; then every dashboard query against that
+//! Prometheus and a seeded fleet. And a Nuki Bridge stand-in that stops answering →
+//! `NukiBridgeDown` at the webhook sink.
 
 mod stack_support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use serde_json::Value;
-use stack_support::common::{Alertmanager, Prometheus, TestExporter};
-use stack_support::runnable_queries;
+use nuki_exporter::Config;
+use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
+use stack_support::common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
+use stack_support::common::{Alertmanager, Prometheus, TestExporter, test_config};
+use stack_support::{
+    Sink, rewrite, runnable_queries, shipped_alertmanager_config, without_zero_fallback,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// A lock that fails once with 0xFF: unreachable (warning, to the webhook receiver).
@@ -20,110 +22,52 @@ const UNREACHABLE_LOCK: &str = "31000001";
 /// A lock that fails three times with 0xFF: offline (critical, to the pager).
 const OFFLINE_LOCK: &str = "31000002";
 const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
+/// The Advanced API key whose webhook delivery the exporter watches.
+const API_KEY_ID: u32 = 812;
 
-/// Records every POST it receives: (path, JSON body).
-struct Sink {
-    url: String,
-    received: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Sink {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let store = store.clone();
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let body = request.into_body().collect().await?.to_bytes();
-                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        store.lock().unwrap().push((path, json));
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"{}",
-                        ))))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
-            }
-        });
-        Self { url, received }
-    }
-
-    /// Waits for a notification on `path` whose body contains every one of `needles`.
-    async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
-                let text = body.to_string();
-                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
-            });
-            if let Some(body) = found {
-                return body;
-            }
-            let seen: Vec<String> = self
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(p, b)| format!("{p}: {b}"))
-                .collect();
-            assert!(
-                Instant::now() < deadline,
-                "no notification on {path} with {needles:?}; received:\n{}",
-                seen.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
-/// that drifts from what this test rewrites fails loudly.
-fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        times,
-        "expected {from:?} {times} time(s) in:\n{text}"
+/// A Web API stand-in listing the demo fleet and one lock more, which never sends a webhook
+/// (a lock only the API knows), with the key's delivery status from `advanced_fixture` and an
+/// empty webhook log.
+async fn web_api(advanced_fixture: &str) -> NukiApiStub {
+    let api = NukiApiStub::start().await;
+    let fleet = serde_json::to_vec(&nuki_exporter::demo::smartlocks(2, 9)).unwrap();
+    api.route("GET", "/smartlock", Reply::json(fleet));
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/advanced"),
+        Reply::json(web_api_fixture(advanced_fixture)),
     );
-    text.replace(from, to)
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/webhook/logs"),
+        Reply::json(b"[]".to_vec()),
+    );
+    api
 }
 
-/// The shipped Alertmanager configuration, with the pager and webhook pointed at the sink and the
-/// grouping delays shortened; routes, receivers and inhibitions stay as shipped.
+/// The test exporter, polling `api` every second with a token from `dir`.
+fn polling(api: &NukiApiStub, dir: &std::path::Path) -> Config {
+    let token_file = dir.join("nuki_api_token");
+    std::fs::write(&token_file, "e2e-api-token").unwrap();
+    let mut config = test_config();
+    config.api.token_file = Some(token_file);
+    config.api.url = api.url.clone();
+    config.api.poll_interval = Duration::from_secs(1);
+    config.api.advanced_key_id = Some(API_KEY_ID);
+    config
+}
+
+/// The shipped Alertmanager configuration pointed at the sink, with the grouping delays shortened;
+/// routes, receivers and inhibitions stay as shipped.
 fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
-    let shipped =
-        std::fs::read_to_string(format!("{REPO}/deploy/alertmanager/alertmanager.yml")).unwrap();
-    let config = rewrite(
-        &shipped,
-        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
-        &format!(
-            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
-            sink.url
-        ),
-        1,
-    );
-    let config = rewrite(
-        &config,
-        "http://alert-sink:8080/alertmanager",
-        &format!("{}/alertmanager", sink.url),
-        1,
-    );
+    let config = shipped_alertmanager_config(sink, routing_key_file);
     let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
     rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
-/// The shipped Prometheus configuration, pointed at this test's exporter, Alertmanager and the
+/// The shipped Prometheus configuration, pointed at `targets`, this test's Alertmanager and the
 /// repository's rule files, scraping and evaluating every second.
-fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
+fn prometheus_config(targets: &[&str], alertmanager: &str) -> String {
     let shipped =
         std::fs::read_to_string(format!("{REPO}/deploy/prometheus/prometheus.yml")).unwrap();
     let config = rewrite(&shipped, "scrape_interval: 15s", "scrape_interval: 1s", 1);
@@ -140,8 +84,42 @@ fn prometheus_config(exporter: &str, alertmanager: &str) -> String {
         &format!("{REPO}/alerts/*.yml"),
         1,
     );
-    let config = rewrite(&config, "nuki-exporter:10181", exporter, 1);
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("          - {t}\n"))
+        .collect();
+    let config = rewrite(
+        &config,
+        "          - nuki-exporter:10181\n",
+        &targets.concat(),
+        1,
+    );
     rewrite(&config, "alertmanager:9093", alertmanager, 2)
+}
+
+/// Prometheus with the shipped configuration pointed at `targets`, and the shipped rules but for
+/// one: the rule whose expression ends in `expression_end` fires after 1 s instead of its
+/// shipped `for: 5m`, so that the test does not sit out the production delay.
+async fn prometheus_with_quick_rule(
+    targets: &[&str],
+    alertmanager: &str,
+    expression_end: &str,
+) -> Prometheus {
+    let config = prometheus_config(targets, alertmanager);
+    let config = rewrite(
+        &config,
+        &format!("{REPO}/alerts/*.yml"),
+        "nuki-exporter.rules.yml",
+        1,
+    );
+    let rules = std::fs::read_to_string(format!("{REPO}/alerts/nuki-exporter.rules.yml")).unwrap();
+    let rules = rewrite(
+        &rules,
+        &format!("{expression_end}\n        for: 5m"),
+        &format!("{expression_end}\n        for: 1s"),
+        1,
+    );
+    Prometheus::start(&config, &[("nuki-exporter.rules.yml", rules.as_bytes())]).await
 }
 
 fn failure(lock: &str, request: u32) -> Vec<u8> {
@@ -162,23 +140,29 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         &[],
     )
     .await;
-    let exporter = TestExporter::start().await;
-    let metrics_address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
+    let api = web_api("advanced-active.json").await;
+    // And a healthy bridge with its callback registered: the dashboards' bridge row has data.
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let exporter = exporter_polling(&bridge, polling(&api, keys.path()), |_| {}).await;
+    let metrics_address = exporter.metrics_address();
+    // A second target that is down (the webhook listener has no /metrics), so the health
+    // dashboard's "Targets down" has a target to show.
+    let down_target = exporter.webhook_address();
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(
-        &prometheus_config(&metrics_address, &alertmanager_address),
+        &prometheus_config(&[&metrics_address, &down_target], &alertmanager_address),
         &[],
     )
     .await;
 
     // Prometheus knows the exporter before the first error, as in a running stack.
+    // (a few scrapes: the new-series guard needs an `up` sample from before the first error)
     prometheus
-        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
+        .wait_for(
+            r#"count_over_time(up{job="nuki-exporter"}[1m]) >= 3"#,
+            Duration::from_secs(60),
+        )
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let masterdata = format!(
         r#"{{"feature":"DEVICE_MASTERDATA","smartlockId":{UNREACHABLE_LOCK},"type":4,"name":"Holiday flat 7","firmwareVersion":199175,"serverState":0}}"#
     );
@@ -233,12 +217,30 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         "a warning never reaches the pager"
     );
 
-    seed_fleet(&exporter).await;
-    let mut empty = Vec::new();
-    for (dashboard, panel, query) in runnable_queries(DRILL_DOWN_LOCK) {
-        if prometheus.query(&query).await.is_empty() {
-            empty.push(format!("{dashboard} / {panel}: {query}"));
+    seed_fleet(&exporter, &prometheus, &api).await;
+    // Each query is retried until it has data (rule evaluation and rate windows lag a scrape).
+    let mut empty: Vec<String> = runnable_queries(DRILL_DOWN_LOCK)
+        .into_iter()
+        .map(|(dashboard, panel, query)| format!("{dashboard} / {panel}: {query}"))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut still_empty = Vec::new();
+        for entry in empty {
+            let query = entry.split_once(": ").unwrap().1;
+            if prometheus
+                .query(&without_zero_fallback(query))
+                .await
+                .is_empty()
+            {
+                still_empty.push(entry);
+            }
         }
+        empty = still_empty;
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         empty.is_empty(),
@@ -251,9 +253,15 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
 /// The lock the per-lock dashboard is opened for: the demo fleet's low-voltage lock.
 const DRILL_DOWN_LOCK: &str = "17000003";
 
-/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks) and a
-/// refused webhook of two kinds of refusal, with time for Prometheus to scrape in between.
-async fn seed_fleet(exporter: &TestExporter) {
+/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks), a
+/// refused webhook of two kinds of refusal, and deliveries in the Web API's webhook log; after
+/// each, waits until Prometheus scraped it.
+async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &NukiApiStub) {
+    api.route(
+        "GET",
+        &format!("/api/key/{API_KEY_ID}/webhook/logs"),
+        Reply::json(web_api_fixture("webhook-logs.json")),
+    );
     for round in 0..3 {
         for webhook in nuki_exporter::demo::round(round, 8) {
             assert_eq!(
@@ -261,9 +269,136 @@ async fn seed_fleet(exporter: &TestExporter) {
                 204
             );
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        scraped(
+            exporter,
+            prometheus,
+            "nuki_exporter_webhooks_received_total",
+        )
+        .await;
     }
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    scraped(
+        exporter,
+        prometheus,
+        "nuki_exporter_webhooks_rejected_total",
+    )
+    .await;
+    scraped(exporter, prometheus, "nuki_webhook_deliveries_total").await;
+}
+
+/// Waits until Prometheus holds the exporter's current total of `counter`.
+async fn scraped(exporter: &TestExporter, prometheus: &Prometheus, counter: &str) {
+    let total = exporter.scrape().await.sum(counter, &[]);
+    prometheus
+        .wait_for(
+            &format!(r#"sum({counter}{{job="nuki-exporter"}}) >= {total}"#),
+            Duration::from_secs(60),
+        )
+        .await;
+}
+
+/// Nuki switches webhook delivery off: the Web API poll sees `DEACTIVATED`, and the page reaches
+/// the pager through the shipped rules (the alert's `for:` shortened) and routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanager() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let api = web_api("advanced-deactivated.json").await;
+    let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let _prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_webhook_delivery_active{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
+    let key = API_KEY_ID.to_string();
+    let page = sink
+        .wait_for(
+            "/pagerduty",
+            &["NukiWebhookDeliveryDeactivated", &key],
+            Duration::from_secs(150),
+        )
+        .await;
+    assert_eq!(page["routing_key"], ROUTING_KEY);
+    assert_eq!(page["event_action"], "trigger");
+    assert_eq!(page["payload"]["severity"], "critical");
+    let details = page["payload"]["custom_details"].to_string();
+    assert!(
+        details.contains("reactivate"),
+        "the page says how to restore delivery: {details}"
+    );
+    exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
+    let exporter = exporter_polling(&bridge, test_config(), |bridge| {
+        bridge.poll_interval = Duration::from_millis(500);
+    })
+    .await;
+    let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
+    let prometheus = prometheus_with_quick_rule(
+        &[&exporter.metrics_address()],
+        &alertmanager_address,
+        "(nuki_bridge_server_connected{job=\"nuki-exporter\"}) == 0",
+    )
+    .await;
+    prometheus
+        .wait_for(
+            r#"nuki_bridge_up{job="nuki-exporter", bridge="hall"} == 1"#,
+            Duration::from_secs(30),
+        )
+        .await;
+
+    // The bridge reboots, or someone pulled its plug: every request fails from now on.
+    bridge.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    let notification = sink
+        .wait_for(
+            "/alertmanager",
+            &["NukiBridgeDown", "hall"],
+            Duration::from_secs(120),
+        )
+        .await;
+    let alert = notification["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "NukiBridgeDown")
+        .unwrap();
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["labels"]["bridge"], "hall");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#nukibridgedown")
+    );
+    assert!(
+        sink.received.lock().unwrap().iter().all(
+            |(path, body)| path != "/pagerduty" || !body.to_string().contains("NukiBridgeDown")
+        ),
+        "a warning never reaches the pager"
+    );
+    exporter.shutdown().await;
+    assert_eq!(bridge.max_in_flight(), 1);
 }

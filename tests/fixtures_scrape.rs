@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestExporter, fixture, fixture_names, require_tool};
+use common::{TestExporter, fixture, fixture_names, tool};
 
 type Series = (&'static str, &'static [(&'static str, &'static str)], f64);
 
@@ -329,7 +329,7 @@ async fn keypad_codes_and_emails_never_become_labels() {
 
 #[tokio::test]
 async fn promtool_accepts_a_scrape_with_every_metric() {
-    let promtool = require_tool("promtool", "prometheus");
+    let promtool = tool("promtool", "prometheus");
     let exporter = TestExporter::start().await;
     // Every fixture but the deletion, which would remove lock 123456789's series again.
     for name in fixture_names()

@@ -228,7 +228,7 @@ async fn bodies_over_the_limit_get_413() {
         chunked.extend(b"\r\n");
     }
     chunked.extend(b"0\r\n\r\n");
-    let response = raw_request(&exporter.webhook_url, &chunked).await;
+    let response = raw_request(&exporter.webhook_address(), &chunked).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert_eq!(
         exporter.post(&fixture("device-status")).await,
@@ -243,10 +243,9 @@ async fn bodies_over_the_limit_get_413() {
     exporter.shutdown().await;
 }
 
-/// Sends raw bytes to the listener of `url` and reads the answer until the server closes.
-async fn raw_request(url: &str, request: &[u8]) -> String {
+/// Sends raw bytes to `address` (`host:port`) and reads the answer until the server closes.
+async fn raw_request(address: &str, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = url.trim_start_matches("http://").split('/').next().unwrap();
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     // The server may answer 413 and close before the whole body is written.
     let _ = stream.write_all(request).await;
@@ -460,16 +459,11 @@ async fn lock_ids_beyond_the_cap_fold_into_other() {
 async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = test_config();
-    config.server.shutdown_delay = std::time::Duration::from_millis(500);
+    // long enough for a loaded machine to see readiness turn 503 before the listeners close
+    config.server.shutdown_delay = std::time::Duration::from_secs(5);
     let mut exporter = TestExporter::start_with(config).await;
     let body = fixture("api-auth-creation-failed");
-    let address = exporter
-        .webhook_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let address = exporter.webhook_address();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nX-Nuki-Signature-SHA256: {}\r\n\r\n",
@@ -478,23 +472,43 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body[..10]).await.unwrap();
+    // the request is in flight: the exporter holds its connection
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while exporter
+        .scrape()
+        .await
+        .value("nuki_exporter_open_connections", &[("listener", "webhook")])
+        != Some(1.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection never held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let server = exporter.take();
     let shutdown = tokio::spawn(server.shutdown());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let ready = exporter
-        .client
-        .get(format!("{}/-/ready", exporter.metrics_base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503, "readiness turns 503 first");
+    // readiness turns 503 first, while the listeners stay open for shutdown_delay
+    let ready_url = format!("{}/-/ready", exporter.metrics_base);
+    loop {
+        let ready = exporter.client.get(&ready_url).send().await.unwrap();
+        if ready.status().as_u16() == 503 {
+            break;
+        }
+        assert_eq!(ready.status().as_u16(), 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never turned 503"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     stream.write_all(&body[10..]).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 204"), "{response}");
-    tokio::time::timeout(std::time::Duration::from_secs(5), shutdown)
+    tokio::time::timeout(std::time::Duration::from_secs(30), shutdown)
         .await
         .expect("shutdown completes")
         .unwrap();

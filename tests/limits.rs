@@ -4,16 +4,57 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestExporter, fixture, test_config};
+use common::{Scrape, TestExporter, fixture, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn address(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .split('/')
-        .next()
+/// Polls `condition` until it holds; fails after 60 seconds, naming what it waited for.
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A scrape on a new connection: with a short header timeout, a pooled keep-alive connection
+/// may be closed by the exporter just as the client reuses it.
+async fn scrape(exporter: &TestExporter) -> Scrape {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("{}/metrics", exporter.metrics_base))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(response.status().as_u16(), 200);
+    Scrape(response.text().await.unwrap())
+}
+
+async fn hits(exporter: &TestExporter, limit: &str) -> f64 {
+    scrape(exporter)
+        .await
+        .value(
+            "nuki_exporter_connection_limit_hits_total",
+            &[("limit", limit)],
+        )
         .unwrap()
-        .to_owned()
+}
+
+/// Waits (30 seconds at most) until the server closes the connection, sending nothing.
+async fn closed_by_the_server(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte)).await;
+    assert_eq!(
+        read.expect("the server closes the connection").unwrap_or(0),
+        0
+    );
 }
 
 /// Opens a connection that sends a request head one byte at a time, a byte every 100 ms.
@@ -37,8 +78,11 @@ fn trickle(address: String) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_idle_and_trickling_connections_do_not_delay_webhooks() {
-    let exporter = TestExporter::start().await;
-    let address = address(&exporter.webhook_url);
+    // The connections must outlive the time it takes a loaded machine to open all of them.
+    let mut config = test_config();
+    config.limits.header_read_timeout = Duration::from_secs(600);
+    let exporter = TestExporter::start_with(config).await;
+    let address = exporter.webhook_address();
     let mut idle = Vec::new();
     for _ in 0..500 {
         idle.push(TcpStream::connect(&address).await.unwrap());
@@ -50,14 +94,10 @@ async fn a_thousand_idle_and_trickling_connections_do_not_delay_webhooks() {
             .value("nuki_exporter_open_connections", &[("listener", "webhook")])
             .unwrap_or(0.0)
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_connections().await < 1000.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the exporter never held 1,000 connections"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the exporter holds 1,000 connections", || async {
+        open_connections().await >= 1000.0
+    })
+    .await;
 
     let body = fixture("api-auth-creation-failed");
     let mut slowest = Duration::ZERO;
@@ -92,9 +132,15 @@ async fn slowloris_clients_cannot_hold_the_connection_slots() {
     config.limits.max_connections = 20;
     config.limits.header_read_timeout = Duration::from_secs(1);
     let exporter = TestExporter::start_with(config).await;
-    let address = address(&exporter.webhook_url);
+    let address = exporter.webhook_address();
     let trickling: Vec<_> = (0..30).map(|_| trickle(address.clone())).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("trickling clients hold every slot", || async {
+        scrape(&exporter)
+            .await
+            .value("nuki_exporter_open_connections", &[("listener", "webhook")])
+            == Some(20.0)
+    })
+    .await;
 
     // Every slot is held by a trickling client; the webhook queues until the header timeout
     // closes them.
@@ -103,17 +149,12 @@ async fn slowloris_clients_cannot_hold_the_connection_slots() {
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(8), "webhook waited {waited:?}");
 
-    let scrape = exporter.scrape().await;
-    let hits = |limit| {
-        scrape
-            .value(
-                "nuki_exporter_connection_limit_hits_total",
-                &[("limit", limit)],
-            )
-            .unwrap()
-    };
-    assert!(hits("header_read_timeout") >= 20.0, "{}", scrape.0);
-    assert!(hits("max_connections") >= 1.0);
+    // the 20 clients in the slots were cut off while sending their request heads
+    wait_until("20 header-read timeouts and a wait for a slot", || async {
+        hits(&exporter, "header_read_timeout").await >= 20.0
+            && hits(&exporter, "max_connections").await >= 1.0
+    })
+    .await;
     trickling.iter().for_each(tokio::task::JoinHandle::abort);
     exporter.shutdown().await;
 }
@@ -123,12 +164,10 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     let mut config = test_config();
     config.limits.header_read_timeout = Duration::from_millis(500);
     let exporter = TestExporter::start_with(config).await;
-    let mut stream = TcpStream::connect(address(&exporter.webhook_url))
+    let mut stream = TcpStream::connect(exporter.webhook_address())
         .await
         .unwrap();
-    let mut buffer = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
-    assert_eq!(read.expect("server closed the idle connection").unwrap(), 0);
+    closed_by_the_server(&mut stream).await;
     exporter.shutdown().await;
 }
 
@@ -137,7 +176,7 @@ async fn a_request_whose_body_trickles_past_the_request_timeout_gets_408() {
     let mut config = test_config();
     config.limits.request_timeout = Duration::from_millis(500);
     let exporter = TestExporter::start_with(config).await;
-    let mut stream = TcpStream::connect(address(&exporter.webhook_url))
+    let mut stream = TcpStream::connect(exporter.webhook_address())
         .await
         .unwrap();
     stream
@@ -157,5 +196,91 @@ async fn a_request_whose_body_trickles_past_the_request_timeout_gets_408() {
         ),
         Some(1.0)
     );
+    exporter.shutdown().await;
+}
+
+/// Sends one scrape on `stream` and reads the whole response (the exporter sends a
+/// Content-Length); returns false if the server had closed the connection.
+async fn scrape_on(stream: &mut TcpStream) -> bool {
+    if stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: prometheus\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        response.extend_from_slice(&buffer[..n]);
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("a Content-Length")
+            .trim()
+            .parse()
+            .unwrap();
+        if response.len() >= end + 4 + length {
+            return true;
+        }
+    }
+}
+
+/// Prometheus keeps its scrape connection open between scrapes; with a 15 s scrape interval and
+/// the default 10 s header timeout the exporter closes every one of them while it waits for the
+/// next request. An hour of that (240 scrapes, the timeout shortened) trips no limit.
+#[tokio::test]
+async fn an_hour_of_keep_alive_scrapes_idle_past_the_header_timeout_trips_no_limit() {
+    let mut config = test_config();
+    config.limits.header_read_timeout = Duration::from_millis(100);
+    let exporter = TestExporter::start_with(config).await;
+    let address = exporter.metrics_address();
+    let mut closed_while_idle = 0;
+    for _ in 0..240 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        // a new connection may in rare cases lose the race against the 100 ms timeout
+        // on a loaded machine: then Prometheus, too, scrapes again on a new one
+        while !scrape_on(&mut stream).await {
+            stream = TcpStream::connect(&address).await.unwrap();
+        }
+        // idle, as between two scrapes, until the header timeout closes the connection
+        closed_by_the_server(&mut stream).await;
+        closed_while_idle += 1;
+    }
+    assert_eq!(closed_while_idle, 240);
+    assert_eq!(hits(&exporter, "header_read_timeout").await, 0.0);
+    exporter.shutdown().await;
+}
+
+/// A client cut off in the middle of its request head trips the limit; one that connected and
+/// never sent a byte did not start a request.
+#[tokio::test]
+async fn only_a_request_cut_off_while_its_head_arrives_counts_as_a_header_timeout() {
+    let mut config = test_config();
+    config.limits.header_read_timeout = Duration::from_millis(200);
+    let exporter = TestExporter::start_with(config).await;
+    let address = exporter.webhook_address();
+    let mut silent = TcpStream::connect(&address).await.unwrap();
+    let mut partial = TcpStream::connect(&address).await.unwrap();
+    partial
+        .write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    closed_by_the_server(&mut silent).await;
+    closed_by_the_server(&mut partial).await;
+    wait_until("the cut request is counted", || async {
+        hits(&exporter, "header_read_timeout").await >= 1.0
+    })
+    .await;
+    assert_eq!(hits(&exporter, "header_read_timeout").await, 1.0);
     exporter.shutdown().await;
 }

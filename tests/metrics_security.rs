@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Prometheus, TestExporter, fixture, require_tool, test_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{Prometheus, TestExporter, fixture, run_ok, test_config, tool};
 
 const PASSWORD: &str = "scrape-password";
 
@@ -112,10 +114,7 @@ async fn tls_and_basic_auth_on_the_metrics_listener() {
         204,
         "webhooks stay plain HTTP"
     );
-    let address = exporter
-        .metrics_base
-        .trim_start_matches("http://")
-        .to_owned();
+    let address = exporter.metrics_address();
     let ca = std::fs::read(dir.path().join("cert.pem")).unwrap();
 
     let (status, body) = https_get(
@@ -140,12 +139,27 @@ async fn tls_and_basic_auth_on_the_metrics_listener() {
     let (status, _) = https_get(&address, "/-/healthy", &ca, None).await;
     assert_eq!(status, 200, "probes need no credentials");
 
-    // Plain HTTP on a TLS listener gets no answer.
-    let plain = reqwest::Client::new()
-        .get(format!("{}/metrics", exporter.metrics_base))
-        .send()
-        .await;
-    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // Plain HTTP on a TLS listener gets no HTTP answer: the listener accepts the connection and
+    // its TLS layer refuses the bytes with an alert record (0x15) or closes the connection.
+    let mut plain = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("the TLS listener accepts connections");
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: exporter\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(30), plain.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "the listener never closed the plain connection"
+    );
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "plain HTTP got an answer other than a TLS alert: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
 
     let (_, body) = https_get(
         &address,
@@ -194,7 +208,7 @@ async fn bearer_token_on_the_metrics_listener() {
 
 #[test]
 fn promtool_and_the_exporter_accept_the_same_web_configuration() {
-    let promtool = require_tool("promtool", "prometheus");
+    let promtool = tool("promtool", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let generated = web_config(dir.path(), true);
     // The shipped example, with its certificate paths pointed at files that exist here.
@@ -214,18 +228,11 @@ fn promtool_and_the_exporter_accept_the_same_web_configuration() {
     let shipped = dir.path().join("shipped.yml");
     std::fs::write(&shipped, example).unwrap();
     for file in [generated, shipped] {
-        let output = std::process::Command::new(&promtool)
-            .arg("check")
-            .arg("web-config")
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}: {}{}",
-            file.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            std::process::Command::new(&promtool)
+                .arg("check")
+                .arg("web-config")
+                .arg(&file),
         );
         let mut config = test_config();
         config.metrics.web_config_file = Some(file.clone());
@@ -240,7 +247,7 @@ async fn prometheus_scrapes_over_tls_with_basic_auth() {
         exporter.post(&fixture("api-auth-creation-failed")).await,
         204
     );
-    let target = exporter.metrics_base.trim_start_matches("http://");
+    let target = exporter.metrics_address();
     let ca = std::fs::read(dir.path().join("cert.pem")).unwrap();
     // The scrape configuration the README shows, pointed at the test's exporter.
     let prometheus_config = format!(

@@ -73,8 +73,17 @@ async fn sigterm_under_load_loses_no_accepted_webhook() {
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(accepted.load(Ordering::SeqCst) > 100, "load is flowing");
+    // load is flowing: more than 100 webhooks answered before the signal
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted.load(Ordering::SeqCst) <= 100 {
+        assert!(
+            Instant::now() < deadline,
+            "load never flowed: {} accepted, {} failed",
+            accepted.load(Ordering::SeqCst),
+            failed.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let terminated = Instant::now();
     running.sigterm();
     let (clean, lines) = tokio::task::spawn_blocking(move || running.wait_exit())

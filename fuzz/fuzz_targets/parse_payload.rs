@@ -17,6 +17,10 @@ use nuki_exporter::metrics::{Limits, Metrics};
 use nuki_exporter::source::webhook::{self, ParseError, Webhook};
 use serde::de::IgnoredAny;
 
+#[path = "../../tests/common/exposition.rs"]
+mod exposition;
+use exposition::parse_sample;
+
 const NOW: f64 = 1_700_000_000.0;
 
 const LIMITS: Limits = Limits {
@@ -91,7 +95,9 @@ fn check_bounds(text: &str) {
     let mut locks = BTreeSet::new();
     let mut operations = BTreeSet::new();
     for line in text.lines().filter(|line| !line.starts_with('#')) {
-        for (name, value) in labels(line) {
+        let (_, labels, _) =
+            parse_sample(line).unwrap_or_else(|| panic!("malformed sample {line:?}"));
+        for (name, value) in labels {
             if value == "other" || value == "unknown" {
                 continue;
             }
@@ -118,39 +124,4 @@ fn check_bounds(text: &str) {
         "{} operations",
         operations.len()
     );
-}
-
-/// The labels of one exposition line, values unescaped.
-fn labels(line: &str) -> Vec<(String, String)> {
-    let Some(open) = line.find('{') else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut chars = line[open + 1..].chars();
-    loop {
-        let name: String = chars
-            .by_ref()
-            .skip_while(|&c| c == ',')
-            .take_while(|&c| c != '=')
-            .collect();
-        if name.is_empty() || name.starts_with('}') {
-            return out;
-        }
-        assert_eq!(chars.next(), Some('"'), "{line}");
-        let mut value = String::new();
-        loop {
-            match chars.next().expect("unterminated label value") {
-                '\\' => match chars.next().expect("dangling escape") {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        out.push((name, value));
-        if chars.clone().next() == Some('}') {
-            return out;
-        }
-    }
 }

@@ -2,6 +2,9 @@
 //! fixtures, and exact lookups in a real scrape.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+#[path = "exposition.rs"]
+mod exposition;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -9,6 +12,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod bridge_stub;
+pub mod nuki_api_stub;
+
+pub use exposition::parse_sample;
 use nuki_exporter::signature::{HEADER, sign};
 use nuki_exporter::{Config, Exporter};
 
@@ -70,6 +77,16 @@ impl TestExporter {
         }
     }
 
+    /// `host:port` of the webhook listener, for raw TCP clients.
+    pub fn webhook_address(&self) -> String {
+        host_and_port(&self.webhook_url)
+    }
+
+    /// `host:port` of the metrics listener.
+    pub fn metrics_address(&self) -> String {
+        host_and_port(&self.metrics_base)
+    }
+
     /// Takes the exporter out, e.g. to shut it down while requests are in flight.
     pub fn take(&mut self) -> Exporter {
         self.exporter.take().expect("exporter still running")
@@ -110,9 +127,31 @@ impl TestExporter {
         Scrape(response.text().await.unwrap())
     }
 
+    /// Scrapes until `ready` holds, for at most `timeout`; returns the scrape that satisfied it.
+    pub async fn scrape_until(&self, timeout: Duration, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let scrape = self.scrape().await;
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "condition not met within {timeout:?}; last scrape:\n{}",
+                scrape.0
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         self.take().shutdown().await;
     }
+}
+
+fn host_and_port(url: &str) -> String {
+    let rest = url.trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 /// A `/metrics` exposition, with exact series lookups independent of label order.
@@ -160,66 +199,29 @@ impl Scrape {
     }
 }
 
-/// Splits one text-format sample line, `name{a="1",b="2"} 3`, into its parts, unescaping label
-/// values.
-pub fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
-    let split = line.find(['{', ' '])?;
-    let name = line[..split].to_owned();
-    let mut chars = line[split..].chars().peekable();
-    let mut labels = BTreeMap::new();
-    if chars.peek() == Some(&'{') {
-        chars.next();
-        loop {
-            match chars.peek() {
-                Some('}') => {
-                    chars.next();
-                    break;
-                }
-                Some(',') => {
-                    chars.next();
-                    continue;
-                }
-                _ => {}
-            }
-            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            if chars.next() != Some('"') {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()? {
-                    '\\' => match chars.next()? {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-            labels.insert(key, value);
-        }
-    }
-    let value: String = chars.collect();
-    Some((name, labels, value.trim().parse().ok()?))
-}
-
-/// Runs an external tool, failing with the Debian package to install when it is missing.
-pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+/// The path of an external tool, or a failing test that names the Debian package to install
+/// (scripts/test.sh installs every one of them).
+pub fn tool(tool: &str, debian_package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(tool))
             .find(|candidate| candidate.is_file())
     });
-    found.unwrap_or_else(|| panic!("`{tool}` is not installed: install the Debian package `{package}` (`apt-get install {package}`), or run .ci/run which installs it"))
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{tool}` is not installed: install the Debian package `{debian_package}` \
+             (apt-get install --no-install-recommends {debian_package}), or run scripts/test.sh"
+        )
+    })
 }
 
-/// A free loopback port (bound and released; the tools under test bind it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address that refuses connections: a bound socket that never listens, which keeps
+/// the port from being given to anyone else while the guard lives.
+pub fn refused_address() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = socket.local_addr().unwrap();
+    (socket, address)
 }
 
 /// A server binary of the Prometheus project (Debian's packages), run in its own temporary
@@ -233,39 +235,54 @@ pub struct Daemon {
 
 impl Daemon {
     /// Writes `files` into a fresh directory, starts `binary` there with `args` (each may use
-    /// `{dir}` and `{port}`), and waits until `/-/ready` answers 200.
+    /// `{dir}`; they make it listen on port 0), reads the address it bound from its log, and
+    /// waits until `/-/ready` answers 200.
     pub async fn start(
         name: &'static str,
         package: &str,
         args: &[&str],
         files: &[(&str, &[u8])],
     ) -> Self {
-        let binary = require_tool(name, package);
+        let binary = tool(name, package);
         let dir = tempfile::tempdir().unwrap();
         for (file, content) in files {
             std::fs::write(dir.path().join(file), content).unwrap();
         }
-        let port = free_port().to_string();
         let dir_text = dir.path().to_str().unwrap().to_owned();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let child = Command::new(binary)
-            .args(
-                args.iter()
-                    .map(|arg| arg.replace("{dir}", &dir_text).replace("{port}", &port)),
-            )
+            .args(args.iter().map(|arg| arg.replace("{dir}", &dir_text)))
             .current_dir(dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = Self {
+        let mut daemon = Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             name,
             dir,
         };
+        // exporter-toolkit logs the bound address: msg="Listening on" address=127.0.0.1:41893
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let address = loop {
+            let log = daemon.log();
+            if let Some(rest) = log.split("msg=\"Listening on\" address=").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never logged its address:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        daemon.url = format!("http://{address}");
         let client = reqwest::Client::new();
-        for _ in 0..300 {
+        while std::time::Instant::now() < deadline {
             if let Ok(response) = client.get(format!("{}/-/ready", daemon.url)).send().await {
                 if response.status().is_success() {
                     return daemon;
@@ -307,7 +324,7 @@ impl Prometheus {
         let args = [
             "--config.file={dir}/prometheus.yml",
             "--storage.tsdb.path={dir}/data",
-            "--web.listen-address=127.0.0.1:{port}",
+            "--web.listen-address=127.0.0.1:0",
         ];
         Self(Daemon::start("prometheus", "prometheus", &args, &files).await)
     }
@@ -370,7 +387,7 @@ impl Alertmanager {
         let args = [
             "--config.file={dir}/alertmanager.yml",
             "--storage.path={dir}/data",
-            "--web.listen-address=127.0.0.1:{port}",
+            "--web.listen-address=127.0.0.1:0",
             "--cluster.listen-address=",
         ];
         Self(
@@ -400,17 +417,46 @@ pub fn exporter_command() -> Command {
     command
 }
 
-pub fn run(command: &mut Command) -> (bool, String, String) {
+/// What a finished command printed, and whether it exited 0.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// stdout followed by stderr.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command to its end.
+pub fn run(command: &mut Command) -> Ran {
     let Output {
         status,
         stdout,
         stderr,
-    } = command.output().expect("binary runs");
-    (
-        status.success(),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    } = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    Ran {
+        ok: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs a command; on a non-zero exit the test fails with the command line and its output.
+/// Returns stdout followed by stderr.
+pub fn run_ok(command: &mut Command) -> String {
+    let ran = run(command);
+    assert!(
+        ran.ok,
+        "{command:?} failed\n--- stdout\n{}\n--- stderr\n{}",
+        ran.stdout, ran.stderr
+    );
+    ran.output()
 }
 
 /// A running binary whose stderr lines arrive on a channel.
@@ -461,6 +507,26 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{name}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Sends SIGKILL (`kill -9`): no shutdown, no last write; returns every log line.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        self.seen
     }
 
     /// Sends SIGTERM.

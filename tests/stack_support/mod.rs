@@ -6,12 +6,20 @@
 #[path = "../common/mod.rs"]
 pub mod common;
 
+#[allow(unused_imports)] // each test crate uses a different part
+pub use common::{Ran, run, run_ok, tool};
+
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use serde_json::Value;
 
 use promql_parser::label::{Labels, MatchOp, Matcher, Matchers};
 use promql_parser::parser::{
@@ -63,21 +71,6 @@ pub fn files(dir: impl AsRef<Path>, suffix: &str) -> Vec<PathBuf> {
 // ------------------------------------------------------------------------------------------------
 // External tools
 
-/// The path of `tool`, or a failing test that names the Debian package to install.
-pub fn tool(tool: &str, debian_package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(tool);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "`{tool}` is not installed: install the Debian package `{debian_package}` \
-         (apt-get install --no-install-recommends {debian_package}), or run scripts/test.sh"
-    );
-}
-
 pub fn promtool() -> PathBuf {
     tool("promtool", "prometheus")
 }
@@ -94,31 +87,6 @@ pub fn docker_compose() -> PathBuf {
     tool("docker-compose", "docker-compose")
 }
 
-/// Runs a command; on a non-zero exit the test fails with the command line and its output.
-pub fn run_ok(command: &mut Command) -> String {
-    let output = run(command);
-    if !output.status.success() {
-        panic!(
-            "{:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
-            command,
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-pub fn run(command: &mut Command) -> Output {
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
-}
-
 // ------------------------------------------------------------------------------------------------
 // Alert rules
 
@@ -129,6 +97,7 @@ pub struct AlertRule {
     pub alert: String,
     pub expr: String,
     pub for_: Option<String>,
+    pub keep_firing_for: Option<String>,
     pub labels: serde_yaml_ng::Mapping,
     pub annotations: serde_yaml_ng::Mapping,
 }
@@ -170,6 +139,7 @@ pub fn alert_rules() -> Vec<AlertRule> {
                     alert: alert.to_string(),
                     expr: rule["expr"].as_str().unwrap_or_default().to_string(),
                     for_: rule["for"].as_str().map(str::to_string),
+                    keep_firing_for: rule["keep_firing_for"].as_str().map(str::to_string),
                     labels: rule["labels"].as_mapping().cloned().unwrap_or_default(),
                     annotations: rule["annotations"]
                         .as_mapping()
@@ -181,6 +151,117 @@ pub fn alert_rules() -> Vec<AlertRule> {
     }
     assert!(!out.is_empty(), "no alert rules found under alerts/");
     out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Alertmanager receivers
+
+/// Records every POST it receives: (path, JSON body).
+pub struct Sink {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Sink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let store = store.clone();
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        store.lock().unwrap().push((path, json));
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"{}",
+                        ))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self { url, received }
+    }
+
+    /// The bodies received on `path`, in arrival order.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Waits for a notification on `path` whose body contains every one of `needles`.
+    pub async fn wait_for(&self, path: &str, needles: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.received.lock().unwrap().iter().find_map(|(p, body)| {
+                let text = body.to_string();
+                (p == path && needles.iter().all(|n| text.contains(n))).then(|| body.clone())
+            });
+            if let Some(body) = found {
+                return body;
+            }
+            let seen: Vec<String> = self
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(p, b)| format!("{p}: {b}"))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "no notification on {path} with {needles:?}; received:\n{}",
+                seen.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `text` with `from` replaced by `to`, which must occur exactly `times` times: a shipped file
+/// that drifts from what this test rewrites fails loudly.
+pub fn rewrite(text: &str, from: &str, to: &str, times: usize) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        times,
+        "expected {from:?} {times} time(s) in:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The shipped Alertmanager configuration with its pager and webhook pointed at `sink`
+/// (`/pagerduty`, `/alertmanager`); routes, grouping, timing and inhibitions stay as shipped.
+pub fn shipped_alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
+    let shipped = read(repo().join("deploy/alertmanager/alertmanager.yml"));
+    let config = rewrite(
+        &shipped,
+        "      - routing_key_file: /run/secrets/pagerduty_routing_key\n",
+        &format!(
+            "      - routing_key_file: {routing_key_file}\n        url: {}/pagerduty\n",
+            sink.url
+        ),
+        1,
+    );
+    rewrite(
+        &config,
+        "http://alert-sink:8080/alertmanager",
+        &format!("{}/alertmanager", sink.url),
+        1,
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -206,6 +287,17 @@ pub fn variables(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
         .as_array()
         .map(|l| l.iter().collect())
         .unwrap_or_default()
+}
+
+/// A panel query without its `or vector(0)` fallbacks (a stat that shows 0 when there is no
+/// data): with them every query "returns data", so a check for data must look at the rest.
+pub fn without_zero_fallback(expr: &str) -> String {
+    let stripped = expr.replace(" or vector(0)", "");
+    assert!(
+        !stripped.contains("vector("),
+        "write a zero fallback as ` or vector(0)`: {expr}"
+    );
+    stripped
 }
 
 /// Every query of a dashboard, Grafana variables replaced: (dashboard, panel, PromQL).
@@ -331,13 +423,58 @@ impl ExportedMetrics {
     }
 }
 
-/// Starts the real exporter, posts every webhook fixture but `device-masterdata-deleted` (which
+/// Starts the real exporter polling a Nuki Web API stand-in (lock list, delivery health and two
+/// reads of the webhook log) and a Nuki Bridge stand-in (callback registered), posts every webhook fixture but `device-masterdata-deleted` (which
 /// removes a lock's series again) and one malformed body, and names every metric of the scrape.
 /// Runs its own tokio runtime: call it from a plain `#[test]`.
 pub fn exported_metrics() -> ExportedMetrics {
+    use common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let scrape = runtime.block_on(async {
-        let exporter = common::TestExporter::start().await;
+        let api = NukiApiStub::start().await;
+        api.route(
+            "GET",
+            "/smartlock",
+            Reply::json(web_api_fixture("smartlock.json")),
+        );
+        api.route(
+            "GET",
+            "/api/key/812/advanced",
+            Reply::json(web_api_fixture("advanced-active.json")),
+        );
+        api.route(
+            "GET",
+            "/api/key/812/webhook/logs",
+            Reply::json(b"[]".to_vec()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, "token").unwrap();
+        let mut config = common::test_config();
+        config.api.token_file = Some(token_file);
+        config.api.url = api.url.clone();
+        config.api.poll_interval = Duration::from_millis(100);
+        config.api.advanced_key_id = Some(812);
+        let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
+        let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
+        exporter
+            .scrape_until(Duration::from_secs(15), |s| {
+                s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+                    && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
+                        .is_some()
+            })
+            .await;
+        api.route(
+            "GET",
+            "/api/key/812/webhook/logs",
+            Reply::json(web_api_fixture("webhook-logs.json")),
+        );
+        exporter
+            .scrape_until(Duration::from_secs(15), |s| {
+                !s.samples("nuki_webhook_delivery_responses_total")
+                    .is_empty()
+            })
+            .await;
         for name in common::fixture_names()
             .iter()
             .filter(|n| *n != "device-masterdata-deleted")

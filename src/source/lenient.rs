@@ -174,7 +174,7 @@ impl<'de, T: Shape<'de>> Shape<'de> for Vec<T> {
 /// `#[serde(default)]`) readable from a JSON object, and absent for any other shape.
 macro_rules! lenient_object {
     ($($name:ident),+ $(,)?) => {$(
-        impl<'de: 'a, 'a> crate::source::webhook::lenient::Shape<'de> for $name<'a> {
+        impl<'de: 'a, 'a> crate::source::lenient::Shape<'de> for $name<'a> {
             fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
                 <Self as serde::Deserialize>::deserialize(
                     serde::de::value::MapAccessDeserializer::new(map),

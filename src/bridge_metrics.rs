@@ -1,0 +1,274 @@
+//! The Nuki Bridges' own metrics (`nuki_bridge_*`): is each bridge answering, connected to the
+//! Nuki server, holding this exporter's callback. Kept apart from the per-lock series, which a
+//! bridge feeds through [`crate::metrics::Metrics::observe`] like every other source.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::source::bridge::BridgeInfo;
+
+/// Every `nuki_bridge_*` metric family.
+#[derive(Clone)]
+pub struct BridgeMetrics {
+    up: IntGaugeVec,
+    server_connected: IntGaugeVec,
+    callbacks_registered: IntGaugeVec,
+    info: IntGaugeVec,
+    requests: IntCounterVec,
+    last_success: GaugeVec,
+    callbacks_received: IntCounterVec,
+}
+
+impl BridgeMetrics {
+    /// Registers the families in the exporter's registry.
+    pub fn new(registry: &Registry) -> Self {
+        let bridge = &["bridge"];
+        Self {
+            up: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_up",
+                        "1 when the last /list poll of a Nuki Bridge succeeded, 0 when it failed.",
+                    ),
+                    bridge,
+                ),
+            ),
+            server_connected: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_server_connected",
+                        "1 while a Nuki Bridge is connected to the Nuki server (/info serverConnected); at 0, webhooks and the Web API go stale too.",
+                    ),
+                    bridge,
+                ),
+            ),
+            callbacks_registered: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_callbacks_registered",
+                        "1 when this exporter's callback_url is registered with a Nuki Bridge (/callback/list), 0 when not.",
+                    ),
+                    bridge,
+                ),
+            ),
+            info: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_info",
+                        "Always 1: a Nuki Bridge's type (hardware, software) and firmware (or app) version, from /info.",
+                    ),
+                    &["bridge", "bridge_type", "firmware_version"],
+                ),
+            ),
+            requests: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "nuki_bridge_requests_total",
+                        "Requests to a Nuki Bridge, by endpoint (list, info, callback_list, callback_add, callback_remove) and HTTP status (error: no answer).",
+                    ),
+                    &["bridge", "endpoint", "code"],
+                ),
+            ),
+            last_success: registered(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_last_success_timestamp_seconds",
+                        "Unix time of the last /list poll of a Nuki Bridge that succeeded.",
+                    ),
+                    bridge,
+                ),
+            ),
+            callbacks_received: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "nuki_bridge_callbacks_received_total",
+                        "Lock-state callbacks a Nuki Bridge POSTed to /bridge/callback and the exporter recorded.",
+                    ),
+                    bridge,
+                ),
+            ),
+        }
+    }
+
+    /// The handles of one bridge's series. `up` starts at 0: no poll has succeeded yet.
+    pub fn bridge(&self, name: &str) -> BridgeSeries {
+        let series = BridgeSeries {
+            name: name.to_owned(),
+            up: self.up.with_label_values(&[name]),
+            server_connected: self.server_connected.clone(),
+            callbacks_registered: self.callbacks_registered.clone(),
+            info: self.info.clone(),
+            info_labels: std::sync::Arc::default(),
+            requests: self.requests.clone(),
+            last_success: self.last_success.with_label_values(&[name]),
+            callbacks_received: self.callbacks_received.with_label_values(&[name]),
+        };
+        series.up.set(0);
+        series
+    }
+}
+
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: prometheus::Result<C>,
+) -> C {
+    let collector = collector.expect("valid metric definition");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric registered once");
+    collector
+}
+
+/// One bridge's series.
+#[derive(Clone)]
+pub struct BridgeSeries {
+    name: String,
+    up: IntGauge,
+    server_connected: IntGaugeVec,
+    callbacks_registered: IntGaugeVec,
+    info: IntGaugeVec,
+    /// The `bridge_type` and `firmware_version` of the current info series.
+    info_labels: std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>,
+    requests: IntCounterVec,
+    last_success: Gauge,
+    callbacks_received: IntCounter,
+}
+
+impl std::fmt::Debug for BridgeSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeSeries")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BridgeSeries {
+    /// The bridge's name: its `bridge` label value.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts a request by endpoint and HTTP status, `None` when no answer came.
+    pub fn request(&self, endpoint: &str, status: Option<u16>) {
+        let code = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.requests
+            .with_label_values(&[&self.name, endpoint, &code])
+            .inc();
+    }
+
+    /// Records the outcome of a `/list` poll at `now` (Unix seconds).
+    pub fn polled(&self, succeeded: bool, now: f64) {
+        self.up.set(i64::from(succeeded));
+        if succeeded {
+            self.last_success.set(now);
+        }
+    }
+
+    /// Sets the info series (replacing the previous one) and the server-link gauge.
+    pub fn info(&self, info: &BridgeInfo) {
+        match info.server_connected {
+            Some(connected) => self
+                .server_connected
+                .with_label_values(&[&self.name])
+                .set(i64::from(connected)),
+            None => {
+                let _ = self.server_connected.remove_label_values(&[&self.name]);
+            }
+        }
+        let labels = (
+            info.bridge_type.clone().unwrap_or_else(|| "unknown".into()),
+            info.firmware_version
+                .clone()
+                .unwrap_or_else(|| "unknown".into()),
+        );
+        let mut current = self
+            .info_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref() == Some(&labels) {
+            return;
+        }
+        if let Some((bridge_type, firmware)) = current.take() {
+            let _ = self
+                .info
+                .remove_label_values(&[&self.name, &bridge_type, &firmware]);
+        }
+        self.info
+            .with_label_values(&[&self.name, &labels.0, &labels.1])
+            .set(1);
+        *current = Some(labels);
+    }
+
+    /// Sets whether this exporter's callback is registered with the bridge.
+    pub fn callback_registered(&self, registered: bool) {
+        self.callbacks_registered
+            .with_label_values(&[&self.name])
+            .set(i64::from(registered));
+    }
+
+    /// Counts a callback the bridge POSTed.
+    pub fn callback_received(&self) {
+        self.callbacks_received.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(registry: &Registry) -> String {
+        let mut buffer = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut buffer,
+        )
+        .unwrap();
+        String::from_utf8(buffer).unwrap()
+    }
+
+    #[test]
+    fn a_new_bridge_is_down_until_polled_and_info_is_replaced() {
+        let registry = Registry::new();
+        let series = BridgeMetrics::new(&registry).bridge("hall");
+        assert!(exposition(&registry).contains("nuki_bridge_up{bridge=\"hall\"} 0"));
+        series.polled(true, 1_700_000_000.0);
+        series.info(&BridgeInfo {
+            bridge_type: Some("hardware".into()),
+            firmware_version: Some("2.17.0".into()),
+            server_connected: Some(false),
+        });
+        series.info(&BridgeInfo {
+            bridge_type: Some("hardware".into()),
+            firmware_version: Some("2.18.0".into()),
+            server_connected: Some(true),
+        });
+        series.request("list", Some(503));
+        series.request("list", None);
+        let text = exposition(&registry);
+        assert!(text.contains("nuki_bridge_up{bridge=\"hall\"} 1"), "{text}");
+        assert!(
+            text.contains("nuki_bridge_last_success_timestamp_seconds{bridge=\"hall\"} 1700000000")
+        );
+        assert!(text.contains("nuki_bridge_server_connected{bridge=\"hall\"} 1"));
+        assert!(text.contains(
+            "nuki_bridge_info{bridge=\"hall\",bridge_type=\"hardware\",firmware_version=\"2.18.0\"} 1"
+        ));
+        assert!(!text.contains("2.17.0"), "{text}");
+        assert!(text.contains(
+            "nuki_bridge_requests_total{bridge=\"hall\",code=\"503\",endpoint=\"list\"} 1"
+        ));
+        assert!(text.contains(
+            "nuki_bridge_requests_total{bridge=\"hall\",code=\"error\",endpoint=\"list\"} 1"
+        ));
+    }
+}

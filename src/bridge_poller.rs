@@ -1,0 +1,283 @@
+//! Polls each configured Nuki Bridge and keeps this exporter's callback registered with it.
+//!
+//! Every `poll_interval`: `/list`, whose devices go to the metrics facade as lock events (a
+//! device the bridge listed before and no longer lists is removed). Every `info_interval`:
+//! `/info` (type, firmware, server link), and with `callback_url` set, `/callback/list` and
+//! `/callback/add` only when the URL is absent: the bridge has three slots, and re-adding on
+//! every start has made bridges unresponsive. Polling stays on with callbacks, which get lost.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bridge_client::{BridgeClient, BridgeError, Endpoint};
+use crate::bridge_metrics::{BridgeMetrics, BridgeSeries};
+use crate::config::{BridgeConfig, ConfigError};
+use crate::http::unix_now;
+use crate::lock::LockEvent;
+use crate::metrics::Metrics;
+use crate::source::bridge;
+
+/// The bridges allowed to POST callbacks, by the addresses their hosts resolve to: the only
+/// guard of `POST /bridge/callback`, since a bridge cannot sign its callbacks.
+#[derive(Debug)]
+pub struct CallbackSenders {
+    /// Whether any bridge is configured: without one, the callback route does not exist.
+    configured: bool,
+    senders: RwLock<Vec<(IpAddr, BridgeSeries)>>,
+}
+
+impl CallbackSenders {
+    /// The guard of `bridges` configured bridges, none of them resolved yet.
+    pub fn new(bridges: usize) -> Self {
+        Self {
+            configured: bridges > 0,
+            senders: RwLock::default(),
+        }
+    }
+
+    /// Whether `POST /bridge/callback` exists: some bridge is configured.
+    pub fn accepts_callbacks(&self) -> bool {
+        self.configured
+    }
+
+    /// The series of the bridge at `peer`, if it is a configured bridge's address.
+    pub fn sender(&self, peer: IpAddr) -> Option<BridgeSeries> {
+        let peer = peer.to_canonical();
+        let senders = self.senders.read().unwrap_or_else(PoisonError::into_inner);
+        senders
+            .iter()
+            .find(|(address, _)| *address == peer)
+            .map(|(_, series)| series.clone())
+    }
+
+    /// The addresses of one bridge.
+    fn addresses_of(&self, series: &BridgeSeries) -> Vec<IpAddr> {
+        let senders = self.senders.read().unwrap_or_else(PoisonError::into_inner);
+        senders
+            .iter()
+            .filter(|(_, known)| known.name() == series.name())
+            .map(|(address, _)| *address)
+            .collect()
+    }
+
+    /// Replaces the addresses of one bridge.
+    fn set(&self, series: &BridgeSeries, addresses: &[IpAddr]) {
+        let mut senders = self.senders.write().unwrap_or_else(PoisonError::into_inner);
+        senders.retain(|(_, known)| known.name() != series.name());
+        senders.extend(addresses.iter().map(|a| (a.to_canonical(), series.clone())));
+    }
+}
+
+/// One configured bridge, ready to poll.
+pub struct BridgePoller {
+    client: BridgeClient,
+    series: BridgeSeries,
+    metrics: Arc<Metrics>,
+    senders: Arc<CallbackSenders>,
+    /// `host:port` of the bridge's URL, resolved for [`CallbackSenders`].
+    authority: String,
+    poll_interval: Duration,
+    info_interval: Duration,
+    callback_url: Option<String>,
+    /// The devices of the last successful `/list`.
+    listed: HashSet<u64>,
+    /// The last `/list` poll failed: the next failure is logged at debug level only.
+    failing: bool,
+}
+
+impl BridgePoller {
+    /// Reads the bridge's token file and registers its series.
+    pub fn new(
+        config: &BridgeConfig,
+        metrics: Arc<Metrics>,
+        bridge_metrics: &BridgeMetrics,
+        senders: Arc<CallbackSenders>,
+    ) -> Result<Self, ConfigError> {
+        let token = config.read_token()?;
+        let series = bridge_metrics.bridge(&config.name);
+        let url: hyper::Uri = config.url.parse().map_err(|e| ConfigError::Bridge {
+            bridge: config.name.clone(),
+            reason: format!("url: {e}"),
+        })?;
+        let host = url.host().unwrap_or_default();
+        let authority = format!(
+            "{}:{}",
+            host.trim_start_matches('[').trim_end_matches(']'),
+            url.port_u16().unwrap_or(80)
+        );
+        Ok(Self {
+            client: BridgeClient::new(config, token, series.clone()),
+            series,
+            metrics,
+            senders,
+            authority,
+            poll_interval: config.poll_interval,
+            info_interval: config.info_interval,
+            callback_url: config.callback_url.clone(),
+            listed: HashSet::new(),
+            failing: false,
+        })
+    }
+
+    /// Resolves the bridge's host to the addresses its callbacks come from; on failure, keeps
+    /// the addresses it had and returns false.
+    pub async fn resolve_sender(&self) -> bool {
+        match tokio::net::lookup_host(self.authority.as_str()).await {
+            Ok(addresses) => {
+                let addresses: Vec<IpAddr> = addresses.map(|a| a.ip()).collect();
+                self.senders.set(&self.series, &addresses);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(bridge = %self.series.name(), %error, "cannot resolve the bridge's host: its callbacks are refused until it resolves");
+                false
+            }
+        }
+    }
+
+    /// Polls until `stop` turns true; a request in flight is abandoned then.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut next_info = Instant::now();
+        // Resolved at start-up; until it resolves (a bridge host not yet in DNS), every cycle.
+        let mut resolved = !self.senders.addresses_of(&self.series).is_empty();
+        loop {
+            let cycle = async {
+                self.poll_list().await;
+                if Instant::now() >= next_info {
+                    self.poll_info().await;
+                    if let Some(url) = self.callback_url.clone() {
+                        self.keep_registered(&url).await;
+                    }
+                    resolved = false;
+                    next_info = Instant::now() + self.info_interval;
+                }
+                if !resolved {
+                    resolved = self.resolve_sender().await;
+                }
+                tokio::time::sleep(self.poll_interval).await;
+            };
+            tokio::select! {
+                () = cycle => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn poll_list(&mut self) {
+        let reports = self
+            .client
+            .get(Endpoint::List, &[])
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|body| bridge::parse_list(&body).map_err(|e| e.to_string()));
+        let now = unix_now();
+        let reports = match reports {
+            Ok(reports) => reports,
+            Err(error) => {
+                if self.failing {
+                    tracing::debug!(bridge = %self.series.name(), %error, "/list poll failed again");
+                } else {
+                    tracing::warn!(bridge = %self.series.name(), %error, "/list poll failed; keeping the last values");
+                }
+                self.failing = true;
+                self.series.polled(false, now);
+                return;
+            }
+        };
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(bridge = %self.series.name(), "/list poll succeeded again");
+        }
+        let listed: HashSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
+        for report in &reports {
+            self.metrics
+                .observe(report.smartlock_id, &report.events, now);
+        }
+        // A device unpaired from the bridge: its series go.
+        for gone in self.listed.difference(&listed) {
+            self.metrics.observe(*gone, &[LockEvent::Removed], now);
+        }
+        self.listed = listed;
+        self.series.polled(true, now);
+    }
+
+    async fn poll_info(&self) {
+        match self.client.get(Endpoint::Info, &[]).await {
+            Ok(body) => match bridge::parse_info(&body) {
+                Ok(info) => self.series.info(&info),
+                Err(error) => {
+                    tracing::warn!(bridge = %self.series.name(), %error, "/info answer unreadable");
+                }
+            },
+            Err(error) => tracing::warn!(bridge = %self.series.name(), %error, "/info failed"),
+        }
+    }
+
+    /// Registers `url` with the bridge unless it is there already, and removes extra copies
+    /// of it, so that it holds exactly one slot.
+    async fn keep_registered(&self, url: &str) {
+        match self.registration(url).await {
+            Ok(registered) => self.series.callback_registered(registered),
+            Err(error) => {
+                tracing::warn!(bridge = %self.series.name(), %error, "checking the callback registration failed");
+            }
+        }
+    }
+
+    async fn registration(&self, url: &str) -> Result<bool, String> {
+        let body = self
+            .client
+            .get(Endpoint::CallbackList, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let ours: Vec<u64> = bridge::parse_callbacks(&body)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|callback| callback.url == url)
+            .map(|callback| callback.id)
+            .collect();
+        if let Some((_, extra)) = ours.split_first() {
+            for id in extra {
+                let id = id.to_string();
+                if let Err(refusal) = self
+                    .outcome(Endpoint::CallbackRemove, &[("id", &id)])
+                    .await?
+                {
+                    tracing::warn!(bridge = %self.series.name(), reason = %refusal, "the bridge kept a second copy of the callback");
+                }
+            }
+            return Ok(true);
+        }
+        match self.outcome(Endpoint::CallbackAdd, &[("url", url)]).await? {
+            Ok(()) => {
+                tracing::info!(bridge = %self.series.name(), "callback registered with the bridge");
+                Ok(true)
+            }
+            Err(refusal) => {
+                tracing::warn!(bridge = %self.series.name(), reason = %refusal, "the bridge refused the callback (it holds at most three)");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Calls a callback endpoint: `Err` when no answer came, `Ok(Err)` with the bridge's
+    /// message when it refused.
+    async fn outcome(
+        &self,
+        endpoint: Endpoint,
+        params: &[(&str, &str)],
+    ) -> Result<Result<(), String>, String> {
+        match self.client.get(endpoint, params).await {
+            Ok(body) => bridge::parse_outcome(&body).map_err(|e| e.to_string()),
+            // The bridge says "URL invalid or too long" by status alone.
+            Err(BridgeError::Status(hyper::StatusCode::BAD_REQUEST)) => {
+                Ok(Err("400: callback URL invalid or too long".into()))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Relay mode (`forward.*`): the exporter in front of the application that Nuki's webhooks are
+//! for. A webhook that passed the signature check is relayed with its raw body and its
+//! signature header unchanged (the application keeps verifying it), and the sender gets the
+//! application's status code and body, so that Nuki's webhook log shows what the application
+//! answered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::{ConfigError, ForwardConfig};
+
+/// Largest application answer relayed back to the sender; Nuki only logs a short body.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// `code` label of a relay that got no answer (connection refused, timeout, broken answer).
+const NO_ANSWER: &str = "error";
+
+/// The connection a request arrived on, attached to each request by the listener: the relay's
+/// `X-Forwarded-For` and `X-Forwarded-Proto`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConnection {
+    pub peer: SocketAddr,
+    pub https: bool,
+}
+
+/// The pooled client that relays webhooks to `forward.url`.
+pub struct Relay {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    upstream: Uri,
+    timeout: Duration,
+    requests: IntCounterVec,
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("upstream", &self.upstream)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// The relay `forward.*` describes, or `None` without `forward.url`. Reads `forward.ca_file`.
+    pub fn new(config: &ForwardConfig) -> Result<Option<Self>, ConfigError> {
+        let Some(upstream) = config.upstream()? else {
+            return Ok(None);
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(trusted_roots(config)?)
+        .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        // A relayed request is written once and answered once: no reason to wait for more.
+        tcp.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "nuki_exporter_forward_requests_total",
+                "Webhooks relayed to forward.url, by the application's HTTP status code (error: no answer, or none within forward.timeout).",
+            ),
+            &["code"],
+        )
+        .expect("valid metric definition");
+        requests.with_label_values(&[NO_ANSWER]);
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "nuki_exporter_forward_duration_seconds",
+                "Time from relaying a webhook to forward.url until the application's answer was read.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("valid metric definition");
+        Ok(Some(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            upstream,
+            timeout: config.timeout,
+            requests,
+            duration,
+        }))
+    }
+
+    /// Adds the relay's metrics to the exporter's registry.
+    pub fn register(&self, registry: &Registry) {
+        for collector in [
+            Box::new(self.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.duration.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+    }
+
+    /// `forward.timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Relays a webhook and returns the application's answer: its status, headers and body;
+    /// 502 when the application cannot be reached, 504 when it does not answer in time.
+    pub async fn forward(&self, parts: &Parts, body: Bytes) -> Response<Full<Bytes>> {
+        let request = self.upstream_request(parts, body);
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, async {
+            let response = self.client.request(request).await.map_err(describe)?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>(Response::from_parts(parts, body))
+        })
+        .await;
+        self.duration.observe(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(Ok(response)) => {
+                self.requests
+                    .with_label_values(&[response.status().as_str()])
+                    .inc();
+                let (mut parts, body) = response.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, Full::new(body))
+            }
+            Ok(Err(error)) => {
+                self.requests.with_label_values(&[NO_ANSWER]).inc();
+                tracing::warn!(upstream = %self.upstream, %error, "relaying a webhook failed");
+                plain(StatusCode::BAD_GATEWAY, "The application did not answer.\n")
+            }
+            Err(_) => {
+                self.requests.with_label_values(&[NO_ANSWER]).inc();
+                tracing::warn!(upstream = %self.upstream, timeout = ?self.timeout, "the application did not answer a relayed webhook in time");
+                plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The application did not answer in time.\n",
+                )
+            }
+        }
+    }
+
+    /// The relayed request: the sender's method and end-to-end headers (the signature among
+    /// them) with the raw body, addressed to the application, plus `X-Forwarded-*`.
+    fn upstream_request(&self, parts: &Parts, body: Bytes) -> Request<Full<Bytes>> {
+        let mut headers = parts.headers.clone();
+        remove_hop_by_hop(&mut headers);
+        let original_host = headers.remove(header::HOST);
+        // The body is complete already: nothing to wait for a 100 Continue about.
+        headers.remove(header::EXPECT);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Some(connection) = parts.extensions.get::<ClientConnection>() {
+            let peer = connection.peer.ip().to_string();
+            let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
+                Some(Ok(earlier)) => format!("{earlier}, {peer}"),
+                _ => peer,
+            };
+            headers.insert(
+                X_FORWARDED_FOR,
+                HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
+            );
+            // A TLS proxy in front of the exporter already said which scheme the sender used.
+            if !headers.contains_key(X_FORWARDED_PROTO) {
+                let scheme = if connection.https { "https" } else { "http" };
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+            }
+        }
+        if let Some(host) = original_host {
+            headers.entry(X_FORWARDED_HOST).or_insert(host);
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = self.upstream.clone();
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers about one connection, which a proxy must not pass on (RFC 9110, section 7.6.1):
+/// the fixed list and every header the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The system's CA certificates, and those of `forward.ca_file`.
+fn trusted_roots(config: &ForwardConfig) -> Result<rustls::RootCertStore, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates only matter for an https url; its handshake says so.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = &config.ca_file {
+        let unusable = |reason: String| ConfigError::Key {
+            key: "forward.ca_file",
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let certificates = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| unusable(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(unusable("holds no certificate".into()));
+        }
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|e| unusable(e.to_string()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A client error with its cause: hyper-util's own message is only "client error (Connect)".
+fn describe(error: hyper_util::client::legacy::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-private-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-nuki-signature-sha256", "abc"),
+            ("content-type", "application/json"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-nuki-signature-sha256"]);
+    }
+
+    #[test]
+    fn relayed_request_keeps_body_and_signature_and_adds_forwarded_headers() {
+        let config = ForwardConfig {
+            url: Some("http://127.0.0.1:8080/nuki".into()),
+            ..ForwardConfig::default()
+        };
+        let relay = Relay::new(&config).unwrap().unwrap();
+        let mut incoming = Request::post("/webhook")
+            .header("host", "exporter.example:10180")
+            .header("x-nuki-signature-sha256", "ABCDEF")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("connection", "close")
+            .header("expect", "100-continue")
+            .body(())
+            .unwrap();
+        incoming.extensions_mut().insert(ClientConnection {
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            https: false,
+        });
+        let (parts, ()) = incoming.into_parts();
+        let relayed = relay.upstream_request(&parts, Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(relayed.uri(), "http://127.0.0.1:8080/nuki");
+        let headers = relayed.headers();
+        assert_eq!(headers["x-nuki-signature-sha256"], "ABCDEF");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "exporter.example:10180");
+        assert_eq!(headers["content-length"], "7");
+        assert!(
+            !headers.contains_key("host"),
+            "the client sets the upstream's"
+        );
+        assert!(!headers.contains_key("connection"));
+        assert!(!headers.contains_key("expect"));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let config = ForwardConfig {
+            url: Some("https://app:8443/".into()),
+            ca_file: Some(empty.clone()),
+            ..ForwardConfig::default()
+        };
+        let error = Relay::new(&config).unwrap_err().to_string();
+        assert!(error.contains("forward.ca_file"), "{error}");
+        assert!(error.contains(&*empty.to_string_lossy()), "{error}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Property tests of the Web API and state-file parsers: any bytes give a result or an error,
+//! never a panic; parsing is pure; what is accepted is JSON of the documented top-level shape;
+//! mutated fixtures keep every lock they can still name.
+
+use proptest::prelude::*;
+
+use nuki_exporter::source::web_api::{parse_delivery_active, parse_smartlocks, parse_webhook_logs};
+use nuki_exporter::state;
+use serde_json::Value;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/web_api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A fixture with a few bytes replaced, removed or inserted.
+fn mutated() -> impl Strategy<Value = Vec<u8>> {
+    let names = vec![
+        "smartlock.json",
+        "webhook-logs.json",
+        "advanced-active.json",
+    ];
+    (
+        prop::sample::select(names),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..8),
+    )
+        .prop_map(|(name, edits)| {
+            let mut bytes = fixture(name);
+            for (at, byte, kind) in edits {
+                let at = at.index(bytes.len().max(1)).min(bytes.len());
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            bytes
+        })
+}
+
+fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![prop::collection::vec(any::<u8>(), 0..512), mutated()]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_parsers_are_total_and_pure(body in any_bytes()) {
+        let top = serde_json::from_slice::<Value>(&body).ok();
+        let locks = parse_smartlocks(&body);
+        prop_assert_eq!(format!("{locks:?}"), format!("{:?}", parse_smartlocks(&body)));
+        if let Ok(locks) = &locks {
+            prop_assert!(matches!(top, Some(Value::Array(_))) || top.is_none());
+            prop_assert!(locks.len() * 2 <= body.len());
+        }
+        let logs = parse_webhook_logs(&body);
+        prop_assert_eq!(format!("{logs:?}"), format!("{:?}", parse_webhook_logs(&body)));
+        let active = parse_delivery_active(&body);
+        if active.is_ok() {
+            prop_assert!(matches!(top, Some(Value::Object(_))) || top.is_none());
+        }
+        let restored = state::parse(&body);
+        prop_assert_eq!(format!("{restored:?}"), format!("{:?}", state::parse(&body)));
+    }
+
+    /// A value of the wrong type in one lock's field reads as absent: the other locks, and
+    /// that lock itself while its id is readable, are still listed.
+    #[test]
+    fn a_wrongly_typed_field_loses_no_lock(field in prop::sample::select(vec!["name", "type", "serverState", "state", "firmwareVersion"]),
+                                           value in prop_oneof![Just(Value::Null), Just(Value::Bool(true)), Just(Value::from("x")), Just(Value::from(-1.5)), Just(serde_json::json!({"a": [1]}))]) {
+        let mut locks: Vec<Value> = serde_json::from_slice(&fixture("smartlock.json")).unwrap();
+        locks[1][field] = value;
+        let parsed = parse_smartlocks(&serde_json::to_vec(&locks).unwrap()).unwrap();
+        prop_assert_eq!(parsed.len(), 3);
+    }
+}
