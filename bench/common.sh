@@ -7,6 +7,7 @@ OUT="${BENCH_OUT:-$BENCH/out}"
 DATA="$OUT/data"
 EXPORTER="$ROOT/target/release/nuki-exporter"
 BASELINE="$ROOT/target/release/examples/baseline_server"
+PROMETHEUS_ENCODER="$ROOT/target/release/examples/prometheus_encoder"
 SECRET=bench-secret
 CLK_TCK=$(getconf CLK_TCK)
 PY=(python3 "$BENCH/bench.py")
@@ -80,7 +81,7 @@ require() {
 
 build() {
     log "building release binaries"
-    (cd "$ROOT" && cargo build --release --bin nuki-exporter --example baseline_server) >&2 ||
+    (cd "$ROOT" && cargo build --release --bin nuki-exporter --example baseline_server --example prometheus_encoder) >&2 ||
         die "cargo build"
 }
 
@@ -104,6 +105,7 @@ start_exporter() {
     NUKI_EXPORTER_METRICS__LISTEN=127.0.0.1:$metrics_port \
     NUKI_EXPORTER_WEBHOOK__SECRETS="[$SECRET]" \
     NUKI_EXPORTER_LIMITS__MAX_SMARTLOCKS=$max_smartlocks \
+    NUKI_EXPORTER_LIMITS__MAX_SERIES=$((4 * max_smartlocks)) \
     NUKI_EXPORTER_LOG__LEVEL=warn \
         "${ON_SERVER_CPU[@]}" "$EXPORTER" &
     EXPORTER_PID=$!

@@ -1,7 +1,8 @@
 //! Work that must never take CPU time from the threads that answer webhooks: a thread of its
-//! own at a lower CPU priority, running jobs one at a time. Encoding `/metrics` and recording a
-//! Web API poll run there. One thread per kind of job also keeps its memory in one allocator
-//! arena, reused from one job to the next.
+//! own at a lower CPU priority. Recording a Web API poll runs on a [`BackgroundThread`] (jobs
+//! one at a time); encoding `/metrics` runs on [`crate::scrape::EncoderThread`], which shares
+//! one encode among the scrapes waiting for it. One thread per kind of job also keeps its
+//! memory in one allocator arena, reused from one job to the next.
 
 use std::sync::mpsc;
 
@@ -19,14 +20,11 @@ pub struct BackgroundThread {
 impl BackgroundThread {
     pub fn spawn(name: &str) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                lower_current_thread_priority();
-                for job in queue {
-                    job();
-                }
-            })?;
+        spawn_low_priority(name, move || {
+            for job in queue {
+                job();
+            }
+        })?;
         Ok(Self { jobs })
     }
 
@@ -43,6 +41,17 @@ impl BackgroundThread {
             .ok()?;
         result.await.ok()
     }
+}
+
+/// Runs `body` on a new thread named `name` at [`BACKGROUND_NICENESS`].
+pub fn spawn_low_priority(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            lower_current_thread_priority();
+            body();
+        })?;
+    Ok(())
 }
 
 /// Raises the calling thread's niceness (Linux gives each thread its own).

@@ -96,8 +96,14 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Distinct lock ids tracked; further ids are counted under `smartlock_id="other"`.
     pub max_smartlocks: usize,
-    /// Distinct `operation` and `kind` label values; further ones are counted as `other`.
+    /// Distinct API webhook `type` values, and apart from them distinct device `feature`
+    /// values; further ones are counted as `other`.
     pub max_operations: usize,
+    /// Per-lock series held in all; past it, new series are refused and counted.
+    pub max_series: usize,
+    /// Series one lock (or `smartlock_id="other"`) may hold, so that one noisy lock cannot
+    /// take the whole `max_series`.
+    pub max_series_per_lock: usize,
     /// Open connections per listener; beyond it, new connections wait in the accept queue.
     pub max_connections: usize,
     /// Time a client has to send a request's headers, idle keep-alive time included.
@@ -114,6 +120,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 64 * 1024,
             max_smartlocks: 10_000,
             max_operations: 64,
+            max_series: 200_000,
+            max_series_per_lock: 1_000,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
@@ -451,6 +459,16 @@ impl Config {
         Ok(config)
     }
 
+    /// What the metrics facade may hold.
+    pub fn metric_limits(&self) -> crate::metrics::Limits {
+        crate::metrics::Limits {
+            max_smartlocks: self.limits.max_smartlocks,
+            max_operations: self.limits.max_operations,
+            max_series: self.limits.max_series,
+            max_series_per_lock: self.limits.max_series_per_lock,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let key_error = |key, reason: &str| ConfigError::Key {
             key,
@@ -490,6 +508,12 @@ impl Config {
         }
         if self.limits.max_operations == 0 {
             return Err(key_error("limits.max_operations", "must be at least 1"));
+        }
+        if self.limits.max_series_per_lock == 0 {
+            return Err(key_error(
+                "limits.max_series_per_lock",
+                "must be at least 1",
+            ));
         }
         if self.limits.max_connections == 0 {
             return Err(key_error("limits.max_connections", "must be at least 1"));

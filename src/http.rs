@@ -14,8 +14,9 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::bridge_poller::CallbackSenders;
 use crate::forward::Relay;
-use crate::metrics::{CONTENT_TYPE, EncoderThread, Metrics, RejectReason};
+use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
 use crate::reload::FileBacked;
+use crate::scrape::{self, EncoderThread};
 use crate::signature::{self, Verifier};
 use crate::source::{bridge, webhook};
 use crate::web::{Access, MetricsGuard};
@@ -175,7 +176,10 @@ impl App {
                         );
                         response
                     }
-                    Access::Granted if path == "/metrics" => self.serve_metrics().await,
+                    Access::Granted if path == "/metrics" => {
+                        self.serve_metrics(scrape::accepts_gzip(request.headers()))
+                            .await
+                    }
                     Access::Granted => html(LANDING_PAGE),
                 }
             }
@@ -188,13 +192,18 @@ impl App {
         }
     }
 
-    async fn serve_metrics(&self) -> HttpResponse {
-        match self.encoder.encode().await {
-            Some(body) => {
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    async fn serve_metrics(&self, gzip: bool) -> HttpResponse {
+        match self.encoder.encode(gzip).await {
+            Some(exposition) => {
+                let compressed = exposition.gzip.filter(|_| gzip);
+                let mut response =
+                    Response::new(Full::new(compressed.clone().unwrap_or(exposition.text)));
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+                if compressed.is_some() {
+                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
                 response
             }
             None => {

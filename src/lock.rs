@@ -67,6 +67,22 @@ pub struct LockInfo {
     pub firmware_version: Option<String>,
 }
 
+impl LockInfo {
+    /// Takes every field `newer` reports; keeps the others (a bridge may omit the firmware
+    /// that the Web API reported).
+    pub fn merge(&mut self, newer: &LockInfo) {
+        for (field, newer) in [
+            (&mut self.name, &newer.name),
+            (&mut self.device_type, &newer.device_type),
+            (&mut self.firmware_version, &newer.firmware_version),
+        ] {
+            if newer.is_some() {
+                field.clone_from(newer);
+            }
+        }
+    }
+}
+
 /// One thing a source learned about one lock.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LockEvent {
@@ -74,7 +90,7 @@ pub enum LockEvent {
     Seen,
     /// State fields the source reported.
     Status(LockStatus),
-    /// Name, kind and firmware; replaces the lock's previous info.
+    /// Name, kind and firmware; the fields reported replace the lock's, absent ones keep theirs.
     Info(LockInfo),
     /// The lock left the account: every series of it goes.
     Removed,
@@ -116,6 +132,27 @@ mod tests {
                 server_state: Some(0),
                 lock_state: Some(1),
                 ..LockStatus::default()
+            }
+        );
+    }
+
+    #[test]
+    fn info_merge_takes_reported_fields_and_keeps_the_rest() {
+        let mut known = LockInfo {
+            name: Some("Front door".into()),
+            device_type: Some("smartlock_3_4".into()),
+            firmware_version: Some("3.10.7".into()),
+        };
+        known.merge(&LockInfo {
+            name: Some("Back door".into()),
+            ..LockInfo::default()
+        });
+        assert_eq!(
+            known,
+            LockInfo {
+                name: Some("Back door".into()),
+                device_type: Some("smartlock_3_4".into()),
+                firmware_version: Some("3.10.7".into()),
             }
         );
     }

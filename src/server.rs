@@ -19,7 +19,7 @@ use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
 use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
-use crate::metrics::{ConnectionLimit, Limits, Metrics};
+use crate::metrics::{ConnectionLimit, Metrics, RejectReason};
 use crate::nuki_api::{ApiToken, NukiApi};
 use crate::poller::Poller;
 use crate::reload::{FileBacked, Reloader};
@@ -27,6 +27,7 @@ use crate::request_progress::RequestProgress;
 use crate::signature::Verifier;
 use crate::state::{self, StateWriter};
 use crate::web::MetricsGuard;
+use crate::write_deadline::{self, DeadlineIo, WriteDeadline};
 use tokio_rustls::TlsAcceptor;
 
 /// Why the exporter could not start.
@@ -73,10 +74,7 @@ impl Exporter {
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
             );
         }
-        let metrics = Arc::new(Metrics::new(Limits {
-            max_smartlocks: config.limits.max_smartlocks,
-            max_operations: config.limits.max_operations,
-        }));
+        let metrics = Arc::new(Metrics::new(config.metric_limits()));
         let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
         let bridge_metrics = BridgeMetrics::new(metrics.registry());
         let pollers = config
@@ -314,6 +312,8 @@ impl Acceptor {
             let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
             let (app, role) = (Arc::clone(&self.app), self.role);
+            let deadline = Arc::new(WriteDeadline::default());
+            let write_deadline = Arc::clone(&deadline);
             // Read per connection: a reload may bring a new certificate.
             let tls: Option<TlsAcceptor> = if self.role.metrics {
                 self.app.guard.current().tls().cloned()
@@ -326,8 +326,12 @@ impl Acceptor {
             };
             let service = service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(connection);
-                let app = Arc::clone(&app);
-                async move { Ok::<_, std::convert::Infallible>(app.handle(role, peer, request).await) }
+                let (app, deadline) = (Arc::clone(&app), Arc::clone(&write_deadline));
+                async move {
+                    let response = Arc::clone(&app).handle(role, peer, request).await;
+                    deadline.arm(app.request_timeout);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
@@ -339,18 +343,17 @@ impl Acceptor {
                 let (stream, started) = RequestProgress::new(stream);
                 let (served, request_started) = match tls {
                     None => {
-                        let served = watcher
-                            .watch(builder.serve_connection(TokioIo::new(stream), service))
-                            .await;
+                        let io = TokioIo::new(DeadlineIo::new(stream, deadline));
+                        let served = watcher.watch(builder.serve_connection(io, service)).await;
                         (served, started)
                     }
                     Some(tls) => {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
                                 let (stream, request_started) = RequestProgress::new(stream);
-                                let served = watcher
-                                    .watch(builder.serve_connection(TokioIo::new(stream), service))
-                                    .await;
+                                let io = TokioIo::new(DeadlineIo::new(stream, deadline));
+                                let served =
+                                    watcher.watch(builder.serve_connection(io, service)).await;
                                 (served, request_started)
                             }
                             Ok(Err(error)) => {
@@ -371,6 +374,9 @@ impl Acceptor {
                     if error.is_timeout() && request_started.get() {
                         metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
                     }
+                    if let Some(reason) = refusal(&error) {
+                        metrics.reject(reason);
+                    }
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 open_connections.dec();
@@ -384,6 +390,21 @@ impl Acceptor {
         {
             tracing::warn!(grace_period = ?self.grace_period, "requests still in flight after the grace period were dropped");
         }
+    }
+}
+
+/// Why hyper refused a request before any handler ran (it answered 400, 414 or 431 itself, or
+/// closed the connection), or why a response could not be written; `None` for errors that
+/// refuse nothing (the client closed an idle connection, the header-read timeout).
+fn refusal(error: &hyper::Error) -> Option<RejectReason> {
+    if error.is_parse_too_large() {
+        Some(RejectReason::TooLarge)
+    } else if error.is_parse() || error.is_parse_status() {
+        Some(RejectReason::Malformed)
+    } else if write_deadline::is_write_timeout(error) {
+        Some(RejectReason::Timeout)
+    } else {
+        None
     }
 }
 

@@ -393,6 +393,8 @@ fn shared_metrics() -> &'static Metrics {
         Metrics::new(Limits {
             max_smartlocks: 1000,
             max_operations: 100,
+            max_series: 1_000_000,
+            max_series_per_lock: 10_000,
         })
     });
     &METRICS
@@ -746,7 +748,7 @@ fn operation() -> impl Strategy<Value = String> {
 }
 
 /// Every sample of the exposition: metric name, labels, value.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
@@ -895,7 +897,7 @@ proptest! {
 
         // And into the counters: one operation per entity, one error per failed entity,
         // under the lock's own id (the fleet is below the cap).
-        let metrics = Metrics::new(Limits { max_smartlocks: 100, max_operations: 10 });
+        let metrics = Metrics::new(Limits { max_smartlocks: 100, max_operations: 10, max_series: 1_000_000, max_series_per_lock: 10_000 });
         metrics.record(&webhook, NOW);
         let samples = samples(&metrics);
         let mut operations = BTreeMap::new();
@@ -1171,6 +1173,8 @@ proptest! {
 const FLEET_LIMITS: Limits = Limits {
     max_smartlocks: 50,
     max_operations: 8,
+    max_series: 1_000_000,
+    max_series_per_lock: 10_000,
 };
 
 /// Webhooks of a large fleet: thousands of lock ids, many operation and feature names (some
@@ -1294,9 +1298,23 @@ proptest! {
 
         let operations = distinct(&samples, "operation", None);
         prop_assert!(operations.len() <= FLEET_LIMITS.max_operations, "{operations:?}");
-        let kinds = distinct(&samples, "kind", Some("nuki_exporter_webhooks_received_total"));
-        prop_assert!(kinds.len() <= FLEET_LIMITS.max_operations, "{kinds:?}");
-        prop_assert!(operations.iter().chain(&kinds).all(|value| value.len() <= 64));
+        // API types and device features have budgets of their own.
+        let received: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.name == "nuki_exporter_webhooks_received_total")
+            .cloned()
+            .collect();
+        for source in ["api", "device"] {
+            let of_source: Vec<Sample> = received
+                .iter()
+                .filter(|s| s.labels.get("source").map(String::as_str) == Some(source))
+                .cloned()
+                .collect();
+            let kinds = distinct(&of_source, "kind", None);
+            prop_assert!(kinds.len() <= FLEET_LIMITS.max_operations, "{source}: {kinds:?}");
+            prop_assert!(kinds.iter().all(|value| value.len() <= 64));
+        }
+        prop_assert!(operations.iter().all(|value| value.len() <= 64));
     }
 }
 

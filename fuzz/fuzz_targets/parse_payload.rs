@@ -26,6 +26,8 @@ const NOW: f64 = 1_700_000_000.0;
 const LIMITS: Limits = Limits {
     max_smartlocks: 50,
     max_operations: 8,
+    max_series: 1_000_000,
+    max_series_per_lock: 10_000,
 };
 
 static LONG_LIVED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(LIMITS));

@@ -505,6 +505,10 @@ impl Running {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
