@@ -414,11 +414,36 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
             ("smartlock_id", "504"),
             ("severity", "warning"),
         ]),
-        // a bridge down stalls the webhooks
+        // a bridge down stalls the webhooks; its stale server link says nothing more
         alert(&[
             ("alertname", "NukiBridgeDown"),
             job,
             ("bridge", "hall"),
+            ("severity", "warning"),
+        ]),
+        alert(&[
+            ("alertname", "NukiBridgeCloudDisconnected"),
+            job,
+            ("bridge", "hall"),
+            ("severity", "warning"),
+        ]),
+        // another bridge, polled fine, lost Nuki's server: its own notification
+        alert(&[
+            ("alertname", "NukiBridgeCloudDisconnected"),
+            job,
+            ("bridge", "garage"),
+            ("severity", "warning"),
+        ]),
+        // the application behind the relay fails: Nuki's log records the failed deliveries
+        alert(&[
+            ("alertname", "NukiWebhookRelayFailing"),
+            job,
+            ("severity", "critical"),
+        ]),
+        alert(&[
+            ("alertname", "NukiWebhookDeliveriesFailing"),
+            job,
+            ("api_key_id", "812"),
             ("severity", "warning"),
         ]),
         alert(&[
@@ -497,6 +522,7 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
     assert_eq!(
         chat,
         [
+            vec!["NukiBridgeCloudDisconnected"],
             vec!["NukiBridgeDown"],
             vec!["NukiSmartlockMechanicalFailure"],
             vec!["NukiSmartlockVoltageTooLow"],
@@ -513,14 +539,15 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
     assert_eq!(
         paged,
         [
+            "NukiWebhookRelayFailing: test. (1 firing)",
             "Smart lock 503: NukiSmartlockOffline: test. (1 firing)",
             "Smart lock 504: NukiSmartlockOffline: test. (1 firing)",
         ],
-        "one PagerDuty incident per offline lock"
+        "one PagerDuty incident per offline lock, and one for the relay"
     );
     let dedup: std::collections::BTreeSet<&str> = pages
         .iter()
         .filter_map(|p| p["dedup_key"].as_str())
         .collect();
-    assert_eq!(dedup.len(), 2, "two incidents, not one: {pages:?}");
+    assert_eq!(dedup.len(), 3, "three incidents, not one: {pages:?}");
 }

@@ -530,20 +530,6 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
     }
 }
 
-/// Metrics the alert rules read that the Web API source (`nuki_exporter_api_*`,
-/// `nuki_webhook_delivery_*`) and the Nuki Bridge source (`nuki_bridge_*`) provide, whose branches
-/// are merged separately (product-contract.md Part 2). A scrape of this branch's exporter cannot
-/// show them. Drop each entry when its source is merged: the test then checks it for real.
-const FROM_SOURCES_NOT_YET_MERGED: &[&str] = &[
-    "nuki_exporter_api_up",
-    "nuki_exporter_api_requests_total",
-    "nuki_webhook_delivery_active",
-    "nuki_webhook_deliveries_total",
-    "nuki_bridge_up",
-    "nuki_bridge_server_connected",
-    "nuki_bridge_callbacks_registered",
-];
-
 /// Every metric a dashboard or an alert rule reads is one the exporter exposes: the metrics of a
 /// real scrape after every webhook fixture, plus the series Prometheus adds per target.
 #[test]
@@ -589,11 +575,7 @@ fn every_metric_in_dashboards_and_rules_is_exported() {
     }
     let unknown: Vec<String> = used
         .iter()
-        .filter(|(metric, _)| {
-            metric.is_empty()
-                || !(exported.contains(metric)
-                    || FROM_SOURCES_NOT_YET_MERGED.contains(&metric.as_str()))
-        })
+        .filter(|(metric, _)| metric.is_empty() || !exported.contains(metric))
         .map(|(metric, places)| format!("{metric:?} used by {places:?}"))
         .collect();
     assert!(

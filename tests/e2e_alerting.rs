@@ -359,7 +359,7 @@ async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_si
     let prometheus = prometheus_with_quick_rule(
         &[&exporter.metrics_address()],
         &alertmanager_address,
-        "(nuki_bridge_server_connected{job=\"nuki-exporter\"}) == 0",
+        "(nuki_bridge_up{job=\"nuki-exporter\"}) == 0",
     )
     .await;
     prometheus
