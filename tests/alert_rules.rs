@@ -16,6 +16,10 @@ const SEVERITIES: &[&str] = &["critical", "warning", "info"];
 /// keep_firing_for.
 const WINDOW_ONLY_IN_A_CONDITION: &[&str] = &["NukiWebhooksStalled"];
 
+/// State alerts on a gauge the state file restores: keep_firing_for bridges the failed scrapes of
+/// an exporter restart, so the alert neither resolves nor pends again (its promtool test shows it).
+const KEPT_ACROSS_RESTARTS: &[&str] = &["NukiSmartlockBatteryCritical"];
+
 #[test]
 fn promtool_check_rules_accepts_the_rule_files() {
     let files = rule_files();
@@ -295,7 +299,9 @@ fn alert_rules_follow_the_conventions() {
             (None, true) => problem(format!(
                 "an event window ({windows:?}) needs keep_firing_for, or a lock failing every window fires and resolves every cycle"
             )),
-            (Some(k), false) => problem(format!("keep_firing_for: {k} on a state alert")),
+            (Some(k), false) if !KEPT_ACROSS_RESTARTS.contains(&name.as_str()) => {
+                problem(format!("keep_firing_for: {k} on a state alert"))
+            }
             _ => {}
         }
         if !expr.range_windows("rate").is_empty() {
