@@ -225,16 +225,7 @@ impl BridgeSeries {
 mod tests {
     use super::*;
 
-    fn exposition(registry: &Registry) -> String {
-        let mut buffer = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &registry.gather(),
-            &mut buffer,
-        )
-        .unwrap();
-        String::from_utf8(buffer).unwrap()
-    }
+    use crate::metrics::registry_text as exposition;
 
     #[test]
     fn a_new_bridge_is_down_until_polled_and_info_is_replaced() {

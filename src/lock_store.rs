@@ -842,7 +842,7 @@ fn escape_label_value(out: &mut Vec<u8>, value: &str) {
 
 #[cfg(test)]
 mod tests {
-    use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+    use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
     use super::*;
 
@@ -1031,11 +1031,7 @@ mod tests {
         gauges(&SERVER_STATE, &["smartlock_id"])
             .with_label_values(&lock)
             .set(4);
-        let mut expected = Vec::new();
-        TextEncoder::new()
-            .encode(&registry.gather(), &mut expected)
-            .unwrap();
-        let expected = String::from_utf8(expected).unwrap();
+        let expected = crate::metrics::registry_text(&registry);
 
         let written = exposition(&store);
         assert_eq!(families(&written), families(&expected), "{written}");

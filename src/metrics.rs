@@ -401,6 +401,16 @@ impl Metrics {
     }
 }
 
+/// The prometheus crate's own text exposition of a registry: what unit tests compare against.
+#[cfg(test)]
+pub(crate) fn registry_text(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding into memory cannot fail");
+    String::from_utf8(buffer).expect("the text format is UTF-8")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,16 +234,7 @@ mod tests {
     }
 
     fn value(registry: &Registry, name: &str) -> String {
-        let text = {
-            let mut buffer = Vec::new();
-            prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &registry.gather(),
-                &mut buffer,
-            )
-            .unwrap();
-            String::from_utf8(buffer).unwrap()
-        };
+        let text = crate::metrics::registry_text(registry);
         text.lines()
             .find(|line| line.starts_with(name))
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
