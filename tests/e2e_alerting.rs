@@ -57,6 +57,21 @@ fn polling(api: &NukiApiStub, dir: &std::path::Path) -> Config {
     config
 }
 
+/// The far end of the alert path: a sink, and a real Alertmanager with the shipped routing (its
+/// waits shortened) that pages with a routing key from a file in the returned directory.
+async fn alert_path() -> (Sink, tempfile::TempDir, Alertmanager) {
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
+    let alertmanager = Alertmanager::start(
+        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    (sink, keys, alertmanager)
+}
+
 /// The shipped Alertmanager configuration pointed at the sink, with the grouping delays shortened;
 /// routes, receivers and inhibitions stay as shipped.
 fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
@@ -131,15 +146,7 @@ fn failure(lock: &str, request: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
-    let sink = Sink::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let routing_key_file = keys.path().join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
+    let (sink, keys, alertmanager) = alert_path().await;
     let api = web_api("advanced-active.json").await;
     // And a healthy bridge with its callback registered: the dashboards' bridge row has data.
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
@@ -302,15 +309,7 @@ async fn scraped(exporter: &TestExporter, prometheus: &Prometheus, counter: &str
 /// the pager through the shipped rules (the alert's `for:` shortened) and routing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanager() {
-    let sink = Sink::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let routing_key_file = keys.path().join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
+    let (sink, keys, alertmanager) = alert_path().await;
     let api = web_api("advanced-deactivated.json").await;
     let exporter = TestExporter::start_with(polling(&api, keys.path())).await;
     let alertmanager_address = alertmanager.url().trim_start_matches("http://").to_owned();
@@ -341,15 +340,7 @@ async fn a_deactivated_webhook_delivery_pages_through_prometheus_and_alertmanage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_that_stops_answering_raises_nuki_bridge_down_at_the_webhook_sink() {
-    let sink = Sink::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let routing_key_file = keys.path().join("routing_key");
-    std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
-    let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
-        &[],
-    )
-    .await;
+    let (sink, _keys, alertmanager) = alert_path().await;
     let bridge = BridgeStub::start([127, 0, 0, 1].into()).await;
     let exporter = exporter_polling(&bridge, test_config(), |bridge| {
         bridge.poll_interval = Duration::from_millis(500);
