@@ -40,6 +40,11 @@ fn requests(scrape: &Scrape, endpoint: &str, code: &str) -> f64 {
     )
 }
 
+/// An exporter that polls `stub` with [`TOKEN`], from a token file written into `dir`.
+async fn exporter_polling(stub: &NukiApiStub, dir: &Path) -> TestExporter {
+    TestExporter::start_with(polling_config(stub, write_token(dir, TOKEN))).await
+}
+
 #[tokio::test]
 async fn the_fleet_is_visible_before_any_webhook_and_absent_fields_give_no_series() {
     let stub = NukiApiStub::start().await;
@@ -49,8 +54,7 @@ async fn the_fleet_is_visible_before_any_webhook_and_absent_fields_give_no_serie
         Reply::json(web_api_fixture("smartlock.json")),
     );
     let dir = tempfile::tempdir().unwrap();
-    let exporter =
-        TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    let exporter = exporter_polling(&stub, dir.path()).await;
     // `api_up` is set once a poll has asked every endpoint.
     let scrape = exporter
         .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
@@ -178,8 +182,7 @@ async fn a_lock_that_left_the_account_loses_every_series() {
     let stub = NukiApiStub::start().await;
     stub.route("GET", "/smartlock", Reply::json(fleet(100, 3, &[])));
     let dir = tempfile::tempdir().unwrap();
-    let exporter =
-        TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    let exporter = exporter_polling(&stub, dir.path()).await;
     exporter
         .scrape_until(WAIT, |s| {
             s.value("nuki_exporter_api_smartlocks", &[]) == Some(3.0)
@@ -208,8 +211,7 @@ async fn every_error_shape_is_counted_and_keeps_the_last_good_values() {
     let good = Reply::json(web_api_fixture("smartlock.json"));
     stub.route("GET", "/smartlock", good.clone());
     let dir = tempfile::tempdir().unwrap();
-    let exporter =
-        TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    let exporter = exporter_polling(&stub, dir.path()).await;
     exporter
         .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
@@ -284,8 +286,7 @@ async fn a_rotated_token_is_read_again_after_a_401() {
     let stub = NukiApiStub::start().await;
     stub.route("GET", "/smartlock", Reply::json(fleet(1, 1, &[])));
     let dir = tempfile::tempdir().unwrap();
-    let exporter =
-        TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    let exporter = exporter_polling(&stub, dir.path()).await;
     exporter
         .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
@@ -454,8 +455,7 @@ async fn retry_after_is_honoured() {
         Reply::status(429, Vec::new()).header("retry-after", "3600"),
     );
     let dir = tempfile::tempdir().unwrap();
-    let exporter =
-        TestExporter::start_with(polling_config(&stub, write_token(dir.path(), TOKEN))).await;
+    let exporter = exporter_polling(&stub, dir.path()).await;
     exporter
         .scrape_until(WAIT, |s| requests(s, "/smartlock", "429") == 1.0)
         .await;
