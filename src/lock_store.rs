@@ -98,6 +98,13 @@ struct Known {
     updated_at: f64,
 }
 
+impl Known {
+    /// Whether the lock has a state or info series, and so its state timestamp series.
+    fn is_exposed(&self) -> bool {
+        known_series(&self.status, self.info.is_some()) > 0
+    }
+}
+
 impl LockRow {
     fn status(&self) -> Option<&LockStatus> {
         self.known.as_ref().map(|known| &known.status)
@@ -359,7 +366,9 @@ impl LockStore {
                         let known = row.known.get_or_insert_default();
                         let mut merged = known.status;
                         merged.merge(status);
-                        let added = gauge_series(&merged) - gauge_series(&known.status);
+                        let has_info = known.info.is_some();
+                        let added =
+                            known_series(&merged, has_info) - known_series(&known.status, has_info);
                         if store.take(&mut row.counters.series, added) {
                             known.status = merged;
                         } else {
@@ -372,7 +381,12 @@ impl LockStore {
                         let known = row.known.get_or_insert_default();
                         match &mut known.info {
                             Some(known_info) => known_info.merge(&bounded_info(info)),
-                            None if store.take(&mut row.counters.series, 1) => {
+                            None if store.take(
+                                &mut row.counters.series,
+                                known_series(&known.status, true)
+                                    - known_series(&known.status, false),
+                            ) =>
+                            {
                                 known.info = Some(bounded_info(info));
                             }
                             None => {}
@@ -561,6 +575,22 @@ impl LockStore {
         self.status_family(out, &LOCK_STATE, |s| s.lock_state);
         self.status_family(out, &MODE, |s| s.mode);
         self.status_family(out, &SERVER_STATE, |s| s.server_state);
+        self.gauge_family(
+            out,
+            &STATE_TIMESTAMP,
+            |row| row.known.as_deref().is_some_and(Known::is_exposed),
+            |out, id, row| {
+                if let Some(known) = row.known.as_deref().filter(|known| known.is_exposed()) {
+                    let labels = [("smartlock_id", id)];
+                    sample(
+                        out,
+                        STATE_TIMESTAMP.name,
+                        &labels,
+                        Value::Float(known.updated_at),
+                    );
+                }
+            },
+        );
         self.last_size.store(out.len() - start, Ordering::Relaxed);
     }
 
@@ -670,6 +700,13 @@ fn gauge_series(status: &LockStatus) -> u32 {
     fields.into_iter().map(u32::from).sum()
 }
 
+/// Series of a lock's state and info: a gauge per reported field, the info series, and the
+/// state timestamp that goes with them.
+fn known_series(status: &LockStatus, has_info: bool) -> u32 {
+    let exposed = gauge_series(status) + u32::from(has_info);
+    exposed + u32::from(exposed > 0)
+}
+
 /// The fields of `newer` that `known` already has: new values for existing series only.
 fn reported_where_known(known: &LockStatus, newer: &LockStatus) -> LockStatus {
     LockStatus {
@@ -776,13 +813,17 @@ pub const MODE: Family = gauge(
     "nuki_smartlock_mode",
     "Operating mode from state.mode (Bridge: mode): 0 uninitialised, 1 pairing, 2 door, 3 continuous (opener), 4 maintenance, 5 off-door charging.",
 );
+pub const STATE_TIMESTAMP: Family = gauge(
+    "nuki_smartlock_state_timestamp_seconds",
+    "Unix time at which this lock's state or info was last reported to this exporter, by any source (webhook, Web API poll, Bridge poll or callback); restored unchanged from the state file. Replicas compare it: the newest report wins.",
+);
 pub const SERVER_STATE: Family = gauge(
     "nuki_smartlock_server_state",
     "Server state from DEVICE_STATUS / DEVICE_MASTERDATA serverState: 0 ok, 1 unregistered, 2 auth UUID invalid, 3 auth invalid, 4 offline.",
 );
 
 /// Every family the store writes.
-pub const FAMILIES: [&Family; 12] = [
+pub const FAMILIES: [&Family; 13] = [
     &ERRORS,
     &OPERATIONS,
     &ACTIVITY,
@@ -795,6 +836,7 @@ pub const FAMILIES: [&Family; 12] = [
     &LOCK_STATE,
     &MODE,
     &SERVER_STATE,
+    &STATE_TIMESTAMP,
 ];
 
 enum Value {
@@ -1031,11 +1073,20 @@ mod tests {
         gauges(&SERVER_STATE, &["smartlock_id"])
             .with_label_values(&lock)
             .set(4);
+        let state_timestamp = GaugeVec::new(
+            Opts::new(STATE_TIMESTAMP.name, STATE_TIMESTAMP.help),
+            &["smartlock_id"],
+        )
+        .unwrap();
+        registry
+            .register(Box::new(state_timestamp.clone()))
+            .unwrap();
+        state_timestamp.with_label_values(&lock).set(7.0);
         let expected = crate::metrics::registry_text(&registry);
 
         let written = exposition(&store);
         assert_eq!(families(&written), families(&expected), "{written}");
-        assert_eq!(store.series(), 27);
+        assert_eq!(store.series(), 28);
     }
 
     #[test]
@@ -1048,6 +1099,36 @@ mod tests {
             text.contains(&format!("smartlock_id=\"1\"}} {expected}\n")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_state_timestamp_is_the_time_of_the_last_state_or_info_report() {
+        let (store, _) = store(limits());
+        let timestamp = |store: &LockStore| {
+            let text = exposition(store);
+            let prefix = "nuki_smartlock_state_timestamp_seconds{smartlock_id=\"1\"} ";
+            text.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        // A webhook that only names the lock (an API result) is no state report.
+        store.observe(1, &[LockEvent::Seen], 5.0);
+        assert_eq!(timestamp(&store), None);
+        let status = LockStatus {
+            battery_charge_percent: Some(80),
+            ..LockStatus::default()
+        };
+        store.observe(1, &[LockEvent::Status(status)], 10.5);
+        assert_eq!(timestamp(&store).as_deref(), Some("10.5"));
+        store.observe(1, &[LockEvent::Info(LockInfo::default())], 20.0);
+        assert_eq!(timestamp(&store).as_deref(), Some("20"));
+        store.observe(1, &[LockEvent::Seen], 30.0);
+        assert_eq!(timestamp(&store).as_deref(), Some("20"));
+        // Restored state (the state file replays its events at their own time) is no newer.
+        store.observe(2, &[LockEvent::Status(status)], 1_700_000_000.25);
+        assert!(exposition(&store).contains(
+            "nuki_smartlock_state_timestamp_seconds{smartlock_id=\"2\"} 1700000000.25\n"
+        ));
     }
 
     #[test]
@@ -1080,7 +1161,7 @@ mod tests {
     #[test]
     fn the_total_budget_holds_and_deletion_gives_it_back() {
         let (store, overflow) = store(Limits {
-            max_series: 10,
+            max_series: 12,
             max_smartlocks: 100,
             ..limits()
         });
@@ -1093,7 +1174,8 @@ mod tests {
         };
         store.observe(1, &[LockEvent::Seen, LockEvent::Status(full)], 1.0);
         store.observe(2, &[LockEvent::Seen, LockEvent::Status(full)], 1.0);
-        assert_eq!(store.series(), 10);
+        // Each: last seen, four state gauges and the state timestamp.
+        assert_eq!(store.series(), 12);
         assert_eq!(overflow.series.get(), 0);
         // A third lock is admitted but its series are refused; lock 1 keeps updating.
         store.observe(3, &[LockEvent::Seen, LockEvent::Status(full)], 2.0);
@@ -1103,17 +1185,17 @@ mod tests {
             ..LockStatus::default()
         };
         store.observe(1, &[LockEvent::Status(newer)], 3.0);
-        assert_eq!(store.series(), 10);
+        assert_eq!(store.series(), 12);
         assert_eq!(overflow.series.get(), 3);
         let text = exposition(&store);
         assert!(text.contains("nuki_smartlock_battery_charge_percent{smartlock_id=\"1\"} 40\n"));
         assert!(!text.contains("nuki_smartlock_mode{"), "{text}");
         assert!(!text.contains("smartlock_id=\"3\""), "{text}");
         store.observe(2, &[LockEvent::Removed], 4.0);
-        assert_eq!(store.series(), 5);
+        assert_eq!(store.series(), 6);
         assert_eq!(overflow.tracked.get(), 2);
         store.observe(3, &[LockEvent::Status(full)], 5.0);
-        assert_eq!(store.series(), 9);
+        assert_eq!(store.series(), 11);
         assert!(exposition(&store).contains("nuki_smartlock_lock_state{smartlock_id=\"3\"} 1\n"));
     }
 
