@@ -29,10 +29,10 @@ fn promtool_check_rules_accepts_the_rule_files() {
             .arg("rules")
             .args(&files),
     );
-    let expected = alert_rules().len();
+    let expected = alert_rules().len() + recording_rules().len();
     assert!(
         output.contains(&format!("SUCCESS: {expected} rules found")),
-        "promtool did not find the {expected} alert rules:\n{output}"
+        "promtool did not find the {expected} alerting and recording rules:\n{output}"
     );
 }
 

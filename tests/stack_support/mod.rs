@@ -153,6 +153,30 @@ pub fn alert_rules() -> Vec<AlertRule> {
     out
 }
 
+/// A recording rule of alerts/*.yml: the series it records and the expression it records.
+pub struct RecordingRule {
+    pub record: String,
+    pub expr: String,
+}
+
+pub fn recording_rules() -> Vec<RecordingRule> {
+    let mut out = Vec::new();
+    for file in rule_files() {
+        let doc = yaml(&file);
+        for group in doc["groups"].as_sequence().into_iter().flatten() {
+            for rule in group["rules"].as_sequence().into_iter().flatten() {
+                if let Some(record) = rule["record"].as_str() {
+                    out.push(RecordingRule {
+                        record: record.to_string(),
+                        expr: rule["expr"].as_str().unwrap_or_default().to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 // ------------------------------------------------------------------------------------------------
 // Alertmanager receivers
 
