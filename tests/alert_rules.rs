@@ -94,7 +94,10 @@ fn prometheus_configuration_loads_every_rule_file_and_targets_the_stack() {
         );
     }
     assert!(
-        output.contains(&format!("SUCCESS: {} rules found", alert_rules().len())),
+        output.contains(&format!(
+            "SUCCESS: {} rules found",
+            alert_rules().len() + recording_rules().len()
+        )),
         "{output}"
     );
 
