@@ -7,7 +7,7 @@
 pub mod common;
 
 #[allow(unused_imports)] // each test crate uses a different part
-pub use common::{Ran, run, run_ok, tool};
+pub use common::{ChildGuard, Ran, run, run_ok, tool};
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
