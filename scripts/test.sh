@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property, HTTP and end-to-end tests, and
-# the smoke modes of the benchmark, the Web API benchmark and the soak. Installs the Debian packages
+# the smoke modes of the benchmark, the Web API benchmark and the soak; then fails if any process it
+# started is still running (scripts/leftover-processes). Installs the Debian packages
 # the tests drive (promtool, Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time, kubectl,
 # python3-venv, Caddy, busybox) when they are missing, and kubernetes-validate from PyPI into
 # target/kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Every process of the run carries this marker (tests/common/process.rs also sets it on each child
+# a test starts): whatever outlives the run is named, stopped, and fails it, pass or fail.
+NUKI_TEST_CHECKOUT=$(pwd -P)
+export NUKI_TEST_CHECKOUT
+check_leftovers() {
+  local status=$?
+  scripts/leftover-processes --kill || status=1
+  exit "$status"
+}
+trap check_leftovers EXIT
 
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }

@@ -6,7 +6,7 @@ mod web_api;
 pub use web_api::{Endpoint, WebApiMetrics};
 
 use std::collections::HashSet;
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -97,6 +97,10 @@ pub struct Metrics {
     features: BoundedSet,
     /// `received{source="api"}` by operation index: no label hashing per webhook.
     received_api: RwLock<Vec<Option<IntCounter>>>,
+    /// Held by each encode from start to end, and by [`Metrics::between_encodes`]: the registry
+    /// gathers its collectors one at a time, so without it an encode could read a poll's `up`
+    /// but the values that poll set before it as they were before the poll.
+    encoding: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -230,6 +234,7 @@ impl Metrics {
                 values: RwLock::new(HashSet::new()),
             },
             received_api: RwLock::default(),
+            encoding: Mutex::new(()),
             label_overflow,
             registry,
         };
@@ -303,8 +308,17 @@ impl Metrics {
             .get_or_init(|| WebApiMetrics::register(&self.registry))
     }
 
+    /// Runs `change` while no encode runs: a scrape shows all of it or none of it, and
+    /// everything set before it. Blocks for as long as an encode takes: call it from a
+    /// background thread, never from an async task.
+    pub fn between_encodes<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _no_encode = self.encoding.lock().unwrap_or_else(PoisonError::into_inner);
+        change()
+    }
+
     /// The text exposition of every metric: the registry's, then the per-lock series.
     pub fn encode(&self) -> Vec<u8> {
+        let _whole = self.encoding.lock().unwrap_or_else(PoisonError::into_inner);
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
@@ -603,5 +617,46 @@ mod tests {
         assert!(text.contains(r#"nuki_exporter_webhooks_rejected_total{reason="signature"} 1"#));
         assert!(text.contains(r#"nuki_exporter_webhooks_rejected_total{reason="malformed"} 0"#));
         assert!(text.contains(r#"nuki_exporter_build_info{version=""#));
+    }
+
+    /// The registry gathers one collector after another: without the lock, an encode running
+    /// while a poll publishes could show the new `up` beside the old lock count, or the reverse.
+    #[test]
+    fn an_encode_shows_a_change_made_between_encodes_whole_or_not_at_all() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let m = Arc::new(metrics());
+        let web_api = m.web_api().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = std::thread::spawn({
+            let (m, stop) = (Arc::clone(&m), Arc::clone(&stop));
+            move || {
+                let mut locks = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    locks += 1;
+                    // `up` is 1 exactly when the lock count is odd.
+                    m.between_encodes(|| {
+                        web_api.smartlocks_polled(locks, 0.1, 1.0);
+                        web_api.set_up(locks % 2 == 1);
+                    });
+                }
+            }
+        });
+        for _ in 0..300 {
+            let text = exposition(&m);
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|value| value.parse::<i64>().ok())
+                    .unwrap_or_else(|| panic!("{name} in\n{text}"))
+            };
+            let (locks, up) = (
+                value("nuki_exporter_api_smartlocks"),
+                value("nuki_exporter_api_up"),
+            );
+            assert_eq!(up, locks % 2, "{locks} locks with api_up {up}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        publisher.join().unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! exponential backoff and jitter (never later than the interval unless Nuki asks, by
 //! `Retry-After`). Parsing and recording run on a background thread of lower priority, so a
 //! large fleet never holds a thread that answers webhooks or scrapes. A failed poll changes no
-//! lock series: the last good values stay.
+//! lock series: the last good values stay. A poll's `api_up` is set last, between two scrapes'
+//! encodes: a scrape that shows it shows everything that poll read.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,6 +38,14 @@ pub struct Poller {
     /// missing from the next list has left the account.
     account: HashSet<u64>,
     delivery: Option<DeliveryWatch>,
+}
+
+/// What a successful `GET /smartlock` poll publishes with the poll's `api_up`.
+#[derive(Clone, Copy, Debug)]
+struct Listed {
+    locks: usize,
+    seconds: f64,
+    at: f64,
 }
 
 /// The delivery health of one Advanced API key.
@@ -122,7 +131,7 @@ impl Poller {
     /// One poll: the lock list, then delivery health; every part is tried, the first error is
     /// returned.
     pub async fn poll(&mut self) -> Result<(), ApiError> {
-        let locks = self.poll_smartlocks().await;
+        let listed = self.poll_smartlocks().await;
         let delivery = match self.delivery.take() {
             Some(mut watch) => {
                 let result = self.poll_delivery(&mut watch).await;
@@ -131,12 +140,30 @@ impl Poller {
             }
             None => Ok(()),
         };
-        let result = locks.and(delivery);
-        self.metrics.web_api().set_up(result.is_ok());
-        result
+        let up = listed.is_ok() && delivery.is_ok();
+        self.publish(listed.as_ref().ok().copied(), up).await;
+        listed.map(|_| ()).and(delivery)
     }
 
-    async fn poll_smartlocks(&mut self) -> Result<(), ApiError> {
+    /// The poll's last step, on the recording thread and between two encodes: a scrape that
+    /// shows this poll's `api_up` shows every lock, request and delivery the poll recorded.
+    async fn publish(&self, listed: Option<Listed>, up: bool) {
+        let metrics = Arc::clone(&self.metrics);
+        self.recorder
+            .run(move || {
+                metrics.between_encodes(|| {
+                    let web_api = metrics.web_api();
+                    if let Some(Listed { locks, seconds, at }) = listed {
+                        web_api.smartlocks_polled(locks, seconds, at);
+                    }
+                    web_api.set_up(up);
+                })
+            })
+            .await
+            .expect("the recording thread runs as long as the poller");
+    }
+
+    async fn poll_smartlocks(&mut self) -> Result<Listed, ApiError> {
         let started = Instant::now();
         let body = self.api.get(Endpoint::Smartlocks, "/smartlock").await?;
         let metrics = Arc::clone(&self.metrics);
@@ -162,13 +189,13 @@ impl Poller {
             .expect("the recording thread runs as long as the poller");
         match recorded {
             Ok(listed) => {
-                let now = unix_now();
-                let seconds = started.elapsed().as_secs_f64();
-                self.metrics
-                    .web_api()
-                    .smartlocks_polled(listed.len(), seconds, now);
+                let polled = Listed {
+                    locks: listed.len(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    at: unix_now(),
+                };
                 self.account = listed;
-                Ok(())
+                Ok(polled)
             }
             Err((error, previous)) => {
                 self.account = previous;

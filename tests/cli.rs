@@ -233,7 +233,7 @@ async fn sighup_reloads_rotated_secret_and_token_files_and_a_failed_reload_keeps
 
     std::fs::write(&secret, "second-secret\n").unwrap();
     std::fs::write(&token, "token-2\n").unwrap();
-    running.signal("HUP");
+    running.signal(libc::SIGHUP);
     let reloaded = running.wait_for("reloaded the secret and token files");
     assert!(reloaded.contains(&*secret.to_string_lossy()), "{reloaded}");
     assert!(reloaded.contains(&*token.to_string_lossy()), "{reloaded}");
@@ -250,7 +250,7 @@ async fn sighup_reloads_rotated_secret_and_token_files_and_a_failed_reload_keeps
     // An empty secret file would accept forged webhooks: the reload fails, nothing changes.
     std::fs::write(&secret, "").unwrap();
     std::fs::write(&token, "token-3\n").unwrap();
-    running.signal("HUP");
+    running.signal(libc::SIGHUP);
     let failed = running.wait_for("reload failed");
     assert!(failed.contains(&*secret.to_string_lossy()), "{failed}");
     assert_eq!(post("second-secret").await.unwrap().status(), 204);

@@ -473,7 +473,7 @@ fn curl_status(url: &str, body: Option<(&[u8], &str)>) -> u16 {
         "-w",
         "%{http_code}",
         "--max-time",
-        "5",
+        "60",
     ]);
     if let Some((body, signature)) = body {
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -507,8 +507,7 @@ async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
     .await
     .unwrap();
     let metrics = curl_status(&format!("{base}/metrics"), None);
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    proxy.kill();
     assert_eq!(webhook, 204, "a signed webhook through the TLS front");
     assert_eq!(
         metrics, 404,
@@ -525,30 +524,31 @@ async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
 /// Starts Caddy with the shipped Caddyfile on loopback ports and waits (with a deadline) until it
 /// serves https with its local certificate. Caddy cannot report a port it picked itself, so a
 /// port pair another process holds makes Caddy exit, and the next pair is tried.
-async fn start_caddy(home: &Path, upstream: &str) -> (std::process::Child, String) {
+async fn start_caddy(home: &Path, upstream: &str) -> (ChildGuard, String) {
     let seed = std::process::id() as u16;
     for attempt in 0..8u16 {
         let https_port = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 2)) % 40_000;
         let http_port = https_port + 1;
-        let mut proxy = Command::new(caddy())
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(repo().join("deploy/caddy/Caddyfile"))
-            .env("HOME", home)
-            .env("XDG_DATA_HOME", home)
-            .env("XDG_CONFIG_HOME", home)
-            .env("CADDY_ADMIN", "off")
-            .env("CADDY_HTTPS_PORT", https_port.to_string())
-            .env("CADDY_HTTP_PORT", http_port.to_string())
-            .env("NUKI_EXPORTER_DOMAIN", "localhost")
-            .env("NUKI_EXPORTER_WEBHOOK_UPSTREAM", upstream)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("caddy starts");
+        let mut proxy = ChildGuard::spawn(
+            Command::new(caddy())
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(repo().join("deploy/caddy/Caddyfile"))
+                .env("HOME", home)
+                .env("XDG_DATA_HOME", home)
+                .env("XDG_CONFIG_HOME", home)
+                .env("CADDY_ADMIN", "off")
+                .env("CADDY_HTTPS_PORT", https_port.to_string())
+                .env("CADDY_HTTP_PORT", http_port.to_string())
+                .env("NUKI_EXPORTER_DOMAIN", "localhost")
+                .env("NUKI_EXPORTER_WEBHOOK_UPSTREAM", upstream)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+        .expect("caddy starts");
         let base = format!("https://localhost:{https_port}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if proxy.try_wait().unwrap().is_some() {
+            if proxy.try_wait().is_some() {
                 break; // a port was taken: the next pair
             }
             if curl_status(&format!("{base}/"), None) == 404 {

@@ -230,7 +230,7 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
         .into_iter()
         .map(|(dashboard, panel, query)| format!("{dashboard} / {panel}: {query}"))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let mut still_empty = Vec::new();
         for entry in empty {

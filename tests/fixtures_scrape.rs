@@ -368,21 +368,21 @@ async fn promtool_accepts_a_scrape_with_every_metric() {
         );
     }
 
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::ChildGuard::spawn(
+        std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
     use std::io::Write;
     child
-        .stdin
-        .take()
+        .take_stdin()
         .unwrap()
         .write_all(scrape.0.as_bytes())
         .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -460,7 +460,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503()
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut config = test_config();
     // long enough for a loaded machine to see readiness turn 503 before the listeners close
-    config.server.shutdown_delay = std::time::Duration::from_secs(5);
+    config.server.shutdown_delay = std::time::Duration::from_secs(10);
     let mut exporter = TestExporter::start_with(config).await;
     let body = fixture("api-auth-creation-failed");
     let address = exporter.webhook_address();
@@ -473,7 +473,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503()
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body[..10]).await.unwrap();
     // the request is in flight: the exporter holds its connection
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while exporter
         .scrape()
         .await
@@ -508,7 +508,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_turns_readiness_503()
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 204"), "{response}");
-    tokio::time::timeout(std::time::Duration::from_secs(30), shutdown)
+    tokio::time::timeout(std::time::Duration::from_secs(90), shutdown)
         .await
         .expect("shutdown completes")
         .unwrap();

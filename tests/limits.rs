@@ -8,6 +8,17 @@ use common::{Scrape, TestExporter, fixture, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How long a webhook may take before the test calls it stuck: a hang, not a slow machine. How
+/// fast webhooks are answered beside held connections is measured by bench/.
+const HANG: Duration = Duration::from_secs(60);
+
+/// Posts `body`, failing the test if no answer comes within [`HANG`].
+async fn post_within_hang(exporter: &TestExporter, body: &[u8]) -> u16 {
+    tokio::time::timeout(HANG, exporter.post(body))
+        .await
+        .expect("a webhook hung")
+}
+
 /// Polls `condition` until it holds; fails after 60 seconds, naming what it waited for.
 async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
@@ -99,17 +110,16 @@ async fn a_thousand_idle_and_trickling_connections_do_not_delay_webhooks() {
     })
     .await;
 
+    // Answered while the connections are held (checked below): a webhook that waited for them
+    // would wait out the 600 s header timeout.
     let body = fixture("api-auth-creation-failed");
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let started = Instant::now();
-        assert_eq!(exporter.post(&body).await, 204);
+        assert_eq!(post_within_hang(&exporter, &body).await, 204);
         slowest = slowest.max(started.elapsed());
     }
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a webhook took {slowest:?} beside 1,000 held connections"
-    );
+    eprintln!("slowest webhook beside 1,000 held connections: {slowest:?}");
     assert_eq!(
         exporter
             .scrape()
@@ -143,11 +153,13 @@ async fn slowloris_clients_cannot_hold_the_connection_slots() {
     .await;
 
     // Every slot is held by a trickling client; the webhook queues until the header timeout
-    // closes them.
+    // closes them (without it, the trickle would hold the slots for 1,000 s: a hang).
     let started = Instant::now();
-    assert_eq!(exporter.post(&fixture("device-status")).await, 204);
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(8), "webhook waited {waited:?}");
+    assert_eq!(
+        post_within_hang(&exporter, &fixture("device-status")).await,
+        204
+    );
+    eprintln!("the webhook waited {:?} for a slot", started.elapsed());
 
     // the 20 clients in the slots were cut off while sending their request heads
     wait_until("20 header-read timeouts and a wait for a slot", || async {
@@ -184,7 +196,7 @@ async fn a_request_whose_body_trickles_past_the_request_timeout_gets_408() {
         .await
         .unwrap();
     let mut response = vec![0u8; 256];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response)).await;
+    let read = tokio::time::timeout(HANG, stream.read(&mut response)).await;
     let n = read.expect("answered within the timeout").unwrap();
     let response = String::from_utf8_lossy(&response[..n]);
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");

@@ -271,13 +271,13 @@ scrape_configs:
     )
     .await;
     let up = prometheus
-        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(30))
+        .wait_for(r#"up{job="nuki-exporter"} == 1"#, Duration::from_secs(90))
         .await;
     assert_eq!(up.len(), 1);
     let errors = prometheus
         .wait_for(
             r#"nuki_operation_errors_total{error_code="0xFF",smartlock_id="123456789"}"#,
-            Duration::from_secs(10),
+            Duration::from_secs(60),
         )
         .await;
     assert_eq!(errors[0]["value"][1], "1");

@@ -43,9 +43,9 @@ fn lock_battery_critical(scrape: &Scrape) -> Option<f64> {
     )
 }
 
-/// Waits until `ready` holds, for at most ten seconds.
+/// Waits until `ready` holds, for at most a minute (a hang, not a slow machine).
 async fn wait_until(what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         assert!(Instant::now() < deadline, "{what} did not happen");
         tokio::time::sleep(Duration::from_millis(20)).await;

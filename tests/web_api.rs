@@ -11,7 +11,10 @@ use common::{Scrape, TestExporter, test_config};
 use nuki_exporter::Config;
 
 const TOKEN: &str = "stub-token-0123456789";
-const WAIT: Duration = Duration::from_secs(15);
+/// How long a test waits for what it asserts: a hang, not a slow machine.
+const WAIT: Duration = Duration::from_secs(60);
+/// `api.timeout` of the tests: a local stand-in that answers later than this has hung.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn write_token(dir: &Path, token: &str) -> PathBuf {
     let file = dir.join("nuki_api_token");
@@ -25,7 +28,7 @@ fn polling_config(stub: &NukiApiStub, token_file: PathBuf) -> Config {
     config.api.token_file = Some(token_file);
     config.api.url = stub.url.clone();
     config.api.poll_interval = Duration::from_millis(100);
-    config.api.timeout = Duration::from_millis(500);
+    config.api.timeout = API_TIMEOUT;
     config
 }
 
@@ -55,7 +58,7 @@ async fn the_fleet_is_visible_before_any_webhook_and_absent_fields_give_no_serie
     );
     let dir = tempfile::tempdir().unwrap();
     let exporter = exporter_polling(&stub, dir.path()).await;
-    // `api_up` is set once a poll has asked every endpoint.
+    // `api_up` is set last: the scrape that shows it shows everything that poll read.
     let scrape = exporter
         .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
@@ -237,7 +240,7 @@ async fn every_error_shape_is_counted_and_keeps_the_last_good_values() {
         ),
         (
             "slow answer",
-            good.clone().after(Duration::from_secs(2)),
+            good.clone().after(API_TIMEOUT * 12),
             "nuki_exporter_api_requests_total",
             "error",
         ),
@@ -293,22 +296,21 @@ async fn a_rotated_token_is_read_again_after_a_401() {
     // The old token is destroyed (a password change) and the file gets a new one.
     stub.accept_only("rotated-token");
     write_token(dir.path(), "rotated-token");
-    let answered_with_new_token = || {
-        stub.received()
-            .iter()
-            .any(|r| r.authorization.as_deref() == Some("Bearer rotated-token"))
-    };
-    let scrape = exporter
-        .scrape_until(WAIT, |s| {
-            requests(s, "/smartlock", "401") >= 1.0 && answered_with_new_token()
+    exporter
+        .scrape_until(WAIT, |_| {
+            stub.received()
+                .iter()
+                .any(|r| r.authorization.as_deref() == Some("Bearer rotated-token"))
         })
         .await;
-    assert_eq!(
-        scrape.value("nuki_exporter_api_up", &[]),
-        Some(1.0),
-        "{}",
-        scrape.0
-    );
+    // The stand-in has seen the new token, so the 401 before it is counted, and a poll that
+    // failed on it has set `api_up` 0 already: a 1 now comes from a poll with the new token.
+    exporter
+        .scrape_until(WAIT, |s| {
+            requests(s, "/smartlock", "401") >= 1.0
+                && s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+        })
+        .await;
     exporter.shutdown().await;
 }
 
@@ -337,9 +339,11 @@ async fn delivery_health_reads_webhook_status_and_counts_each_delivery_once() {
             &[("api_key_id", "812"), ("result", result)],
         )
     };
+    // `api_up` comes last: the first poll has read the (empty) log, the baseline, by then.
     let scrape = exporter
-        .scrape_until(WAIT, |s| active(s) == Some(1.0))
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
+    assert_eq!(active(&scrape), Some(1.0));
     assert_eq!(deliveries(&scrape, "success"), Some(0.0));
     assert_eq!(deliveries(&scrape, "failure"), Some(0.0));
 
@@ -354,8 +358,21 @@ async fn delivery_health_reads_webhook_status_and_counts_each_delivery_once() {
         "/api/key/812/advanced",
         Reply::json(web_api_fixture("advanced-deactivated.json")),
     );
-    let scrape = exporter
-        .scrape_until(WAIT, |s| active(s) == Some(0.0))
+    // The key is reported deactivated before its log is read: wait for both.
+    let responses = |s: &Scrape, code| {
+        s.value(
+            "nuki_webhook_delivery_responses_total",
+            &[("api_key_id", "812"), ("code", code)],
+        )
+    };
+    let counted = |s: &Scrape| {
+        deliveries(s, "success") == Some(1.0)
+            && deliveries(s, "failure") == Some(2.0)
+            && responses(s, "401") == Some(1.0)
+            && responses(s, "none") == Some(1.0)
+    };
+    exporter
+        .scrape_until(WAIT, |s| active(s) == Some(0.0) && counted(s))
         .await;
     let polls_before = stub.count("/api/key/812/webhook/logs");
     exporter
@@ -363,25 +380,9 @@ async fn delivery_health_reads_webhook_status_and_counts_each_delivery_once() {
             stub.count("/api/key/812/webhook/logs") >= polls_before + 2
         })
         .await;
+    // Two more reads of the same log: the first of them is recorded before the second is sent.
     let scrape_after = exporter.scrape().await;
-    for scrape in [&scrape, &scrape_after] {
-        assert_eq!(deliveries(scrape, "success"), Some(1.0), "{}", scrape.0);
-        assert_eq!(deliveries(scrape, "failure"), Some(2.0));
-        assert_eq!(
-            scrape.value(
-                "nuki_webhook_delivery_responses_total",
-                &[("api_key_id", "812"), ("code", "401")]
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            scrape.value(
-                "nuki_webhook_delivery_responses_total",
-                &[("api_key_id", "812"), ("code", "none")]
-            ),
-            Some(1.0)
-        );
-    }
+    assert!(counted(&scrape_after), "counted again:\n{}", scrape_after.0);
     assert_eq!(scrape_after.value("nuki_exporter_api_up", &[]), Some(1.0));
     assert!(requests(&scrape_after, "/api/key/{id}/advanced", "200") >= 2.0);
     assert!(

@@ -8,16 +8,19 @@ mod exposition;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub mod bridge_stub;
 pub mod nuki_api_stub;
+#[path = "process.rs"]
+pub mod process;
 
 pub use exposition::parse_sample;
 use nuki_exporter::signature::{HEADER, sign};
 use nuki_exporter::{Config, Exporter};
+pub use process::ChildGuard;
 
 pub const SECRET: &str = "test-secret";
 
@@ -227,7 +230,8 @@ pub fn refused_address() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
 /// A server binary of the Prometheus project (Debian's packages), run in its own temporary
 /// directory on a free loopback port, killed when dropped.
 pub struct Daemon {
-    child: std::process::Child,
+    /// Declared first: killed before the directory it runs in is removed.
+    child: ChildGuard,
     pub url: String,
     name: &'static str,
     dir: tempfile::TempDir,
@@ -250,13 +254,14 @@ impl Daemon {
         }
         let dir_text = dir.path().to_str().unwrap().to_owned();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(binary)
-            .args(args.iter().map(|arg| arg.replace("{dir}", &dir_text)))
-            .current_dir(dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = ChildGuard::spawn(
+            Command::new(binary)
+                .args(args.iter().map(|arg| arg.replace("{dir}", &dir_text)))
+                .current_dir(dir.path())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
         let mut daemon = Self {
             child,
             url: String::new(),
@@ -304,8 +309,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         if std::thread::panicking() {
             eprintln!("--- {} log ---\n{}", self.name, self.log());
         }
@@ -431,15 +435,20 @@ impl Ran {
     }
 }
 
-/// Runs a command to its end.
+/// Runs a command to its end (stdin empty, stdout and stderr captured).
 pub fn run(command: &mut Command) -> Ran {
+    let child = ChildGuard::spawn(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let Output {
         status,
         stdout,
         stderr,
-    } = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    } = child.wait_with_output();
     Ran {
         ok: status.success(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -459,21 +468,22 @@ pub fn run_ok(command: &mut Command) -> String {
     ran.output()
 }
 
-/// A running binary whose stderr lines arrive on a channel.
+/// How long a running binary may stay silent before [`Running::wait_for`] gives up: a hang,
+/// not a slow start on a loaded machine.
+pub const LOG_LINE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A running binary whose stderr lines arrive on a channel; killed when dropped.
 pub struct Running {
-    child: Child,
+    child: ChildGuard,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
     pub fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let mut child = ChildGuard::spawn(command.stderr(Stdio::piped()).stdout(Stdio::null()))
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let stderr = child.take_stderr().unwrap();
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -494,7 +504,7 @@ impl Running {
         loop {
             let line = self
                 .lines
-                .recv_timeout(Duration::from_secs(20))
+                .recv_timeout(LOG_LINE_DEADLINE)
                 .unwrap_or_else(|_| {
                     panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n"))
                 });
@@ -509,41 +519,35 @@ impl Running {
         self.child.id()
     }
 
-    /// Sends a signal (`HUP`, `TERM`, ...).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{name}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+    /// Sends a signal (`libc::SIGHUP`, `libc::SIGTERM`, ...).
+    pub fn signal(&self, signal: libc::c_int) {
+        self.child.signal(signal);
     }
 
     /// Sends SIGKILL (`kill -9`): no shutdown, no last write; returns every log line.
     pub fn kill(mut self) -> Vec<String> {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.child.kill();
         self.seen.extend(self.lines.iter());
         self.seen
     }
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        self.signal(libc::SIGTERM);
     }
 
-    /// Waits for the exit; returns whether it was clean and every log line.
+    /// Waits for the exit (at most `deadline`) without blocking the async runtime; returns
+    /// whether it was clean and every log line.
+    pub async fn exited_within(mut self, deadline: Duration) -> (bool, Vec<String>) {
+        let status = self.child.exited_within(deadline).await;
+        self.seen.extend(self.lines.iter());
+        (status.success(), self.seen)
+    }
+
+    /// Waits for the exit (at most [`process::EXIT_DEADLINE`]), blocking the calling thread;
+    /// returns whether it was clean and every log line.
     pub fn wait_exit(mut self) -> (bool, Vec<String>) {
-        let status = self.child.wait().unwrap();
+        let status = self.child.wait_within(process::EXIT_DEADLINE);
         self.seen.extend(self.lines.iter());
         (status.success(), self.seen)
     }

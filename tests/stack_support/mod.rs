@@ -7,7 +7,7 @@
 pub mod common;
 
 #[allow(unused_imports)] // each test crate uses a different part
-pub use common::{Ran, run, run_ok, tool};
+pub use common::{ChildGuard, Ran, run, run_ok, tool};
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -485,7 +485,7 @@ pub fn exported_metrics() -> ExportedMetrics {
         let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
         let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
         exporter
-            .scrape_until(Duration::from_secs(15), |s| {
+            .scrape_until(Duration::from_secs(60), |s| {
                 s.value("nuki_exporter_api_up", &[]) == Some(1.0)
                     && s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")])
                         .is_some()
@@ -497,7 +497,7 @@ pub fn exported_metrics() -> ExportedMetrics {
             Reply::json(web_api_fixture("webhook-logs.json")),
         );
         exporter
-            .scrape_until(Duration::from_secs(15), |s| {
+            .scrape_until(Duration::from_secs(60), |s| {
                 !s.samples("nuki_webhook_delivery_responses_total")
                     .is_empty()
             })
