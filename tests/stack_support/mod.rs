@@ -710,9 +710,7 @@ pub fn aggregates_replicas(metric: &str) -> bool {
 
 fn keeps_label(expr: &Expr, label: &str) -> bool {
     let listed = |labels: &Labels| labels.labels.iter().any(|l| l == label);
-    let selected = |vs: &VectorSelector| {
-        label != "instance" || !aggregates_replicas(vs.metric())
-    };
+    let selected = |vs: &VectorSelector| label != "instance" || !aggregates_replicas(vs.metric());
     match expr {
         Expr::VectorSelector(vs) => selected(vs),
         Expr::MatrixSelector(ms) => selected(&ms.vs),
