@@ -2,7 +2,8 @@
 //! exporter, so a new user sees dashboards fill and alerts fire within minutes.
 //!
 //! The fleet is deterministic: two locks go unreachable (0xFF, then server state 4), one reports
-//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries. With
+//! battery voltage too low (0x4C), the others lock, unlock and drain their batteries: one three
+//! times as fast as the rest, and the first gets new batteries after the first round. With
 //! `--bridge-listen` the demo also runs a simulated Nuki Bridge ([`bridge`]).
 
 pub mod bridge;
@@ -50,9 +51,13 @@ const NAMES: &[&str] = &[
     "Roof terrace",
 ];
 
-fn lock_id(index: u64) -> u64 {
+const fn lock_id(index: u64) -> u64 {
     FIRST_LOCK + index
 }
+
+/// The lock that drains three times as fast as its siblings (a door that rubs): from 64 % down
+/// 6 points a round, new batteries every 9 rounds. First in the Battery care replacement queue.
+pub const FAST_DRAINING_LOCK: u64 = lock_id(5);
 
 /// Whether a lock of the fleet is one of the two that go unreachable.
 fn unreachable(index: u64, locks: u64) -> bool {
@@ -77,6 +82,11 @@ fn masterdata(index: u64) -> Value {
 fn state(number: u64, index: u64) -> Value {
     let battery = if low_voltage(index) {
         8
+    } else if lock_id(index) == FAST_DRAINING_LOCK {
+        64 - 6 * (number % 9)
+    } else if index == 0 && number == 0 {
+        // the first lock's batteries are changed after this round
+        15
     } else {
         100 - (number * 2 + index * 7) % 60
     };

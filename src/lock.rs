@@ -94,6 +94,24 @@ pub enum LockEvent {
     Info(LockInfo),
     /// The lock left the account: every series of it goes.
     Removed,
+    /// A battery change seen before, at this Unix time: the state file's memory of it.
+    BatteryReplaced { at: f64 },
+}
+
+/// How many points the charge must jump up, outside charging, to count as a battery change.
+/// Charge steps are a few points and the reading wobbles by one or two under load; fresh
+/// batteries arrive 20 points or more above a set that is worth replacing.
+pub const BATTERY_REPLACED_MARGIN: i64 = 20;
+
+/// Whether `report`, arriving on a lock whose last-known state is `known`, shows a battery
+/// change: the charge jumped up by [`BATTERY_REPLACED_MARGIN`] or more while no pack charged
+/// (before or now: a pack that charged rises without being replaced).
+pub fn battery_replaced(known: &LockStatus, report: &LockStatus) -> bool {
+    let charging = known.battery_charging == Some(true) || report.battery_charging == Some(true);
+    match (known.battery_charge_percent, report.battery_charge_percent) {
+        (Some(before), Some(after)) => !charging && after - before >= BATTERY_REPLACED_MARGIN,
+        _ => false,
+    }
 }
 
 /// A lock's last-known state, as the metrics facade holds it: what the state file keeps.
@@ -105,6 +123,9 @@ pub struct KnownLock {
     pub info: Option<LockInfo>,
     /// Unix time of the last event that reported state or info.
     pub updated_at: Option<f64>,
+    /// Unix time at which the last battery change was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery_replaced_at: Option<f64>,
 }
 
 #[cfg(test)]
@@ -134,6 +155,27 @@ mod tests {
                 ..LockStatus::default()
             }
         );
+    }
+
+    #[test]
+    fn a_jump_of_the_margin_outside_charging_is_a_battery_change() {
+        let charge = |percent: i64, charging: Option<bool>| LockStatus {
+            battery_charge_percent: Some(percent),
+            battery_charging: charging,
+            ..LockStatus::default()
+        };
+        let replaced = |known, report| battery_replaced(&known, &report);
+        assert!(replaced(charge(12, None), charge(32, None)));
+        assert!(replaced(charge(12, Some(false)), charge(100, Some(false))));
+        // A step, the wobble under load, a fall: no change.
+        assert!(!replaced(charge(12, None), charge(31, None)));
+        assert!(!replaced(charge(40, None), charge(12, None)));
+        // A pack that charges, or just charged, rises without being replaced.
+        assert!(!replaced(charge(12, Some(true)), charge(60, Some(false))));
+        assert!(!replaced(charge(12, Some(false)), charge(60, Some(true))));
+        // Nothing to compare: the first report, or one without the charge.
+        assert!(!replaced(LockStatus::default(), charge(100, None)));
+        assert!(!replaced(charge(12, None), LockStatus::default()));
     }
 
     #[test]

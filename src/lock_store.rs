@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntGauge};
 use smallvec::SmallVec;
 
 use crate::catalogue;
-use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus};
+use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus, battery_replaced};
 use crate::source::webhook::{CompletionState, ErrorCode, LogAction, LogEntry};
 
 /// `smartlock_id` of counters for ids beyond `limits.max_smartlocks`, and label value of
@@ -96,6 +96,8 @@ struct Known {
     info: Option<LockInfo>,
     /// Unix time of the last event that reported state or info.
     updated_at: f64,
+    /// Unix time at which the last battery change was seen: a series of its own.
+    battery_replaced_at: Option<f64>,
 }
 
 impl Known {
@@ -364,6 +366,7 @@ impl LockStore {
                     }
                     LockEvent::Status(status) => {
                         let known = row.known.get_or_insert_default();
+                        let replaced = battery_replaced(&known.status, status);
                         let mut merged = known.status;
                         merged.merge(status);
                         let has_info = known.info.is_some();
@@ -376,6 +379,9 @@ impl LockStore {
                             known.status.merge(&update);
                         }
                         known.updated_at = now;
+                        if replaced {
+                            store.record_battery_change(row, now);
+                        }
                     }
                     LockEvent::Info(info) => {
                         let known = row.known.get_or_insert_default();
@@ -393,10 +399,19 @@ impl LockStore {
                         }
                         known.updated_at = now;
                     }
+                    LockEvent::BatteryReplaced { at } => store.record_battery_change(row, *at),
                     LockEvent::Removed => {}
                 }
             }
         });
+    }
+
+    /// Remembers a battery change at `at`; a lock's first one takes a series from the budget.
+    fn record_battery_change(&self, row: &mut LockRow, at: f64) {
+        let known = row.known.get_or_insert_default();
+        if known.battery_replaced_at.is_some() || self.take(&mut row.counters.series, 1) {
+            known.battery_replaced_at = Some(at);
+        }
     }
 
     fn remove(&self, id: u64) {
@@ -420,6 +435,7 @@ impl LockStore {
                     status: known.status,
                     info: known.info.clone(),
                     updated_at: Some(known.updated_at),
+                    battery_replaced_at: known.battery_replaced_at,
                 })
             }));
         }
@@ -534,6 +550,18 @@ impl LockStore {
                 }
             }
         });
+        let replaced_at = |row: &LockRow| row.known.as_ref().and_then(|k| k.battery_replaced_at);
+        self.gauge_family(
+            out,
+            &BATTERY_REPLACED,
+            |row| replaced_at(row).is_some(),
+            |out, id, row| {
+                if let Some(at) = replaced_at(row) {
+                    let labels = [("smartlock_id", id)];
+                    sample(out, BATTERY_REPLACED.name, &labels, Value::Float(at));
+                }
+            },
+        );
         self.status_family(out, &DOOR_STATE, |s| s.door_state);
         self.gauge_family(
             out,
@@ -793,6 +821,10 @@ pub const BATTERY_CRITICAL: Family = gauge(
     "nuki_smartlock_battery_critical",
     "1 when a battery is critical, from DEVICE_STATUS state.batteryCritical (lock), state.keypadBatteryCritical (keypad) and state.doorsensorBatteryCritical (doorsensor).",
 );
+pub const BATTERY_REPLACED: Family = gauge(
+    "nuki_smartlock_battery_replaced_timestamp_seconds",
+    "Unix time at which this exporter last saw a battery change: the charge jumped up by 20 points or more while no pack charged. Kept in the state file and restored unchanged.",
+);
 pub const DOOR_STATE: Family = gauge(
     "nuki_smartlock_door_state",
     "Door state from DEVICE_STATUS state.doorState: 0 unavailable, 1 deactivated, 2 closed, 3 opened, 4 unknown, 5 calibrating, 16 uncalibrated, 240 removed, 255 unknown.",
@@ -823,13 +855,14 @@ pub const SERVER_STATE: Family = gauge(
 );
 
 /// Every family the store writes.
-pub const FAMILIES: [&Family; 13] = [
+pub const FAMILIES: [&Family; 14] = [
     &ERRORS,
     &OPERATIONS,
     &ACTIVITY,
     &BATTERY_CHARGE,
     &BATTERY_CHARGING,
     &BATTERY_CRITICAL,
+    &BATTERY_REPLACED,
     &DOOR_STATE,
     &INFO,
     &LAST_SEEN,
@@ -978,6 +1011,7 @@ mod tests {
             firmware_version: None,
         };
         store.observe(42, &[LockEvent::Status(status), LockEvent::Info(info)], 7.0);
+        store.observe(42, &[LockEvent::BatteryReplaced { at: 3.25 }], 7.5);
 
         let registry = Registry::new();
         let counters = |family: &Family, labels: &[&str]| {
@@ -1045,6 +1079,13 @@ mod tests {
         critical.with_label_values(&["42", "lock"]).set(1);
         critical.with_label_values(&["42", "keypad"]).set(0);
         critical.with_label_values(&["42", "doorsensor"]).set(1);
+        let replaced = GaugeVec::new(
+            Opts::new(BATTERY_REPLACED.name, BATTERY_REPLACED.help),
+            &["smartlock_id"],
+        )
+        .unwrap();
+        registry.register(Box::new(replaced.clone())).unwrap();
+        replaced.with_label_values(&lock).set(3.25);
         gauges(&DOOR_STATE, &["smartlock_id"])
             .with_label_values(&lock)
             .set(-1);
@@ -1086,7 +1127,7 @@ mod tests {
 
         let written = exposition(&store);
         assert_eq!(families(&written), families(&expected), "{written}");
-        assert_eq!(store.series(), 28);
+        assert_eq!(store.series(), 29);
     }
 
     #[test]
@@ -1129,6 +1170,57 @@ mod tests {
         assert!(exposition(&store).contains(
             "nuki_smartlock_state_timestamp_seconds{smartlock_id=\"2\"} 1700000000.25\n"
         ));
+    }
+
+    #[test]
+    fn a_battery_change_is_seen_kept_and_budgeted_once() {
+        let (store, overflow) = store(Limits {
+            max_series_per_lock: 3,
+            ..limits()
+        });
+        let charge = |percent| {
+            [LockEvent::Status(LockStatus {
+                battery_charge_percent: Some(percent),
+                ..LockStatus::default()
+            })]
+        };
+        let replaced = |store: &LockStore| {
+            let text = exposition(store);
+            let prefix = "nuki_smartlock_battery_replaced_timestamp_seconds{smartlock_id=\"1\"} ";
+            text.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        store.observe(1, &charge(14), 10.0);
+        store.observe(1, &charge(12), 20.0);
+        assert_eq!(replaced(&store), None);
+        store.observe(1, &charge(100), 30.5);
+        assert_eq!(replaced(&store).as_deref(), Some("30.5"));
+        assert_eq!(store.known_locks()[0].battery_replaced_at, Some(30.5));
+        // The charge, the state timestamp and the change: the lock's budget of three.
+        assert_eq!(store.series(), 3);
+        store.observe(1, &charge(40), 40.0);
+        store.observe(1, &charge(90), 50.0);
+        assert_eq!(replaced(&store).as_deref(), Some("50"));
+        assert_eq!(store.series(), 3);
+        assert_eq!(overflow.series.get(), 0);
+        // Another lock whose budget is full keeps its charge and counts the refused series.
+        let full = LockStatus {
+            battery_charge_percent: Some(10),
+            lock_state: Some(1),
+            ..LockStatus::default()
+        };
+        store.observe(2, &[LockEvent::Status(full)], 1.0);
+        store.observe(2, &charge(80), 2.0);
+        assert_eq!(overflow.series.get(), 1);
+        assert!(
+            exposition(&store)
+                .contains("nuki_smartlock_battery_charge_percent{smartlock_id=\"2\"} 80\n")
+        );
+        assert!(
+            !exposition(&store)
+                .contains("nuki_smartlock_battery_replaced_timestamp_seconds{smartlock_id=\"2\"}")
+        );
     }
 
     #[test]

@@ -19,8 +19,10 @@ use crate::metrics::Metrics;
 
 /// The `format` marker of a state file.
 const FORMAT: &str = "nuki-exporter-state";
-/// The layout version; a file of another version is ignored.
-const VERSION: u32 = 1;
+/// The layout version written; a file of a version not in [`READABLE`] is ignored.
+const VERSION: u32 = 2;
+/// Versions read: 1 lacks `battery_replaced_at` (2 added it), which reads as not seen.
+const READABLE: std::ops::RangeInclusive<u32> = 1..=VERSION;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +37,7 @@ struct StateFile {
 pub enum StateError {
     #[error("not a nuki-exporter state file: {0}")]
     Foreign(String),
-    #[error("state file version {0}, this nuki-exporter reads version {VERSION}")]
+    #[error("state file version {0}, this nuki-exporter reads versions 1 to {VERSION}")]
     Version(u32),
     #[error("state file is damaged: {0}")]
     Damaged(serde_json::Error),
@@ -63,7 +65,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RestoredLock>, StateError> {
             "it has no \"format\": \"nuki-exporter-state\" marker".into(),
         ));
     }
-    if marker.version != Some(VERSION) {
+    if !marker
+        .version
+        .is_some_and(|version| READABLE.contains(&version))
+    {
         return Err(StateError::Version(marker.version.unwrap_or(0)));
     }
     let file: StateFile = serde_json::from_slice(bytes).map_err(StateError::Damaged)?;
@@ -73,6 +78,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<RestoredLock>, StateError> {
         .map(|lock| {
             let mut events = vec![LockEvent::Status(lock.status)];
             events.extend(lock.info.map(LockEvent::Info));
+            events.extend(
+                lock.battery_replaced_at
+                    .map(|at| LockEvent::BatteryReplaced { at }),
+            );
             RestoredLock {
                 smartlock_id: lock.smartlock_id,
                 events,
@@ -225,6 +234,7 @@ mod tests {
                 firmware_version: Some("3.10.7".into()),
             }),
             updated_at: Some(1_700_000_000.5),
+            battery_replaced_at: Some(1_699_000_000.25),
         }
     }
 
@@ -243,7 +253,10 @@ mod tests {
                 smartlock_id: 3,
                 events: vec![
                     LockEvent::Status(expected.status),
-                    LockEvent::Info(expected.info.unwrap())
+                    LockEvent::Info(expected.info.unwrap()),
+                    LockEvent::BatteryReplaced {
+                        at: 1_699_000_000.25
+                    },
                 ],
                 updated_at: Some(1_700_000_000.5),
             }
@@ -273,8 +286,8 @@ mod tests {
             Err(StateError::Foreign(_))
         ));
         assert!(matches!(
-            parse(br#"{"format":"nuki-exporter-state","version":2,"locks":[]}"#),
-            Err(StateError::Version(2))
+            parse(br#"{"format":"nuki-exporter-state","version":3,"locks":[]}"#),
+            Err(StateError::Version(3))
         ));
         assert!(matches!(
             parse(
@@ -282,6 +295,24 @@ mod tests {
             ),
             Err(StateError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn a_version_1_file_loads_without_a_battery_change() {
+        let file = br#"{"format":"nuki-exporter-state","version":1,"locks":[
+            {"smartlock_id":7,"status":{"battery_charge_percent":55},"info":null,"updated_at":12.5}]}"#;
+        let restored = parse(file).unwrap();
+        assert_eq!(
+            restored,
+            [RestoredLock {
+                smartlock_id: 7,
+                events: vec![LockEvent::Status(LockStatus {
+                    battery_charge_percent: Some(55),
+                    ..LockStatus::default()
+                })],
+                updated_at: Some(12.5),
+            }]
+        );
     }
 
     #[test]

@@ -25,13 +25,17 @@ const ROUTING_KEY: &str = "e2e-routing-key-0123456789abcdef";
 /// The Advanced API key whose webhook delivery the exporter watches.
 const API_KEY_ID: u32 = 812;
 
-/// A Web API stand-in listing the demo fleet and one lock more, which never sends a webhook
-/// (a lock only the API knows), with the key's delivery status from `advanced_fixture` and an
-/// empty webhook log.
+/// The demo fleet in `round`, and one lock more, which never sends a webhook (a lock only the
+/// API knows), as the Web API lists it.
+fn demo_fleet(round: u64) -> Reply {
+    Reply::json(serde_json::to_vec(&nuki_exporter::demo::smartlocks(round, 9)).unwrap())
+}
+
+/// A Web API stand-in listing the demo fleet as it starts (round 0), with the key's delivery
+/// status from `advanced_fixture` and an empty webhook log.
 async fn web_api(advanced_fixture: &str) -> NukiApiStub {
     let api = NukiApiStub::start().await;
-    let fleet = serde_json::to_vec(&nuki_exporter::demo::smartlocks(2, 9)).unwrap();
-    api.route("GET", "/smartlock", Reply::json(fleet));
+    api.route("GET", "/smartlock", demo_fleet(0));
     api.route(
         "GET",
         &format!("/api/key/{API_KEY_ID}/advanced"),
@@ -260,7 +264,8 @@ async fn a_signed_0xff_webhook_pages_through_prometheus_and_alertmanager() {
 /// The lock the per-lock dashboard is opened for: the demo fleet's low-voltage lock.
 const DRILL_DOWN_LOCK: &str = "17000003";
 
-/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks), a
+/// Three rounds of the demo fleet (every webhook kind, unreachable and low-voltage locks, the
+/// Web API listing each round too), a
 /// refused webhook of two kinds of refusal, and deliveries in the Web API's webhook log; after
 /// each, waits until Prometheus scraped it.
 async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &NukiApiStub) {
@@ -270,6 +275,8 @@ async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &Nuki
         Reply::json(web_api_fixture("webhook-logs.json")),
     );
     for round in 0..3 {
+        // The Web API reports what the webhooks do: the batteries drain over the rounds.
+        api.route("GET", "/smartlock", demo_fleet(round));
         for webhook in nuki_exporter::demo::round(round, 8) {
             assert_eq!(
                 exporter.post(&serde_json::to_vec(&webhook).unwrap()).await,

@@ -165,6 +165,19 @@ fn expectations(name: &str) -> Vec<Series> {
                 3.0,
             ),
         ],
+        // Alone, a first report: nothing to compare with, so no battery change.
+        "device-status-replaced-battery" => vec![
+            (
+                "nuki_smartlock_battery_charge_percent",
+                &[("smartlock_id", "555000111")],
+                100.0,
+            ),
+            (
+                "nuki_smartlock_battery_charging",
+                &[("smartlock_id", "555000111")],
+                0.0,
+            ),
+        ],
         "device-masterdata" => vec![
             (
                 "nuki_smartlock_info",
@@ -225,7 +238,9 @@ fn received_as(name: &str) -> (&'static str, &'static str) {
         "api-auth-creation-failed" | "api-auth-creation-mixed" => ("api", "AuthCreation"),
         "api-unlock-action-success" => ("api", "UnlockAction"),
         "api-lock-action-failed-flat" => ("api", "LockAction"),
-        "device-status" | "device-status-offline" => ("device", "DEVICE_STATUS"),
+        "device-status" | "device-status-offline" | "device-status-replaced-battery" => {
+            ("device", "DEVICE_STATUS")
+        }
         "device-masterdata" | "device-masterdata-deleted" => ("device", "DEVICE_MASTERDATA"),
         "device-config" => ("device", "DEVICE_CONFIG"),
         "device-auths" => ("device", "DEVICE_AUTHS"),
@@ -269,6 +284,34 @@ async fn each_fixture_shows_its_series_in_a_scrape() {
         }
         exporter.shutdown().await;
     }
+}
+
+/// A lock at 8 % that reports 100 % has new batteries: the time of the report is kept.
+#[tokio::test]
+async fn a_jump_in_charge_is_a_battery_change() {
+    let exporter = TestExporter::start().await;
+    let replaced = "nuki_smartlock_battery_replaced_timestamp_seconds";
+    let lock = [("smartlock_id", "555000111")];
+    assert_eq!(exporter.post(&fixture("device-status-offline")).await, 204);
+    assert_eq!(exporter.scrape().await.value(replaced, &lock), None);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        exporter
+            .post(&fixture("device-status-replaced-battery"))
+            .await,
+        204
+    );
+    let scrape = exporter.scrape().await;
+    let at = scrape.value(replaced, &lock).expect("a battery change");
+    assert!((before - 1.0..before + 60.0).contains(&at), "{at} {before}");
+    assert_eq!(
+        scrape.value("nuki_smartlock_state_timestamp_seconds", &lock),
+        Some(at)
+    );
+    exporter.shutdown().await;
 }
 
 #[tokio::test]

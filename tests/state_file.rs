@@ -43,6 +43,19 @@ fn lock_battery_critical(scrape: &Scrape) -> Option<f64> {
     )
 }
 
+/// Posts a signed webhook; returns the status code.
+async fn post(webhook: &str, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{webhook}/webhook"))
+        .header(HEADER, sign(SECRET.as_bytes(), body.as_bytes()))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Waits until `ready` holds, for at most a minute (a hang, not a slow machine).
 async fn wait_until(what: &str, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -58,15 +71,7 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
     let state_file = dir.path().join("state.json");
     let mut first = Running::spawn(&mut exporter(&state_file));
     let webhook = first.address_of("webhook");
-    let status = reqwest::Client::new()
-        .post(format!("http://{webhook}/webhook"))
-        .header(HEADER, sign(SECRET.as_bytes(), CRITICAL.as_bytes()))
-        .body(CRITICAL)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 204);
+    assert_eq!(post(&webhook, CRITICAL).await, 204);
     wait_until("the state file names lock 42", || {
         std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains(r#""smartlock_id":42"#))
     })
@@ -92,6 +97,35 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
             .any(|l| l.contains("last-known state restored")),
         "{lines:#?}"
     );
+}
+
+/// A battery change seen before a `kill -9` keeps its time: the restart is no new change.
+#[tokio::test]
+async fn a_battery_change_is_restored_unchanged_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let mut first = Running::spawn(&mut exporter(&state_file));
+    let webhook = first.address_of("webhook");
+    assert_eq!(post(&webhook, CRITICAL).await, 204);
+    let fresh = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":false,"batteryCharge":100,"state":1}}"#;
+    assert_eq!(post(&webhook, fresh).await, 204);
+    let replaced = |scrape: &Scrape| {
+        scrape.value(
+            "nuki_smartlock_battery_replaced_timestamp_seconds",
+            &[("smartlock_id", "42")],
+        )
+    };
+    let seen = replaced(&scrape(&first.address_of("metrics")).await).expect("a battery change");
+    wait_until("the state file keeps the battery change", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("battery_replaced_at"))
+    })
+    .await;
+    first.kill();
+
+    let mut second = Running::spawn(&mut exporter(&state_file));
+    let scrape = scrape(&second.address_of("metrics")).await;
+    assert_eq!(replaced(&scrape), Some(seen), "{}", scrape.0);
+    assert!(second.terminate().0);
 }
 
 #[tokio::test]

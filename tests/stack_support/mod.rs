@@ -702,10 +702,18 @@ impl Promql {
     }
 }
 
+/// Whether `metric` is a recording rule that aggregates over exporter replicas: the per-lock
+/// (`smartlock:`) and per-job (`job:`) levels keep job, site and smartlock_id, never instance.
+pub fn aggregates_replicas(metric: &str) -> bool {
+    metric.starts_with("smartlock:") || metric.starts_with("job:")
+}
+
 fn keeps_label(expr: &Expr, label: &str) -> bool {
     let listed = |labels: &Labels| labels.labels.iter().any(|l| l == label);
+    let selected = |vs: &VectorSelector| label != "instance" || !aggregates_replicas(vs.metric());
     match expr {
-        Expr::VectorSelector(_) | Expr::MatrixSelector(_) => true,
+        Expr::VectorSelector(vs) => selected(vs),
+        Expr::MatrixSelector(ms) => selected(&ms.vs),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => false,
         Expr::Paren(ParenExpr { expr })
         | Expr::Unary(UnaryExpr { expr })
