@@ -459,11 +459,21 @@ pub fn run_ok(command: &mut Command) -> String {
     ran.output()
 }
 
-/// A running binary whose stderr lines arrive on a channel.
+/// A running binary whose stderr lines arrive on a channel; killed when dropped (a test that
+/// fails leaves no process behind).
 pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Running {
@@ -525,8 +535,14 @@ impl Running {
     pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        self.seen
+        self.all_lines()
+    }
+
+    /// The lines seen so far and every line still to come (the process has ended).
+    fn all_lines(&mut self) -> Vec<String> {
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.lines.iter());
+        seen
     }
 
     /// Sends SIGTERM.
@@ -544,14 +560,32 @@ impl Running {
     /// Waits for the exit; returns whether it was clean and every log line.
     pub fn wait_exit(mut self) -> (bool, Vec<String>) {
         let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        (status.success(), self.seen)
+        (status.success(), self.all_lines())
     }
 
     /// Sends SIGTERM; returns whether the exit was clean and every log line.
     pub fn terminate(self) -> (bool, Vec<String>) {
         self.sigterm();
         self.wait_exit()
+    }
+
+    /// The process's resident memory (`VmRSS`) and its peak so far (`VmHWM`), in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"));
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap();
+            kib * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// With `log.format = "json"`: the address of the listener named `listener`.
