@@ -524,60 +524,85 @@ fn log_id(id: u32) -> String {
     format!("{id:024}")
 }
 
-/// A page that repeats an id, a next page that starts at the id it was asked for (inclusive),
-/// and an id that must be URL-encoded in the paging URL: each delivery is counted once.
-#[tokio::test]
-async fn each_logged_delivery_is_counted_once_and_paging_ids_are_url_encoded() {
-    let stub = NukiApiStub::start().await;
+/// An exporter reading the webhook log of key 7 with 201..=300 already delivered; the
+/// deliveries counted as successes so far.
+async fn exporter_reading_a_webhook_log(stub: &NukiApiStub, dir: &Path) -> TestExporter {
     stub.route("GET", "/smartlock", Reply::json(fleet(1, 1, &[])));
     stub.route(
         "GET",
         "/api/key/7/advanced",
         Reply::json(web_api_fixture("advanced-active.json")),
     );
-    let logs = "/api/key/7/webhook/logs";
-    stub.route("GET", logs, log_page(201..=300));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = polling_config(&stub, write_token(dir.path(), TOKEN));
+    stub.route("GET", LOGS, log_page(201..=300));
+    let mut config = polling_config(stub, write_token(dir, TOKEN));
     config.api.advanced_key_id = Some(7);
     let exporter = TestExporter::start_with(config).await;
     exporter
         .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
         .await;
+    exporter
+}
 
-    // 151 new deliveries: 450 listed twice, 449..=353, an id full of URL syntax, then (asked
-    // for with that id) a page starting at that id again, 352..=301, and counted ones.
-    let odd = "65f1 c0de&id=1/é?#";
+const LOGS: &str = "/api/key/7/webhook/logs";
+
+fn log_successes(scrape: &Scrape) -> Option<f64> {
+    scrape.value(
+        "nuki_webhook_deliveries_total",
+        &[("api_key_id", "7"), ("result", "success")],
+    )
+}
+
+/// Waits until the log was asked for `page` and read four more times: the count is final.
+async fn count_after_reading(stub: &NukiApiStub, exporter: &TestExporter, page: &str) -> f64 {
+    exporter
+        .scrape_until(WAIT, |_| stub.received().iter().any(|r| r.target == page))
+        .await;
+    let reads = stub.count(LOGS);
+    exporter
+        .scrape_until(WAIT, |_| stub.count(LOGS) >= reads + 4)
+        .await;
+    log_successes(&exporter.scrape().await).unwrap_or_default()
+}
+
+/// A page that repeats an id, and a next page that starts at the id it was asked for
+/// (inclusive): each delivery is counted once.
+#[tokio::test]
+async fn repeated_log_ids_and_an_inclusive_page_boundary_count_once() {
+    let stub = NukiApiStub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter_reading_a_webhook_log(&stub, dir.path()).await;
+    // 150 new deliveries: 450 listed twice, 449..=352; then, asked for from 352, 352 again
+    // and 351..=290 (301..=351 new).
     let mut first: Vec<String> = vec![log_id(450)];
-    first.extend((353..=450).rev().map(log_id));
-    first.push(odd.into());
+    first.extend((352..=450).rev().map(log_id));
     assert_eq!(first.len(), 100);
-    let mut second: Vec<String> = vec![odd.into()];
-    second.extend((290..=352).rev().map(log_id));
-    let encoded = "65f1+c0de%26id%3D1%2F%C3%A9%3F%23";
-    stub.route(
-        "GET",
-        &format!("{logs}?limit=100&id={encoded}"),
-        log_entries(&second),
+    let second_page = format!("{LOGS}?limit=100&id={}", log_id(352));
+    stub.route("GET", &second_page, log_page(290..=352));
+    stub.route("GET", LOGS, log_entries(&first));
+    assert_eq!(
+        count_after_reading(&stub, &exporter, &second_page).await,
+        150.0
     );
-    stub.route("GET", logs, log_entries(&first));
-    let successes = |s: &Scrape| {
-        s.value(
-            "nuki_webhook_deliveries_total",
-            &[("api_key_id", "7"), ("result", "success")],
-        )
-    };
-    let paged = |target: &str| stub.received().iter().any(|r| r.target == target);
-    let second_page = format!("{logs}?limit=100&id={encoded}");
-    exporter
-        .scrape_until(WAIT, |s| paged(&second_page) && successes(s) > Some(0.0))
-        .await;
-    // Later reads see the same log again.
-    let reads = stub.count(logs);
-    exporter
-        .scrape_until(WAIT, |_| stub.count(logs) >= reads + 4)
-        .await;
-    assert_eq!(successes(&exporter.scrape().await), Some(151.0));
+    exporter.shutdown().await;
+}
+
+/// A log id full of URL syntax is URL-encoded in the paging URL.
+#[tokio::test]
+async fn a_paging_log_id_is_url_encoded() {
+    let stub = NukiApiStub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter_reading_a_webhook_log(&stub, dir.path()).await;
+    let odd = "65f1 c0de&id=1/é?#";
+    let mut first: Vec<String> = (352..=450).rev().map(log_id).collect();
+    first.push(odd.into());
+    let second_page = format!("{LOGS}?limit=100&id=65f1+c0de%26id%3D1%2F%C3%A9%3F%23");
+    stub.route("GET", &second_page, log_page(290..=351));
+    stub.route("GET", LOGS, log_entries(&first));
+    // 450..=352, the odd one, 351..=301.
+    assert_eq!(
+        count_after_reading(&stub, &exporter, &second_page).await,
+        151.0
+    );
     exporter.shutdown().await;
 }
 
