@@ -157,6 +157,7 @@ impl Poller {
         let max_locks = self.metrics.limits().max_smartlocks;
         let recorded = self.recorder.run(move || {
             let mut polled = web_api::parse_smartlocks(&body, max_locks)?;
+            // The answer is freed before the locks are recorded into the table.
             drop(body);
             let now = unix_now();
             let locks = std::mem::take(&mut polled.locks);
