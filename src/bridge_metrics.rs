@@ -7,6 +7,7 @@ use prometheus::{
     Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::lock_store::bounded_label;
 use crate::source::bridge::BridgeInfo;
 
 /// Every `nuki_bridge_*` metric family.
@@ -15,6 +16,7 @@ pub struct BridgeMetrics {
     up: IntGaugeVec,
     server_connected: IntGaugeVec,
     callbacks_registered: IntGaugeVec,
+    callbacks_stale: IntGaugeVec,
     info: IntGaugeVec,
     requests: IntCounterVec,
     last_success: GaugeVec,
@@ -56,12 +58,22 @@ impl BridgeMetrics {
                     bridge,
                 ),
             ),
+            callbacks_stale: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_callbacks_stale",
+                        "Extra copies of this exporter's callback_url a Nuki Bridge held at the last /callback/list and still holds: removed two per poll cycle, /list polling goes on between them.",
+                    ),
+                    bridge,
+                ),
+            ),
             info: registered(
                 registry,
                 IntGaugeVec::new(
                     Opts::new(
                         "nuki_bridge_info",
-                        "Always 1: a Nuki Bridge's type (hardware, software) and firmware (or app) version, from /info.",
+                        "Always 1: a Nuki Bridge's type (hardware, software) and firmware (or app) version, from /info, cut to 128 bytes.",
                     ),
                     &["bridge", "bridge_type", "firmware_version"],
                 ),
@@ -106,6 +118,7 @@ impl BridgeMetrics {
             up: self.up.with_label_values(&[name]),
             server_connected: self.server_connected.clone(),
             callbacks_registered: self.callbacks_registered.clone(),
+            callbacks_stale: self.callbacks_stale.with_label_values(&[name]),
             info: self.info.clone(),
             info_labels: std::sync::Arc::default(),
             requests: self.requests.clone(),
@@ -135,6 +148,7 @@ pub struct BridgeSeries {
     up: IntGauge,
     server_connected: IntGaugeVec,
     callbacks_registered: IntGaugeVec,
+    callbacks_stale: IntGauge,
     info: IntGaugeVec,
     /// The `bridge_type` and `firmware_version` of the current info series.
     info_labels: std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>,
@@ -184,12 +198,10 @@ impl BridgeSeries {
                 let _ = self.server_connected.remove_label_values(&[&self.name]);
             }
         }
-        let labels = (
-            info.bridge_type.clone().unwrap_or_else(|| "unknown".into()),
-            info.firmware_version
-                .clone()
-                .unwrap_or_else(|| "unknown".into()),
-        );
+        let label = |value: &Option<String>| {
+            bounded_label(value.as_deref().unwrap_or("unknown")).to_owned()
+        };
+        let labels = (label(&info.bridge_type), label(&info.firmware_version));
         let mut current = self
             .info_labels
             .lock()
@@ -213,6 +225,11 @@ impl BridgeSeries {
         self.callbacks_registered
             .with_label_values(&[&self.name])
             .set(i64::from(registered));
+    }
+
+    /// Sets how many extra copies of this exporter's callback the bridge still holds.
+    pub fn stale_callbacks(&self, copies: usize) {
+        self.callbacks_stale.set(copies as i64);
     }
 
     /// Counts a callback the bridge POSTed.
@@ -255,11 +272,36 @@ mod tests {
             "nuki_bridge_info{bridge=\"hall\",bridge_type=\"hardware\",firmware_version=\"2.18.0\"} 1"
         ));
         assert!(!text.contains("2.17.0"), "{text}");
+        assert!(text.contains("nuki_bridge_callbacks_stale{bridge=\"hall\"} 0"));
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"503\",endpoint=\"list\"} 1"
         ));
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"error\",endpoint=\"list\"} 1"
         ));
+    }
+
+    #[test]
+    fn a_long_firmware_version_is_cut_to_128_bytes() {
+        let registry = Registry::new();
+        let series = BridgeMetrics::new(&registry).bridge("hall");
+        series.info(&BridgeInfo {
+            bridge_type: Some("hardware".into()),
+            firmware_version: Some(format!("2.{}", "é".repeat(200))),
+            server_connected: None,
+        });
+        let text = exposition(&registry);
+        let firmware = text
+            .lines()
+            .find(|line| line.starts_with("nuki_bridge_info{"))
+            .and_then(|line| line.split("firmware_version=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            firmware,
+            format!("2.{}", "é".repeat(63)),
+            "{} bytes",
+            firmware.len()
+        );
     }
 }

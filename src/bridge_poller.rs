@@ -5,6 +5,10 @@
 //! `/info` (type, firmware, server link), and with `callback_url` set, `/callback/list` and
 //! `/callback/add` only when the URL is absent: the bridge has three slots, and re-adding on
 //! every start has made bridges unresponsive. Polling stays on with callbacks, which get lost.
+//!
+//! A bridge owns the devices its last `/list` listed (its [`Roster`]): its callbacks may change
+//! those and no other lock. The work of one cycle is bounded: extra copies of the callback
+//! are removed a few per cycle, so that `/list` is polled every cycle whatever the bridge holds.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -20,7 +24,20 @@ use crate::config::{BridgeConfig, ConfigError};
 use crate::http::unix_now;
 use crate::lock::LockEvent;
 use crate::metrics::Metrics;
+use crate::roster::Roster;
 use crate::source::bridge;
+
+/// Extra copies of the callback removed per poll cycle: all that a bridge's three slots can
+/// hold, and no more, so that a bridge listing thousands never holds `/list` polling up.
+const STALE_REMOVALS_PER_CYCLE: usize = 2;
+
+/// A configured bridge, as its callbacks see it: its series, and the locks it may call back
+/// about.
+#[derive(Clone, Debug)]
+pub struct CallbackSource {
+    pub series: BridgeSeries,
+    pub roster: Arc<Roster>,
+}
 
 /// The bridges allowed to POST callbacks, by the addresses their hosts resolve to: the only
 /// guard of `POST /bridge/callback`, since a bridge cannot sign its callbacks.
@@ -28,7 +45,7 @@ use crate::source::bridge;
 pub struct CallbackSenders {
     /// Whether any bridge is configured: without one, the callback route does not exist.
     configured: bool,
-    senders: RwLock<Vec<(IpAddr, BridgeSeries)>>,
+    senders: RwLock<Vec<(IpAddr, CallbackSource)>>,
 }
 
 impl CallbackSenders {
@@ -45,14 +62,14 @@ impl CallbackSenders {
         self.configured
     }
 
-    /// The series of the bridge at `peer`, if it is a configured bridge's address.
-    pub fn sender(&self, peer: IpAddr) -> Option<BridgeSeries> {
+    /// The bridge at `peer`, if it is a configured bridge's address.
+    pub fn sender(&self, peer: IpAddr) -> Option<CallbackSource> {
         let peer = peer.to_canonical();
         let senders = self.senders.read().unwrap_or_else(PoisonError::into_inner);
         senders
             .iter()
             .find(|(address, _)| *address == peer)
-            .map(|(_, series)| series.clone())
+            .map(|(_, source)| source.clone())
     }
 
     /// The addresses of one bridge.
@@ -60,16 +77,16 @@ impl CallbackSenders {
         let senders = self.senders.read().unwrap_or_else(PoisonError::into_inner);
         senders
             .iter()
-            .filter(|(_, known)| known.name() == series.name())
+            .filter(|(_, known)| known.series.name() == series.name())
             .map(|(address, _)| *address)
             .collect()
     }
 
     /// Replaces the addresses of one bridge.
-    fn set(&self, series: &BridgeSeries, addresses: &[IpAddr]) {
+    fn set(&self, source: &CallbackSource, addresses: &[IpAddr]) {
         let mut senders = self.senders.write().unwrap_or_else(PoisonError::into_inner);
-        senders.retain(|(_, known)| known.name() != series.name());
-        senders.extend(addresses.iter().map(|a| (a.to_canonical(), series.clone())));
+        senders.retain(|(_, known)| known.series.name() != source.series.name());
+        senders.extend(addresses.iter().map(|a| (a.to_canonical(), source.clone())));
     }
 }
 
@@ -84,8 +101,10 @@ pub struct BridgePoller {
     poll_interval: Duration,
     info_interval: Duration,
     callback_url: Option<String>,
-    /// The devices of the last successful `/list`.
-    listed: HashSet<u64>,
+    /// The devices of the last successful `/list`: the locks this bridge owns.
+    roster: Arc<Roster>,
+    /// Ids of extra copies of the callback found by the last `/callback/list`, still to remove.
+    stale_callbacks: Vec<u64>,
     /// The last `/list` poll failed: the next failure is logged at debug level only.
     failing: bool,
 }
@@ -119,7 +138,8 @@ impl BridgePoller {
             poll_interval: config.poll_interval,
             info_interval: config.info_interval,
             callback_url: config.callback_url.clone(),
-            listed: HashSet::new(),
+            roster: Arc::default(),
+            stale_callbacks: Vec::new(),
             failing: false,
         })
     }
@@ -130,7 +150,11 @@ impl BridgePoller {
         match tokio::net::lookup_host(self.authority.as_str()).await {
             Ok(addresses) => {
                 let addresses: Vec<IpAddr> = addresses.map(|a| a.ip()).collect();
-                self.senders.set(&self.series, &addresses);
+                let source = CallbackSource {
+                    series: self.series.clone(),
+                    roster: Arc::clone(&self.roster),
+                };
+                self.senders.set(&source, &addresses);
                 true
             }
             Err(error) => {
@@ -156,6 +180,7 @@ impl BridgePoller {
                     resolved = false;
                     next_info = Instant::now() + self.info_interval;
                 }
+                self.remove_stale_callbacks().await;
                 if !resolved {
                     resolved = self.resolve_sender().await;
                 }
@@ -197,11 +222,10 @@ impl BridgePoller {
             self.metrics
                 .observe(report.smartlock_id, &report.events, now);
         }
-        // A device unpaired from the bridge: its series go.
-        for gone in self.listed.difference(&listed) {
-            self.metrics.observe(*gone, &[LockEvent::Removed], now);
+        // A device unpaired from the bridge: its series go, and its callbacks are refused.
+        for gone in self.roster.replace(listed) {
+            self.metrics.observe(gone, &[LockEvent::Removed], now);
         }
-        self.listed = listed;
         self.series.polled(true, now);
     }
 
@@ -217,9 +241,9 @@ impl BridgePoller {
         }
     }
 
-    /// Registers `url` with the bridge unless it is there already, and removes extra copies
-    /// of it, so that it holds exactly one slot.
-    async fn keep_registered(&self, url: &str) {
+    /// Registers `url` with the bridge unless it is there already; notes extra copies of it
+    /// for [`Self::remove_stale_callbacks`], so that it comes to hold exactly one slot.
+    async fn keep_registered(&mut self, url: &str) {
         match self.registration(url).await {
             Ok(registered) => self.series.callback_registered(registered),
             Err(error) => {
@@ -228,7 +252,7 @@ impl BridgePoller {
         }
     }
 
-    async fn registration(&self, url: &str) -> Result<bool, String> {
+    async fn registration(&mut self, url: &str) -> Result<bool, String> {
         let body = self
             .client
             .get(Endpoint::CallbackList, &[])
@@ -241,17 +265,15 @@ impl BridgePoller {
             .map(|callback| callback.id)
             .collect();
         if let Some((_, extra)) = ours.split_first() {
-            for id in extra {
-                let id = id.to_string();
-                if let Err(refusal) = self
-                    .outcome(Endpoint::CallbackRemove, &[("id", &id)])
-                    .await?
-                {
-                    tracing::warn!(bridge = %self.series.name(), reason = %refusal, "the bridge kept a second copy of the callback");
-                }
+            if !extra.is_empty() {
+                tracing::warn!(bridge = %self.series.name(), copies = extra.len(), per_cycle = STALE_REMOVALS_PER_CYCLE, "the bridge holds extra copies of the callback; removing them a few per poll cycle");
             }
+            self.stale_callbacks = extra.to_vec();
+            self.series.stale_callbacks(extra.len());
             return Ok(true);
         }
+        self.stale_callbacks.clear();
+        self.series.stale_callbacks(0);
         match self.outcome(Endpoint::CallbackAdd, &[("url", url)]).await? {
             Ok(()) => {
                 tracing::info!(bridge = %self.series.name(), "callback registered with the bridge");
@@ -261,6 +283,39 @@ impl BridgePoller {
                 tracing::warn!(bridge = %self.series.name(), reason = %refusal, "the bridge refused the callback (it holds at most three)");
                 Ok(false)
             }
+        }
+    }
+
+    /// Removes at most [`STALE_REMOVALS_PER_CYCLE`] extra copies of the callback. A copy the
+    /// bridge refuses to remove is left for the next `/callback/list` to find again; a request
+    /// without an answer ends this cycle's removals.
+    async fn remove_stale_callbacks(&mut self) {
+        if self.stale_callbacks.is_empty() {
+            return;
+        }
+        for _ in 0..STALE_REMOVALS_PER_CYCLE {
+            let Some(id) = self.stale_callbacks.pop() else {
+                break;
+            };
+            let param = id.to_string();
+            match self
+                .outcome(Endpoint::CallbackRemove, &[("id", &param)])
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => {
+                    tracing::debug!(bridge = %self.series.name(), reason = %refusal, "the bridge kept an extra copy of the callback");
+                }
+                Err(error) => {
+                    tracing::debug!(bridge = %self.series.name(), %error, "removing an extra copy of the callback failed");
+                    self.stale_callbacks.push(id);
+                    break;
+                }
+            }
+        }
+        self.series.stale_callbacks(self.stale_callbacks.len());
+        if self.stale_callbacks.is_empty() {
+            tracing::info!(bridge = %self.series.name(), "the extra copies of the callback are removed");
         }
     }
 

@@ -257,7 +257,8 @@ impl App {
     }
 
     /// A Nuki Bridge's lock-state callback. A bridge cannot sign what it sends: the sender's
-    /// address, which must be a configured bridge's, is the only check.
+    /// address, which must be a configured bridge's, and the lock, which must be one that
+    /// bridge's last `/list` listed, are the only checks.
     async fn receive_bridge_callback<B>(
         &self,
         peer: SocketAddr,
@@ -280,22 +281,31 @@ impl App {
             Ok(body) => body,
             Err(refusal) => return refusal,
         };
-        match bridge::parse_callback(&body) {
-            Ok(report) => {
-                self.metrics
-                    .observe(report.smartlock_id, &report.events, unix_now());
-                bridge.callback_received();
-                text(StatusCode::OK, "OK.\n")
-            }
+        let report = match bridge::parse_callback(&body) {
+            Ok(report) => report,
             Err(error) => {
-                tracing::debug!(bridge = %bridge.name(), %error, "bridge callback refused");
-                self.refuse(
+                tracing::debug!(bridge = %bridge.series.name(), %error, "bridge callback refused");
+                return self.refuse(
                     RejectReason::Malformed,
                     StatusCode::BAD_REQUEST,
                     "Not a bridge callback.\n",
-                )
+                );
             }
+        };
+        let id = report.smartlock_id;
+        let recorded = bridge.roster.if_listed(id, || {
+            self.metrics.observe(id, &report.events, unix_now());
+        });
+        if recorded.is_none() {
+            tracing::debug!(bridge = %bridge.series.name(), smartlock_id = id, "bridge callback about a lock the bridge did not list: ignored");
+            return self.refuse(
+                RejectReason::Forbidden,
+                StatusCode::FORBIDDEN,
+                "Not a lock this bridge listed.\n",
+            );
         }
+        bridge.series.callback_received();
+        text(StatusCode::OK, "OK.\n")
     }
 
     async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse

@@ -178,6 +178,11 @@ impl LockStore {
         }
     }
 
+    /// How many locks, operations and series the store may hold.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
         locked(&self.shards[(id % SHARDS as u64) as usize])
     }
@@ -756,16 +761,21 @@ fn reported_where_known(known: &LockStatus, newer: &LockStatus) -> LockStatus {
     }
 }
 
+/// An info label value cut to [`MAX_INFO_LABEL_LEN`] bytes, at a character boundary.
+pub fn bounded_label(value: &str) -> &str {
+    let mut end = value.len().min(MAX_INFO_LABEL_LEN);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 /// `info` with every label value cut to [`MAX_INFO_LABEL_LEN`] bytes.
 fn bounded_info(info: &LockInfo) -> LockInfo {
     let cut = |value: &Option<String>| {
-        value.as_deref().map(|value| {
-            let mut end = value.len().min(MAX_INFO_LABEL_LEN);
-            while !value.is_char_boundary(end) {
-                end -= 1;
-            }
-            value[..end].to_owned()
-        })
+        value
+            .as_deref()
+            .map(|value| bounded_label(value).to_owned())
     };
     LockInfo {
         name: cut(&info.name),

@@ -31,7 +31,8 @@ pub enum RejectReason {
     NotFound,
     Timeout,
     Unauthorized,
-    /// A bridge callback from an address that is no configured bridge's.
+    /// A bridge callback from an address that is no configured bridge's, or about a lock that
+    /// bridge did not list.
     Forbidden,
 }
 
@@ -205,7 +206,7 @@ impl Metrics {
             rejected: counter_vec(
                 r,
                 "nuki_exporter_webhooks_rejected_total",
-                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener: a request too slow, or a response its client did not read in time), unauthorized (metrics listener credentials), forbidden (bridge callback from an unknown address); malformed and too_large also count requests the HTTP layer refused on any listener (bad framing, 414, 431, an HTTP/2 preface).",
+                "Refused requests, by reason: signature, malformed, too_large, method, not_found (webhook listener), timeout (any listener: a request too slow, or a response its client did not read in time), unauthorized (metrics listener credentials), forbidden (bridge callback from an address that is no configured bridge's, or about a lock that bridge's last /list did not name); malformed and too_large also count requests the HTTP layer refused on any listener (bad framing, 414, 431, an HTTP/2 preface).",
                 &["reason"],
             ),
             last_webhook: register(
@@ -402,6 +403,11 @@ impl Metrics {
     /// `limits.max_smartlocks` get no gauges.
     pub fn observe(&self, id: u64, events: &[LockEvent], now: f64) {
         self.store.observe(id, events, now);
+    }
+
+    /// How many locks, operations and series the configuration allows (`limits.*`).
+    pub fn limits(&self) -> Limits {
+        self.store.limits()
     }
 
     /// Every tracked lock's last-known state and info.
@@ -636,7 +642,7 @@ mod tests {
                     locks += 1;
                     // `up` is 1 exactly when the lock count is odd.
                     m.between_encodes(|| {
-                        web_api.smartlocks_polled(locks, 0.1, 1.0);
+                        web_api.smartlocks_polled(locks, 0, 0, 0.1, 1.0);
                         web_api.set_up(locks % 2 == 1);
                     });
                 }

@@ -232,7 +232,7 @@ impl NukiApi {
         let exchange = async {
             let response = self.client.request(request).await?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await;
+            let body = read_whole(Limited::new(body, MAX_RESPONSE_BYTES)).await;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
         };
         let outcome = tokio::time::timeout(self.timeout, exchange).await;
@@ -255,12 +255,10 @@ impl NukiApi {
             Ok(Ok(answer)) => answer,
         };
         self.count(endpoint, Some(parts.status.as_u16()), elapsed);
-        let body = body
-            .map_err(|error| ApiError::Unreachable {
-                endpoint,
-                reason: format!("reading the answer: {}", error_chain(error.as_ref())),
-            })?
-            .to_bytes();
+        let body = body.map_err(|error| ApiError::Unreachable {
+            endpoint,
+            reason: format!("reading the answer: {}", error_chain(error.as_ref())),
+        })?;
         if parts.status.is_success() {
             return Ok(body);
         }
@@ -280,6 +278,26 @@ impl NukiApi {
             metrics.request(endpoint, status, seconds);
         }
     }
+}
+
+/// Reads a whole body into one buffer as its chunks arrive, so that a large answer is held
+/// once (collecting the chunks first and joining them would hold it twice).
+async fn read_whole<B>(mut body: B) -> Result<Bytes, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let expected = body.size_hint().exact().unwrap_or_default();
+    let mut buffer = Vec::with_capacity(
+        usize::try_from(expected)
+            .unwrap_or_default()
+            .min(MAX_RESPONSE_BYTES),
+    );
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.into())
 }
 
 /// An error and its causes on one line (hyper's own message is only "client error (Connect)").

@@ -19,12 +19,17 @@ use crate::background::BackgroundThread;
 use crate::lock::LockEvent;
 use crate::metrics::{Endpoint, Metrics};
 use crate::nuki_api::{ApiError, NukiApi};
-use crate::source::web_api::{self, ParseError};
+use crate::roster::Roster;
+use crate::seen_ids::SeenIds;
+use crate::source::web_api::{self, ParseError, PolledLocks};
 
 /// Webhook log entries asked for per page: Nuki's maximum.
 const LOG_PAGE: usize = 100;
 /// Nuki keeps the last 300 deliveries: at most three pages are worth reading.
 const LOG_PAGES: usize = 3;
+/// Log ids remembered as counted: the log's 300 and as many again of the reads since, so that
+/// an entry Nuki still lists is never forgotten and counted again.
+const COUNTED_LOG_IDS: usize = 1_000;
 /// The first retry after a failed poll (sooner when the interval is shorter).
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
@@ -34,25 +39,36 @@ pub struct Poller {
     recorder: BackgroundThread,
     metrics: Arc<Metrics>,
     interval: Duration,
-    /// The ids the previous poll listed (at first, those the state file restored): a lock
+    /// The locks the previous poll listed (at first, those the state file restored): a lock
     /// missing from the next list has left the account.
-    account: HashSet<u64>,
+    account: Arc<Roster>,
+    /// Which kinds of skipped locks the last poll logged: each is logged once while it lasts.
+    skipping: Skipping,
     delivery: Option<DeliveryWatch>,
 }
 
 /// What a successful `GET /smartlock` poll publishes with the poll's `api_up`.
 #[derive(Clone, Copy, Debug)]
 struct Listed {
+    /// Locks the answer listed, those past `limits.max_smartlocks` included.
     locks: usize,
+    malformed: usize,
+    over_limit: usize,
     seconds: f64,
     at: f64,
+}
+
+#[derive(Default)]
+struct Skipping {
+    malformed: bool,
+    beyond_limit: bool,
 }
 
 /// The delivery health of one Advanced API key.
 struct DeliveryWatch {
     key: String,
     /// Log ids already counted; `None` until the first read, which only sets the baseline.
-    counted: Option<HashSet<String>>,
+    counted: Option<SeenIds>,
     active: Option<bool>,
 }
 
@@ -79,7 +95,8 @@ impl Poller {
             recorder: BackgroundThread::spawn("api-poll")?,
             metrics,
             interval,
-            account: restored.into_iter().collect(),
+            account: Arc::new(Roster::with(restored)),
+            skipping: Skipping::default(),
             delivery,
         })
     }
@@ -153,8 +170,14 @@ impl Poller {
             .run(move || {
                 metrics.between_encodes(|| {
                     let web_api = metrics.web_api();
-                    if let Some(Listed { locks, seconds, at }) = listed {
-                        web_api.smartlocks_polled(locks, seconds, at);
+                    if let Some(listed) = listed {
+                        web_api.smartlocks_polled(
+                            listed.locks,
+                            listed.malformed,
+                            listed.over_limit,
+                            listed.seconds,
+                            listed.at,
+                        );
                     }
                     web_api.set_up(up);
                 })
@@ -166,42 +189,59 @@ impl Poller {
     async fn poll_smartlocks(&mut self) -> Result<Listed, ApiError> {
         let started = Instant::now();
         let body = self.api.get(Endpoint::Smartlocks, "/smartlock").await?;
-        let metrics = Arc::clone(&self.metrics);
-        let previous = std::mem::take(&mut self.account);
+        let (metrics, account) = (Arc::clone(&self.metrics), Arc::clone(&self.account));
+        let max_locks = self.metrics.limits().max_smartlocks;
         let recorded = self.recorder.run(move || {
-            let locks = web_api::parse_smartlocks(&body);
-            let locks = match locks {
-                Ok(locks) => locks,
-                Err(error) => return Err((error, previous)),
-            };
+            let mut polled = web_api::parse_smartlocks(&body, max_locks)?;
+            // The answer is freed before the locks are recorded into the table.
+            drop(body);
             let now = unix_now();
+            let locks = std::mem::take(&mut polled.locks);
             let listed: HashSet<u64> = locks.iter().map(|(id, _)| *id).collect();
+            let recorded = listed.len();
             for (id, events) in &locks {
                 metrics.observe(*id, events, now);
             }
-            for gone in previous.difference(&listed) {
-                metrics.observe(*gone, &[LockEvent::Removed], now);
+            for gone in account.replace(listed) {
+                metrics.observe(gone, &[LockEvent::Removed], now);
             }
-            Ok(listed)
+            Ok((recorded, polled))
         });
         let recorded = recorded
             .await
             .expect("the recording thread runs as long as the poller");
-        match recorded {
-            Ok(listed) => {
-                let polled = Listed {
-                    locks: listed.len(),
-                    seconds: started.elapsed().as_secs_f64(),
-                    at: unix_now(),
-                };
-                self.account = listed;
-                Ok(polled)
-            }
-            Err((error, previous)) => {
-                self.account = previous;
-                Err(self.malformed(Endpoint::Smartlocks, error))
-            }
+        let (recorded, skipped) = match recorded {
+            Ok(recorded) => recorded,
+            Err(error) => return Err(self.malformed(Endpoint::Smartlocks, error)),
+        };
+        self.report_skipped(&skipped);
+        Ok(Listed {
+            locks: recorded + skipped.beyond_limit,
+            malformed: skipped.malformed,
+            over_limit: skipped.beyond_limit,
+            seconds: started.elapsed().as_secs_f64(),
+            at: unix_now(),
+        })
+    }
+
+    /// Logs the locks an answer held but the poll left out, once while it goes on.
+    fn report_skipped(&mut self, skipped: &PolledLocks) {
+        if let Some(reason) = &skipped.first_malformed
+            && !self.skipping.malformed
+        {
+            tracing::warn!(locks = skipped.malformed, first = %reason, "GET /smartlock listed locks that cannot be read; they are skipped, the others recorded");
         }
+        if skipped.beyond_limit > 0 && !self.skipping.beyond_limit {
+            tracing::warn!(
+                locks = skipped.beyond_limit,
+                max_smartlocks = self.metrics.limits().max_smartlocks,
+                "GET /smartlock listed more locks than limits.max_smartlocks; the locks past the limit are not recorded"
+            );
+        }
+        self.skipping = Skipping {
+            malformed: skipped.malformed > 0,
+            beyond_limit: skipped.beyond_limit > 0,
+        };
     }
 
     async fn poll_delivery(&self, watch: &mut DeliveryWatch) -> Result<(), ApiError> {
@@ -227,19 +267,16 @@ impl Poller {
     }
 
     /// Reads the webhook log, newest first, paging back until a page holds an entry already
-    /// counted; counts the new entries.
+    /// counted; counts each entry not counted before, once (a page may repeat ids, and the
+    /// next page may start at the `id` it was asked for).
     async fn read_new_deliveries(&self, watch: &mut DeliveryWatch) -> Result<(), ApiError> {
         let key = &watch.key;
         let mut entries = Vec::new();
         let mut older_than: Option<String> = None;
         for _ in 0..LOG_PAGES {
-            let mut path = format!("/api/key/{key}/webhook/logs?limit={LOG_PAGE}");
-            if let Some(id) = &older_than {
-                path.push_str("&id=");
-                path.push_str(id);
-            }
+            let path = log_page_path(key, older_than.as_deref());
             let body = self.api.get(Endpoint::WebhookLogs, &path).await?;
-            let page = web_api::parse_webhook_logs(&body)
+            let page = web_api::parse_webhook_logs(&body, LOG_PAGE)
                 .map_err(|error| self.malformed(Endpoint::WebhookLogs, error))?;
             let full = page.len() >= LOG_PAGE;
             let reached_counted = match &watch.counted {
@@ -252,15 +289,19 @@ impl Poller {
                 break;
             }
         }
-        let ids: HashSet<String> = entries.iter().map(|entry| entry.id.clone()).collect();
-        if let Some(counted) = &watch.counted {
-            for entry in entries.iter().filter(|entry| !counted.contains(&entry.id)) {
+        // The first read only sets the baseline: what Nuki delivered before we started.
+        let baseline = watch.counted.is_none();
+        let counted = watch
+            .counted
+            .get_or_insert_with(|| SeenIds::new(COUNTED_LOG_IDS));
+        // Oldest first: the set forgets ids in the order Nuki logged them.
+        for entry in entries.iter().rev() {
+            if counted.insert(&entry.id) && !baseline {
                 self.metrics
                     .web_api()
                     .delivery(key, entry.succeeded, entry.response_status);
             }
         }
-        watch.counted = Some(ids);
         Ok(())
     }
 
@@ -268,6 +309,17 @@ impl Poller {
         self.metrics.web_api().malformed(endpoint);
         ApiError::Malformed { endpoint, source }
     }
+}
+
+/// The URL path of a webhook log page: the newest entries, or those from the entry `from`
+/// back (an id Nuki chose, so URL-encoded).
+fn log_page_path(key: &str, from: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", itoa::Buffer::new().format(LOG_PAGE));
+    if let Some(id) = from {
+        query.append_pair("id", id);
+    }
+    format!("/api/key/{key}/webhook/logs?{}", query.finish())
 }
 
 fn unix_now() -> f64 {

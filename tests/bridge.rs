@@ -38,6 +38,16 @@ async fn exporter_for(
     exporter_polling(stub, test_config(), configure).await
 }
 
+/// Makes the bridge answer 500 to every request; waits until `nuki_bridge_up` says so.
+async fn answers_500_and_is_down(stub: &BridgeStub, exporter: &TestExporter) {
+    stub.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    exporter
+        .scrape_until(WAIT, |s| {
+            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
+        })
+        .await;
+}
+
 fn lock(id: &str) -> [(&str, &str); 1] {
     [("smartlock_id", id)]
 }
@@ -254,9 +264,11 @@ async fn a_duplicate_registration_is_removed_and_a_full_bridge_is_reported() {
     stub.add_callback(UNDELIVERED_CALLBACK_URL);
     stub.add_callback(UNDELIVERED_CALLBACK_URL);
     let exporter = exporter_for(&stub, |_| {}).await;
+    // The extra copy is removed in the cycle that found it.
     exporter
         .scrape_until(WAIT, |s| {
             s.value("nuki_bridge_callbacks_registered", &[("bridge", "hall")]) == Some(1.0)
+                && s.value("nuki_bridge_callbacks_stale", &[("bridge", "hall")]) == Some(0.0)
         })
         .await;
     exporter.shutdown().await;
@@ -408,12 +420,7 @@ async fn a_busy_bridge_gets_spaced_retries_and_a_failing_one_is_down() {
         })
         .await;
 
-    stub.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
-    exporter
-        .scrape_until(WAIT, |s| {
-            s.value("nuki_bridge_up", &[("bridge", "hall")]) == Some(0.0)
-        })
-        .await;
+    answers_500_and_is_down(&stub, &exporter).await;
     exporter.shutdown().await;
     let seen = stub.seen();
     // Each request starts at least request_spacing after the previous one ended (less the
@@ -468,4 +475,136 @@ async fn the_bridge_token_is_in_no_log_line() {
     let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(SECRET_TOKEN)).collect();
     assert!(leaks.is_empty(), "the token is in the log:\n{leaks:#?}");
     assert!(refusing.seen().iter().all(|s| s.status == 401));
+}
+
+/// A bridge (or anyone sending from its address) may call back only about the locks its last
+/// `/list` listed: a callback about any other lock, one a webhook reported or one nobody
+/// knows, is refused, counted, and changes nothing, not even the state file.
+#[tokio::test]
+async fn a_callback_about_a_lock_the_bridge_did_not_list_records_nothing() {
+    let stub = BridgeStub::start(BRIDGE_IP).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let mut config = test_config();
+    config.state.file = Some(state_file.clone());
+    config.state.write_interval = Duration::from_millis(100);
+    let exporter = exporter_polling(&stub, config, |_| {}).await;
+    exporter
+        .scrape_until(WAIT, |s| {
+            s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(1.0)
+        })
+        .await;
+    // Lock 42 is known from a signed webhook only, its battery fine.
+    let webhook = br#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":false,"state":1}}"#;
+    assert_eq!(exporter.post(webhook).await, 204);
+    let callback_url = format!("http://{}/bridge/callback", exporter.webhook_address());
+    let callback = |nuki_id: u64| json!({"nukiId": nuki_id, "deviceType": 0, "state": 3, "batteryCritical": true});
+    assert_eq!(
+        post_from(BRIDGE_IP, &callback_url, &callback(42)).await,
+        403
+    );
+    for phantom in 5_000_000..5_000_050 {
+        assert_eq!(
+            post_from(BRIDGE_IP, &callback_url, &callback(phantom)).await,
+            403
+        );
+    }
+    // A listed lock's callback is still recorded.
+    assert_eq!(
+        post_from(BRIDGE_IP, &callback_url, &fixture("callback-lock")).await,
+        200
+    );
+    let scrape = exporter
+        .scrape_until(Duration::from_secs(5), |s| {
+            s.value("nuki_smartlock_lock_state", &lock(FRONT_DOOR)) == Some(3.0)
+        })
+        .await;
+    assert_eq!(
+        scrape.value(
+            "nuki_smartlock_battery_critical",
+            &[("smartlock_id", "42"), ("battery", "lock")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        scrape.value("nuki_smartlock_lock_state", &lock("42")),
+        Some(1.0)
+    );
+    // The bridge's four devices and lock 42.
+    assert_eq!(
+        scrape.value("nuki_exporter_smartlocks_tracked", &[]),
+        Some(5.0)
+    );
+    assert!(!scrape.contains("smartlock_id=\"5000000\""));
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_webhooks_rejected_total",
+            &[("reason", "forbidden")]
+        ),
+        Some(51.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_bridge_callbacks_received_total",
+            &[("bridge", "hall")]
+        ),
+        Some(1.0)
+    );
+    // The state file, written after the last callback, names no phantom: none comes back.
+    let deadline = Instant::now() + WAIT;
+    let written = loop {
+        let text = std::fs::read_to_string(&state_file).unwrap_or_default();
+        if text.contains(r#""lock_state":3"#) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the state file was not written: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!written.contains("5000000"), "{written}");
+    assert!(written.contains(r#""smartlock_id":42"#));
+    exporter.shutdown().await;
+}
+
+/// A bridge listing thousands of copies of this exporter's callback: they are removed two per
+/// poll cycle, `/list` is polled every cycle meanwhile, and `nuki_bridge_up` follows the
+/// bridge.
+#[tokio::test]
+async fn thousands_of_stale_callback_copies_do_not_hold_up_list_polling() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    stub.flood_callbacks(UNDELIVERED_CALLBACK_URL, 2_000);
+    let exporter = exporter_for(&stub, |bridge| {
+        bridge.poll_interval = Duration::from_millis(100);
+        bridge.info_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let lists = |stub: &BridgeStub| stub.paths().iter().filter(|p| *p == "/list").count();
+    exporter
+        .scrape_until(Duration::from_secs(20), |s| {
+            lists(&stub) >= 6
+                && s.value("nuki_bridge_callbacks_stale", &[("bridge", "hall")])
+                    .is_some_and(|stale| stale > 0.0 && stale < 1999.0)
+        })
+        .await;
+    assert!(stub.flooded() > 1_900, "{} left", stub.flooded());
+    // Between two /list polls, at most two removals.
+    let paths = stub.paths();
+    for between in paths.split(|path| path == "/list") {
+        let removals = between.iter().filter(|p| *p == "/callback/remove").count();
+        assert!(
+            removals <= 2,
+            "{removals} removals in one cycle: {between:?}"
+        );
+    }
+    assert_eq!(
+        exporter
+            .scrape()
+            .await
+            .value("nuki_bridge_up", &[("bridge", "hall")]),
+        Some(1.0)
+    );
+    answers_500_and_is_down(&stub, &exporter).await;
+    exporter.shutdown().await;
 }

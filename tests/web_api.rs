@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet, web_api_fixture};
-use common::{Scrape, TestExporter, test_config};
+use common::{Running, Scrape, TestExporter, exporter_command, test_config};
 use nuki_exporter::Config;
 
 const TOKEN: &str = "stub-token-0123456789";
@@ -510,4 +510,283 @@ async fn the_exporter_polls_the_demo_fleets_simulated_api() {
     );
     exporter.shutdown().await;
     demo.kill();
+}
+
+/// Webhook log entries with these ids (newest first), all delivered with 204.
+fn log_entries(ids: &[String]) -> Reply {
+    let entries: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "succeeded": true, "responseStatus": 204}))
+        .collect();
+    Reply::json(serde_json::to_vec(&entries).unwrap())
+}
+
+fn log_id(id: u32) -> String {
+    format!("{id:024}")
+}
+
+/// An exporter reading the webhook log of key 7 with 201..=300 already delivered; the
+/// deliveries counted as successes so far.
+async fn exporter_reading_a_webhook_log(stub: &NukiApiStub, dir: &Path) -> TestExporter {
+    stub.route("GET", "/smartlock", Reply::json(fleet(1, 1, &[])));
+    stub.route(
+        "GET",
+        "/api/key/7/advanced",
+        Reply::json(web_api_fixture("advanced-active.json")),
+    );
+    stub.route("GET", LOGS, log_page(201..=300));
+    let mut config = polling_config(stub, write_token(dir, TOKEN));
+    config.api.advanced_key_id = Some(7);
+    let exporter = TestExporter::start_with(config).await;
+    exporter
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
+        .await;
+    exporter
+}
+
+const LOGS: &str = "/api/key/7/webhook/logs";
+
+fn log_successes(scrape: &Scrape) -> Option<f64> {
+    scrape.value(
+        "nuki_webhook_deliveries_total",
+        &[("api_key_id", "7"), ("result", "success")],
+    )
+}
+
+/// Waits until the log was asked for `page` and read four more times: the count is final.
+async fn count_after_reading(stub: &NukiApiStub, exporter: &TestExporter, page: &str) -> f64 {
+    exporter
+        .scrape_until(WAIT, |_| stub.received().iter().any(|r| r.target == page))
+        .await;
+    let reads = stub.count(LOGS);
+    exporter
+        .scrape_until(WAIT, |_| stub.count(LOGS) >= reads + 4)
+        .await;
+    log_successes(&exporter.scrape().await).unwrap_or_default()
+}
+
+/// A page that repeats an id, and a next page that starts at the id it was asked for
+/// (inclusive): each delivery is counted once.
+#[tokio::test]
+async fn repeated_log_ids_and_an_inclusive_page_boundary_count_once() {
+    let stub = NukiApiStub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter_reading_a_webhook_log(&stub, dir.path()).await;
+    // 150 new deliveries: 450 listed twice, 449..=352; then, asked for from 352, 352 again
+    // and 351..=290 (301..=351 new).
+    let mut first: Vec<String> = vec![log_id(450)];
+    first.extend((352..=450).rev().map(log_id));
+    assert_eq!(first.len(), 100);
+    let second_page = format!("{LOGS}?limit=100&id={}", log_id(352));
+    stub.route("GET", &second_page, log_page(290..=352));
+    stub.route("GET", LOGS, log_entries(&first));
+    assert_eq!(
+        count_after_reading(&stub, &exporter, &second_page).await,
+        150.0
+    );
+    exporter.shutdown().await;
+}
+
+/// A log id full of URL syntax is URL-encoded in the paging URL.
+#[tokio::test]
+async fn a_paging_log_id_is_url_encoded() {
+    let stub = NukiApiStub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter_reading_a_webhook_log(&stub, dir.path()).await;
+    let odd = "65f1 c0de&id=1/é?#";
+    let mut first: Vec<String> = (352..=450).rev().map(log_id).collect();
+    first.push(odd.into());
+    let second_page = format!("{LOGS}?limit=100&id=65f1+c0de%26id%3D1%2F%C3%A9%3F%23");
+    stub.route("GET", &second_page, log_page(290..=351));
+    stub.route("GET", LOGS, log_entries(&first));
+    // 450..=352, the odd one, 351..=301.
+    assert_eq!(
+        count_after_reading(&stub, &exporter, &second_page).await,
+        151.0
+    );
+    exporter.shutdown().await;
+}
+
+/// One lock that no Rust value can hold (a lone surrogate in its name, `1e400` in a read
+/// field) is skipped and counted; the other locks are recorded and the poll succeeds.
+#[tokio::test]
+async fn an_unreadable_lock_is_skipped_and_the_others_are_recorded() {
+    let stub = NukiApiStub::start().await;
+    let body = br#"[
+        {"smartlockId":1,"name":"Hall \ud800","serverState":0,"state":{"batteryCharge":50}},
+        {"smartlockId":2,"serverState":0,"state":{"batteryCharge":1e400}},
+        {"smartlockId":3,"serverState":0,"state":{"batteryCharge":70,"batteryCritical":true}}
+    ]"#;
+    stub.route("GET", "/smartlock", Reply::json(body.to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let exporter = exporter_polling(&stub, dir.path()).await;
+    let scrape = exporter
+        .scrape_until(WAIT, |s| s.value("nuki_exporter_api_up", &[]) == Some(1.0))
+        .await;
+    assert_eq!(
+        lock_value(&scrape, "nuki_smartlock_battery_charge_percent", "3"),
+        Some(70.0)
+    );
+    for skipped in ["1", "2"] {
+        assert_eq!(
+            scrape.sum("nuki_smartlock_server_state", &[("smartlock_id", skipped)]),
+            0.0,
+            "lock {skipped} has no series"
+        );
+    }
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_api_smartlocks_skipped",
+            &[("reason", "malformed")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_api_malformed_responses_total",
+            &[("endpoint", "/smartlock")]
+        ),
+        Some(0.0)
+    );
+    exporter.shutdown().await;
+}
+
+/// The real binary polling the stand-in every `interval`, with JSON logs.
+fn polling_binary(stub: &NukiApiStub, dir: &Path, interval: &str) -> Running {
+    let token_file = write_token(dir, TOKEN);
+    Running::spawn(
+        exporter_command()
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", "json")
+            .env("NUKI_EXPORTER_API__URL", &stub.url)
+            .env("NUKI_EXPORTER_API__TOKEN_FILE", token_file)
+            .env("NUKI_EXPORTER_API__TIMEOUT", "60s")
+            .env("NUKI_EXPORTER_API__POLL_INTERVAL", interval),
+    )
+}
+
+async fn scrape_at(metrics: &str) -> Scrape {
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Scrape(body)
+}
+
+/// Scrapes the binary's metrics listener until `ready` holds, for at most a minute.
+async fn scrape_binary_until(metrics: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let scrape = scrape_at(metrics).await;
+        if ready(&scrape) {
+            return scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached:\n{}",
+            scrape.0
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+/// The memory limit the Kubernetes deployment ships (deploy/kubernetes: 256Mi).
+const SHIPPED_MEMORY_LIMIT: u64 = 256 * MIB;
+
+/// A `GET /smartlock` answer of `bytes` bytes of minimal locks (`{"smartlockId":N}`); the
+/// number of locks.
+fn minimal_locks(bytes: usize) -> (Vec<u8>, u64) {
+    let mut body = Vec::with_capacity(bytes + 64);
+    body.push(b'[');
+    let mut id = 0;
+    while body.len() < bytes {
+        id += 1;
+        if id > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!(r#"{{"smartlockId":{id}}}"#).as_bytes());
+    }
+    body.push(b']');
+    (body, id)
+}
+
+/// An answer of 60 MB (under the 64 MiB body cap) of millions of minimal locks: the exporter
+/// keeps `limits.max_smartlocks` of them, counts the rest, and its peak memory stays under the
+/// shipped limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_mb_answer_keeps_the_exporter_under_its_memory_limit() {
+    let stub = NukiApiStub::start().await;
+    let (body, locks) = minimal_locks(60_000_000);
+    stub.route("GET", "/smartlock", Reply::json(body));
+    let dir = tempfile::tempdir().unwrap();
+    let mut exporter = polling_binary(&stub, dir.path(), "1h");
+    let metrics = exporter.address_of("metrics");
+    let scrape = scrape_binary_until(&metrics, |s| {
+        s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+    })
+    .await;
+    let (_, peak) = exporter.memory();
+    println!("60 MB answer of {locks} locks: peak RSS {} MiB", peak / MIB);
+    assert!(
+        peak < SHIPPED_MEMORY_LIMIT,
+        "peak RSS {} MiB is over the shipped limit",
+        peak / MIB
+    );
+    assert_eq!(
+        scrape.value("nuki_exporter_smartlocks_tracked", &[]),
+        Some(10_000.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_api_smartlocks_skipped",
+            &[("reason", "over_limit")]
+        ),
+        Some((locks - 10_000) as f64)
+    );
+    assert_eq!(
+        scrape.value("nuki_exporter_api_smartlocks", &[]),
+        Some(locks as f64)
+    );
+    assert_eq!(scrape.value("nuki_exporter_api_up", &[]), Some(1.0));
+}
+
+/// A full 10,000-lock account (the default `limits.max_smartlocks`) raises the peak memory by
+/// at most 40 MiB over what the exporter held before the poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_lock_poll_raises_the_peak_by_at_most_40_mib() {
+    let stub = NukiApiStub::start().await;
+    stub.route("GET", "/smartlock", Reply::json(b"[]".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut exporter = polling_binary(&stub, dir.path(), "200ms");
+    let metrics = exporter.address_of("metrics");
+    scrape_binary_until(&metrics, |s| {
+        s.value("nuki_exporter_api_up", &[]) == Some(1.0)
+    })
+    .await;
+    let (before, _) = exporter.memory();
+    let body = fleet(1, 10_000, &[]);
+    let size = body.len();
+    stub.route("GET", "/smartlock", Reply::json(body));
+    scrape_binary_until(&metrics, |s| {
+        s.value("nuki_exporter_smartlocks_tracked", &[]) == Some(10_000.0)
+    })
+    .await;
+    let (after, peak) = exporter.memory();
+    println!(
+        "10,000 locks ({} MB answer): RSS {} MiB before the poll, {} MiB after, peak {} MiB",
+        size / 1_000_000,
+        before / MIB,
+        after / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak.saturating_sub(before) <= 40 * MIB,
+        "peak {} MiB is more than 40 MiB over {} MiB",
+        peak / MIB,
+        before / MIB
+    );
 }

@@ -39,6 +39,7 @@ pub struct WebApiMetrics {
     malformed: IntCounterVec,
     last_success: Gauge,
     smartlocks: IntGauge,
+    smartlocks_skipped: IntGaugeVec,
     poll_duration: Histogram,
     delivery_active: IntGaugeVec,
     deliveries: IntCounterVec,
@@ -94,9 +95,15 @@ impl WebApiMetrics {
                 r,
                 IntGauge::new(
                     "nuki_exporter_api_smartlocks",
-                    "Smart locks in the Nuki account, as the last successful GET /smartlock listed them.",
+                    "Smart locks in the Nuki account, as the last successful GET /smartlock listed them (those past limits.max_smartlocks included).",
                 )
                 .expect("valid metric definition"),
+            ),
+            smartlocks_skipped: gauge_vec(
+                r,
+                "nuki_exporter_api_smartlocks_skipped",
+                "Entries of the last successful GET /smartlock that were not recorded, by reason: malformed (no lock with a readable smartlockId, or a field no value can hold), over_limit (locks past limits.max_smartlocks).",
+                &["reason"],
             ),
             poll_duration: register(
                 r,
@@ -160,9 +167,22 @@ impl WebApiMetrics {
         self.up.set(i64::from(up));
     }
 
-    /// A successful `GET /smartlock` poll at `now` that listed `locks` locks in `seconds`.
-    pub fn smartlocks_polled(&self, locks: usize, seconds: f64, now: f64) {
+    /// A successful `GET /smartlock` poll at `now` that listed `locks` locks in `seconds`, and
+    /// left out `malformed` unreadable entries and `over_limit` locks past the limit.
+    pub fn smartlocks_polled(
+        &self,
+        locks: usize,
+        malformed: usize,
+        over_limit: usize,
+        seconds: f64,
+        now: f64,
+    ) {
         self.smartlocks.set(locks as i64);
+        for (reason, skipped) in [("malformed", malformed), ("over_limit", over_limit)] {
+            self.smartlocks_skipped
+                .with_label_values(&[reason])
+                .set(skipped as i64);
+        }
         self.poll_duration.observe(seconds);
         self.last_success.set(now);
     }

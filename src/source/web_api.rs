@@ -5,12 +5,20 @@
 //! delivery health of the key's webhooks. Lenient like the webhook parser: a field of the wrong
 //! type reads as absent (and gives no series), unknown fields are ignored, and values beyond the
 //! swagger's bounds are kept. Nothing here knows about HTTP or Prometheus.
+//!
+//! Arrays are read one element at a time, whatever their length: an element that JSON allows
+//! but Rust cannot hold (a lone surrogate in a string, `1e400` in a number) fails only itself,
+//! and no more elements are kept than the caller allows, so memory follows the configured
+//! limits, not the size of the answer.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-use super::lenient::{self, Lenient, Shape};
+use super::lenient::{self, Lenient};
 use super::webhook::{DeviceType, FirmwareVersion, LockId, Masterdata, RawState, lock_status};
 use crate::lock::{LockEvent, LockInfo};
 
@@ -27,6 +35,30 @@ pub enum ParseError {
 
 /// One lock of `GET /smartlock` and what it says about it.
 pub type PolledLock = (u64, Vec<LockEvent>);
+
+/// What one `GET /smartlock` answer gave.
+#[derive(Debug, Default, PartialEq)]
+pub struct PolledLocks {
+    /// The locks to record, in the answer's order: at most the limit the caller gave.
+    pub locks: Vec<PolledLock>,
+    /// Locks with a readable id listed after the limit was reached: not kept.
+    pub beyond_limit: usize,
+    /// Elements that are no lock with a readable `smartlockId`: not an object, no id, or a
+    /// field no Rust value can hold (a lone surrogate, `1e400`).
+    pub malformed: usize,
+    /// Why the first malformed element was skipped, for one log line: its position and the
+    /// parser's message, never its text.
+    pub first_malformed: Option<String>,
+}
+
+impl PolledLocks {
+    fn skip_malformed(&mut self, index: usize, reason: &dyn fmt::Display) {
+        self.malformed += 1;
+        if self.first_malformed.is_none() {
+            self.first_malformed = Some(format!("element {index} of the array: {reason}"));
+        }
+    }
+}
 
 /// One `Smartlock` of `GET /smartlock`.
 #[derive(Default, Deserialize)]
@@ -68,11 +100,25 @@ struct RawWebhookLog<'a> {
 
 lenient::lenient_object!(RawSmartlock, RawAdvancedKey, RawWebhookLog);
 
-/// Parses `GET /smartlock`: each lock with an id, and its state, server state and info. A lock
-/// without a readable `smartlockId` is skipped.
-pub fn parse_smartlocks(body: &[u8]) -> Result<Vec<PolledLock>, ParseError> {
-    let locks: Vec<RawSmartlock> = array(body)?;
-    Ok(locks.into_iter().filter_map(smartlock_events).collect())
+/// Parses `GET /smartlock`: each lock with an id, and its state, server state and info; at
+/// most `max_locks` of them, the others only counted. An element that is no readable lock is
+/// skipped and counted; only a body that is not a JSON array fails.
+pub fn parse_smartlocks(body: &[u8], max_locks: usize) -> Result<PolledLocks, ParseError> {
+    let mut polled = PolledLocks::default();
+    each_element(body, |index, element| {
+        match lenient::object::<RawSmartlock>(element) {
+            Ok(Some(lock)) if lock.smartlock_id.0.is_some() => {
+                if polled.locks.len() < max_locks {
+                    polled.locks.extend(smartlock_events(lock));
+                } else {
+                    polled.beyond_limit += 1;
+                }
+            }
+            Ok(_) => polled.skip_malformed(index, &"not a lock object with a smartlockId"),
+            Err(error) => polled.skip_malformed(index, &error),
+        }
+    })?;
+    Ok(polled)
 }
 
 fn smartlock_events(lock: RawSmartlock<'_>) -> Option<PolledLock> {
@@ -119,37 +165,72 @@ pub struct Delivery {
     pub response_status: Option<u16>,
 }
 
-/// Parses `GET /api/key/{id}/webhook/logs`, newest first as Nuki sends them. An entry without
-/// `succeeded` counts as succeeded when its `responseStatus` is 2xx; one without an `id` is
-/// skipped, since it could not be counted once.
-pub fn parse_webhook_logs(body: &[u8]) -> Result<Vec<Delivery>, ParseError> {
-    let logs: Vec<RawWebhookLog> = array(body)?;
-    Ok(logs
-        .into_iter()
-        .filter_map(|log| {
-            let response_status = log
-                .response_status
-                .0
-                .and_then(|status| u16::try_from(status).ok())
-                .filter(|status| (100..=599).contains(status));
-            let succeeded = log
-                .succeeded
-                .0
-                .unwrap_or(matches!(response_status, Some(200..=299)));
-            Some(Delivery {
-                id: log.id.0?.into_owned(),
-                succeeded,
-                response_status,
-            })
-        })
-        .collect())
+/// Parses `GET /api/key/{id}/webhook/logs`, newest first as Nuki sends them: the first
+/// `max_entries` entries (the page size asked for; a longer page is cut). An entry without
+/// `succeeded` counts as succeeded when its `responseStatus` is 2xx; one without a readable
+/// `id` is skipped, since it could not be counted once.
+pub fn parse_webhook_logs(body: &[u8], max_entries: usize) -> Result<Vec<Delivery>, ParseError> {
+    let mut deliveries = Vec::new();
+    each_element(body, |_, element| {
+        if deliveries.len() < max_entries
+            && let Ok(Some(log)) = lenient::object::<RawWebhookLog>(element)
+        {
+            deliveries.extend(delivery(log));
+        }
+    })?;
+    Ok(deliveries)
 }
 
-/// A JSON array of lenient objects; elements that are not objects are skipped.
-fn array<'de, T: Shape<'de>>(body: &'de [u8]) -> Result<Vec<T>, ParseError> {
+fn delivery(log: RawWebhookLog<'_>) -> Option<Delivery> {
+    let response_status = log
+        .response_status
+        .0
+        .and_then(|status| u16::try_from(status).ok())
+        .filter(|status| (100..=599).contains(status));
+    let succeeded = log
+        .succeeded
+        .0
+        .unwrap_or(matches!(response_status, Some(200..=299)));
+    Some(Delivery {
+        id: log.id.0?.into_owned(),
+        succeeded,
+        response_status,
+    })
+}
+
+/// Calls `each` with the position and JSON text of every element of a JSON array body, in
+/// order. The array is never decoded as a whole: an element is only checked for JSON syntax
+/// here, so decoding one can fail without failing the others.
+fn each_element<'de>(body: &'de [u8], each: impl FnMut(usize, &'de str)) -> Result<(), ParseError> {
     let text = std::str::from_utf8(body)?;
-    let Lenient(items) = serde_json::from_str::<Lenient<Vec<T>>>(text)?;
-    items.ok_or(ParseError::Shape("an array"))
+    if !text.trim_start().starts_with('[') {
+        serde_json::from_str::<IgnoredAny>(text)?;
+        return Err(ParseError::Shape("an array"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer.deserialize_seq(Elements(each))?;
+    deserializer.end()?;
+    Ok(())
+}
+
+/// Hands each element of a JSON array, undecoded, to a callback.
+struct Elements<F>(F);
+
+impl<'de, F: FnMut(usize, &'de str)> Visitor<'de> for Elements<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while let Some(element) = seq.next_element::<&'de RawValue>()? {
+            (self.0)(index, element.get());
+            index += 1;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -163,9 +244,14 @@ mod tests {
         };
     }
 
+    /// The locks of a `GET /smartlock` body, with room for all of them.
+    fn locks(body: &[u8]) -> Vec<PolledLock> {
+        parse_smartlocks(body, 1_000).unwrap().locks
+    }
+
     #[test]
     fn smartlock_list_gives_status_and_info_per_lock() {
-        let locks = parse_smartlocks(fixture!("smartlock.json")).unwrap();
+        let locks = locks(fixture!("smartlock.json"));
         let ids: Vec<u64> = locks.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [17_891_012, 17_891_013, 17_891_014]);
         let (_, events) = &locks[0];
@@ -196,7 +282,7 @@ mod tests {
     #[test]
     fn absent_optional_fields_stay_absent() {
         // The 2019 shape: no batteryCharge, no keypad or door sensor, serverState 4.
-        let locks = parse_smartlocks(fixture!("smartlock.json")).unwrap();
+        let locks = locks(fixture!("smartlock.json"));
         let (_, events) = &locks[1];
         let LockEvent::Status(status) = &events[0] else {
             panic!("{events:?}")
@@ -221,7 +307,7 @@ mod tests {
     fn wrong_types_read_as_absent_and_ids_may_be_strings() {
         let body = br#"[{"smartlockId":"5","serverState":"ok","state":{"batteryCharge":"full","batteryCritical":true,"state":300}},
             {"name":"no id"}, 7, {"smartlockId":6,"type":9,"name":"Other kind"}]"#;
-        let locks = parse_smartlocks(body).unwrap();
+        let locks = locks(body);
         assert_eq!(locks.len(), 2);
         assert_eq!(
             locks[0],
@@ -252,8 +338,8 @@ mod tests {
             br#"{"detailMessage":"Your access token is not authorized"}"#.as_slice(),
             b"\xff\xfe".as_slice(),
         ] {
-            assert!(parse_smartlocks(body).is_err());
-            assert!(parse_webhook_logs(body).is_err());
+            assert!(parse_smartlocks(body, 10).is_err());
+            assert!(parse_webhook_logs(body, 10).is_err());
         }
         assert!(parse_delivery_active(b"[]").is_err());
         assert!(parse_delivery_active(fixture!("bad-gateway.html")).is_err());
@@ -278,7 +364,7 @@ mod tests {
 
     #[test]
     fn webhook_logs_give_each_delivery_with_its_status() {
-        let logs = parse_webhook_logs(fixture!("webhook-logs.json")).unwrap();
+        let logs = parse_webhook_logs(fixture!("webhook-logs.json"), 100).unwrap();
         assert_eq!(
             logs,
             [
@@ -299,10 +385,66 @@ mod tests {
                 },
             ]
         );
-        let inferred = parse_webhook_logs(br#"[{"id":"a","responseStatus":200},{"id":"b","responseStatus":503},{"succeeded":true}]"#).unwrap();
+        let inferred = parse_webhook_logs(br#"[{"id":"a","responseStatus":200},{"id":"b","responseStatus":503},{"succeeded":true}]"#, 100).unwrap();
         assert_eq!(
             inferred.iter().map(|d| d.succeeded).collect::<Vec<_>>(),
             [true, false]
         );
+    }
+
+    #[test]
+    fn a_lock_no_rust_value_can_hold_is_skipped_and_the_others_are_kept() {
+        // A lone surrogate in a name, a read field beyond f64, a field of the wrong type:
+        // JSON allows all three; only the first two make their lock unreadable.
+        let body = br#"[{"smartlockId":1,"name":"Front \ud800door","serverState":0},
+            {"smartlockId":2,"state":{"batteryCharge":1e400},"serverState":0},
+            {"smartlockId":3,"serverState":0}, 7, {"name":"no id"}]"#;
+        let polled = parse_smartlocks(body, 10).unwrap();
+        let ids: Vec<u64> = polled.locks.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [3]);
+        assert_eq!(polled.malformed, 4);
+        assert_eq!(polled.beyond_limit, 0);
+        let reason = polled.first_malformed.unwrap();
+        assert!(reason.starts_with("element 0 of the array: "), "{reason}");
+        assert!(reason.contains("hex escape"), "{reason}");
+        assert!(
+            !reason.contains("Front"),
+            "the element's text is never quoted: {reason}"
+        );
+        // The same in a webhook log: the entry is skipped, the page is read.
+        let logs = parse_webhook_logs(
+            br#"[{"id":"\udc00","succeeded":true},{"id":"b","responseStatus":1e400},{"id":"c","succeeded":true}]"#,
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            logs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn no_more_locks_or_log_entries_are_kept_than_allowed() {
+        let body: Vec<u8> = format!(
+            "[{}]",
+            (1..=25)
+                .map(|id| format!(r#"{{"smartlockId":{id},"serverState":0}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .into_bytes();
+        let polled = parse_smartlocks(&body, 10).unwrap();
+        assert_eq!(polled.locks.len(), 10);
+        assert_eq!(polled.locks[9].0, 10);
+        assert_eq!((polled.beyond_limit, polled.malformed), (15, 0));
+        let logs: Vec<u8> = format!(
+            "[{}]",
+            (1..=150)
+                .map(|id| format!(r#"{{"id":"{id}","succeeded":true}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .into_bytes();
+        assert_eq!(parse_webhook_logs(&logs, 100).unwrap().len(), 100);
     }
 }

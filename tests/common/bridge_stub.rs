@@ -94,6 +94,9 @@ struct State {
     failing: Option<StatusCode>,
     /// Firmware too old for encrypted tokens.
     no_encrypted_tokens: bool,
+    /// Callback registrations beyond the three slots (ids from 1000), as a bridge whose
+    /// callback list went wrong, or a hostile one, lists them: removable one at a time.
+    flood: Vec<(u64, String)>,
 }
 
 pub struct BridgeStub {
@@ -193,6 +196,18 @@ impl BridgeStub {
     /// Registers a callback as another client of the bridge would.
     pub fn add_callback(&self, url: &str) {
         assert!(self.state().callbacks.add(url), "the three slots are taken");
+    }
+
+    /// Lists `copies` more registrations of `url` beyond the three slots.
+    pub fn flood_callbacks(&self, url: &str, copies: u64) {
+        self.state().flood = (1000..1000 + copies)
+            .map(|id| (id, url.to_owned()))
+            .collect();
+    }
+
+    /// How many of the flooded registrations are left.
+    pub fn flooded(&self) -> usize {
+        self.state().flood.len()
     }
 
     pub fn set_devices(&self, devices: Vec<Value>) {
@@ -390,6 +405,9 @@ fn answer(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Res
         "/info" => (StatusCode::OK, guard.info.clone()),
         // Answered like the real bridge, and recorded: a test asserts it is never asked.
         "/lockState" => (StatusCode::OK, json!({"state": 1, "success": true})),
+        "/callback/list" | "/callback/remove" if !guard.flood.is_empty() => {
+            flooded_answer(&mut guard, path, param("id"))
+        }
         _ => guard
             .callbacks
             .answer(path, request.uri().query())
@@ -397,6 +415,31 @@ fn answer(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Res
     };
     guard.seen.push(Seen::new(request, status, token));
     json_response(status, &body)
+}
+
+/// `/callback/list` and `/callback/remove` of a bridge holding flooded registrations.
+fn flooded_answer(state: &mut State, path: &str, id: Option<String>) -> (StatusCode, Value) {
+    if path == "/callback/remove" {
+        let id = id.and_then(|id| id.parse::<u64>().ok());
+        let before = state.flood.len();
+        state.flood.retain(|(known, _)| Some(*known) != id);
+        if state.flood.len() < before {
+            return (StatusCode::OK, json!({"success": true}));
+        }
+        return state
+            .callbacks
+            .answer(path, Some(&format!("id={}", id.unwrap_or(u64::MAX))))
+            .expect("a callback path");
+    }
+    let (status, mut body) = state.callbacks.answer(path, None).expect("a callback path");
+    let listed = body["callbacks"].as_array_mut().expect("a callbacks array");
+    listed.extend(
+        state
+            .flood
+            .iter()
+            .map(|(id, url)| json!({"id": id, "url": url})),
+    );
+    (status, body)
 }
 
 /// The token mode a request authenticated with, `None` when it did not.

@@ -558,6 +558,25 @@ impl Running {
         self.wait_exit()
     }
 
+    /// The process's resident memory (`VmRSS`) and its peak so far (`VmHWM`), in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"));
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap();
+            kib * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// With `log.format = "json"`: the address of the listener named `listener`.
     pub fn address_of(&mut self, listener: &str) -> String {
         loop {
