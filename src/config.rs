@@ -348,6 +348,9 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// Base URL of the Web API.
     pub url: String,
+    /// Accept an `http://` url, which sends the token in clear text: only for a local
+    /// stand-in (tests, the demo), never for Nuki itself.
+    pub allow_insecure_http: bool,
     /// Time between two polls of `GET /smartlock`, and of delivery health.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -363,6 +366,7 @@ impl Default for ApiConfig {
         Self {
             token_file: None,
             url: "https://api.nuki.io".into(),
+            allow_insecure_http: false,
             poll_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
             advanced_key_id: None,
@@ -534,6 +538,12 @@ impl Config {
             || self.api.url.parse::<hyper::Uri>().is_err()
         {
             return Err(key_error("api.url", "must be an http:// or https:// URL"));
+        }
+        if self.api.url.starts_with("http://") && !self.api.allow_insecure_http {
+            return Err(key_error(
+                "api.allow_insecure_http",
+                "api.url is http://, which sends the Web API token in clear text: use https://, or set api.allow_insecure_http = true for a local stand-in",
+            ));
         }
         if self.api.poll_interval.is_zero() {
             return Err(key_error("api.poll_interval", "must be longer than 0s"));
@@ -1069,6 +1079,21 @@ mod tests {
         assert!(orphan.contains("api.token_file"), "{orphan}");
         let unknown = load_toml("[api]\ntoken = \"x\"\n").unwrap_err().to_string();
         assert!(unknown.contains("token"), "{unknown}");
+    }
+
+    #[test]
+    fn cleartext_api_url_needs_the_explicit_flag() {
+        let refused = load_toml("[api]\nurl = \"http://nuki.internal:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("api.allow_insecure_http"), "{refused}");
+        assert!(refused.contains("clear text"), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+        let allowed =
+            load_toml("[api]\nurl = \"http://nuki.internal:8080\"\nallow_insecure_http = true\n")
+                .unwrap();
+        assert!(allowed.api.allow_insecure_http);
+        assert!(!Config::default().api.allow_insecure_http);
     }
 
     #[test]

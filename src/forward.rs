@@ -346,6 +346,35 @@ mod tests {
     }
 
     #[test]
+    fn every_x_forwarded_for_line_is_kept() {
+        let config = ForwardConfig {
+            url: Some("http://127.0.0.1:8080/nuki".into()),
+            ..ForwardConfig::default()
+        };
+        let relay = Relay::new(&config).unwrap().unwrap();
+        let mut incoming = Request::post("/webhook")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-for", "198.51.100.2, 10.0.0.1")
+            .body(())
+            .unwrap();
+        incoming.extensions_mut().insert(ClientConnection {
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            https: false,
+        });
+        let (parts, ()) = incoming.into_parts();
+        let relayed = relay.upstream_request(&parts, Bytes::new());
+        let forwarded: Vec<_> = relayed
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["203.0.113.7, 198.51.100.2, 10.0.0.1, 192.0.2.1"]
+        );
+    }
+
+    #[test]
     fn an_unusable_ca_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("ca.pem");
