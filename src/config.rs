@@ -38,7 +38,8 @@ pub struct WebhookConfig {
     pub path: String,
     /// HMAC-SHA256 keys; a webhook signed with any one of them is accepted.
     pub secrets: Vec<String>,
-    /// Files holding one secret each (trailing newline ignored), read at start-up.
+    /// Files holding one secret each (surrounding whitespace ignored), read at start-up and on
+    /// SIGHUP.
     pub secret_files: Vec<PathBuf>,
 }
 
@@ -283,20 +284,16 @@ impl BridgeConfig {
         }
     }
 
-    /// The token, from `token_file` (trailing newline ignored).
+    /// The token, from `token_file` (read as [`crate::secret_file::read`] reads).
     pub fn read_token(&self) -> Result<String, ConfigError> {
         let unreadable = |reason: String| ConfigError::BridgeTokenFile {
             bridge: self.name.clone(),
             path: self.token_file.clone(),
             reason,
         };
-        let content = std::fs::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
-        let token = std::str::from_utf8(content.trim_ascii())
-            .map_err(|_| unreadable("the token is not UTF-8 text".into()))?;
-        if token.is_empty() {
-            return Err(unreadable("the file is empty".into()));
-        }
-        Ok(token.to_owned())
+        let token =
+            crate::secret_file::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
+        String::from_utf8(token).map_err(|_| unreadable("the token is not UTF-8 text".into()))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -590,14 +587,13 @@ impl Config {
                 path: path.clone(),
                 reason,
             };
-            let content = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
-            let secret = content.trim_ascii_end();
-            if secret.is_empty() {
-                return Err(unreadable(
+            let secret = crate::secret_file::read(path).map_err(|error| match error {
+                crate::secret_file::SecretFileError::Empty => unreadable(
                     "the file is empty; an empty secret would accept forged webhooks".into(),
-                ));
-            }
-            secrets.push(secret.to_vec());
+                ),
+                error => unreadable(error.to_string()),
+            })?;
+            secrets.push(secret);
         }
         Ok(secrets)
     }

@@ -3,8 +3,13 @@
 //! signature header unchanged (the application keeps verifying it), and the sender gets the
 //! application's status code and body, so that Nuki's webhook log shows what the application
 //! answered.
+//!
+//! A relay to this exporter itself would multiply every webhook until the file descriptors run
+//! out: a `forward.url` that resolves to one of its own listen addresses is refused at start,
+//! and every relayed request carries this process's mark (`Nuki-Exporter-Relayed-By`), so that
+//! a loop through other hops is refused the first time a webhook comes back.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +42,16 @@ pub struct ClientConnection {
     pub https: bool,
 }
 
+/// The header that marks a relayed request with the relaying process.
+const RELAYED_BY: HeaderName = HeaderName::from_static("nuki-exporter-relayed-by");
+
 /// The pooled client that relays webhooks to `forward.url`.
 pub struct Relay {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     upstream: Uri,
+    /// This process's mark on the requests it relays: random, so that only its own come back
+    /// refused, not those of another exporter in a chain.
+    mark: HeaderValue,
     timeout: Duration,
     requests: IntCounterVec,
     duration: Histogram,
@@ -100,6 +111,8 @@ impl Relay {
         Ok(Some(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             upstream,
+            mark: HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .expect("hex digits are header text"),
             timeout: config.timeout,
             requests,
             duration,
@@ -123,6 +136,15 @@ impl Relay {
         self.timeout
     }
 
+    /// Whether a request is one this process relayed, come back through a loop.
+    pub fn is_own_relay(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(RELAYED_BY)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .any(|mark| mark.trim_ascii() == self.mark.as_bytes())
+    }
+
     /// Relays a webhook and returns the application's answer: its status, headers and body;
     /// 502 when the application cannot be reached, 504 when it does not answer in time.
     pub async fn forward(&self, parts: &Parts, body: Bytes) -> Response<Full<Bytes>> {
@@ -141,6 +163,16 @@ impl Relay {
         .await;
         self.duration.observe(started.elapsed().as_secs_f64());
         match answer {
+            Ok(Ok(response)) if response.status().is_informational() => {
+                self.requests
+                    .with_label_values(&[response.status().as_str()])
+                    .inc();
+                tracing::warn!(upstream = %self.upstream, status = %response.status(), "the application answered a relayed webhook with an informational status, which is no final answer");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "The application gave no final answer.\n",
+                )
+            }
             Ok(Ok(response)) => {
                 self.requests
                     .with_label_values(&[response.status().as_str()])
@@ -175,15 +207,19 @@ impl Relay {
         // The body is complete already: nothing to wait for a 100 Continue about.
         headers.remove(header::EXPECT);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.append(RELAYED_BY, self.mark.clone());
         if let Some(connection) = parts.extensions.get::<ClientConnection>() {
-            let peer = connection.peer.ip().to_string();
-            let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
-                Some(Ok(earlier)) => format!("{earlier}, {peer}"),
-                _ => peer,
-            };
+            // Every earlier line, in order, then the sender: one list (RFC 9110, section 5.3).
+            let mut forwarded_for: Vec<u8> = Vec::new();
+            for earlier in headers.get_all(X_FORWARDED_FOR) {
+                forwarded_for.extend_from_slice(earlier.as_bytes());
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(connection.peer.ip().to_string().as_bytes());
             headers.insert(
                 X_FORWARDED_FOR,
-                HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
+                HeaderValue::from_bytes(&forwarded_for)
+                    .expect("header values and addresses are valid header text"),
             );
             // A TLS proxy in front of the exporter already said which scheme the sender used.
             if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -232,6 +268,46 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// Refuses a `forward.url` that resolves to one of `listeners` (the configured listen addresses):
+/// the exporter would relay every webhook to itself. A name that does not resolve now is left to
+/// the mark on relayed requests.
+pub async fn refuse_relay_to_self(
+    upstream: &Uri,
+    listeners: &[(&'static str, SocketAddr)],
+) -> Result<(), ConfigError> {
+    let Some(host) = upstream.host() else {
+        return Ok(());
+    };
+    let port = upstream.port_u16().unwrap_or(match upstream.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(resolved) = tokio::net::lookup_host((host, port)).await else {
+        return Ok(());
+    };
+    for target in resolved {
+        for (key, listener) in listeners {
+            let same_address = listener.ip() == target.ip()
+                || (listener.ip().is_unspecified() && is_local(target.ip()));
+            if listener.port() == target.port() && same_address {
+                return Err(ConfigError::Key {
+                    key: "forward.url",
+                    reason: format!(
+                        "{upstream} is this exporter ({key} {listener}): it would relay every webhook to itself; point it at the application"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is an address of this host: only those can be bound.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// The system's CA certificates, and those of `forward.ca_file`.

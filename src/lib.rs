@@ -20,14 +20,17 @@ pub mod lock_store;
 pub mod logging;
 pub mod metrics;
 pub mod nuki_api;
+pub mod off_thread;
 pub mod poller;
 pub mod reload;
 mod request_progress;
 pub mod scrape;
+pub mod secret_file;
 pub mod server;
 pub mod signature;
 pub mod source;
 pub mod state;
+pub mod upstream_text;
 pub mod web;
 pub mod write_deadline;
 

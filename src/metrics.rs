@@ -33,10 +33,12 @@ pub enum RejectReason {
     Unauthorized,
     /// A bridge callback from an address that is no configured bridge's.
     Forbidden,
+    /// A webhook this exporter relayed itself, come back through a relay loop.
+    Loop,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
@@ -45,6 +47,7 @@ impl RejectReason {
         Self::Timeout,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::Loop,
     ];
 
     pub fn label(self) -> &'static str {
@@ -57,6 +60,7 @@ impl RejectReason {
             Self::Timeout => "timeout",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::Loop => "loop",
         }
     }
 }

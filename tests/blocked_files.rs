@@ -22,9 +22,10 @@ fn hang(path: &Path) {
     run_ok(Command::new("mkfifo").arg(path));
 }
 
-/// The mount answers again: opens the FIFO for writing once the stuck reader waits on it,
-/// writes `text` and closes it, which ends the stuck read.
-fn release(path: &Path, text: &str) {
+/// The mount answers again, and holds `fresh` from now on: the FIFO is opened for writing once
+/// the stuck reader waits on it, a regular file with `fresh` takes its place, and the stuck read
+/// gets `late` and its end.
+fn release(path: &Path, late: &str, fresh: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut fifo = loop {
         // Non-blocking: fails (ENXIO) until a reader has the FIFO open.
@@ -40,14 +41,10 @@ fn release(path: &Path, text: &str) {
             }
         }
     };
-    fifo.write_all(text.as_bytes()).unwrap();
-}
-
-/// Puts a regular file with `text` in place of the FIFO.
-fn replace(path: &Path, text: &str) {
-    let fresh = path.with_extension("new");
-    std::fs::write(&fresh, text).unwrap();
-    std::fs::rename(&fresh, path).unwrap();
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, fresh).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+    fifo.write_all(late.as_bytes()).unwrap();
 }
 
 fn threads(running: &Running) -> usize {
@@ -156,9 +153,8 @@ async fn a_secret_file_that_hangs_on_sighup_freezes_nothing_and_the_old_secret_k
     assert_eq!(post("old-secret").await.unwrap().status(), 204);
 
     // The mount answers again: the late content is dropped, the next SIGHUP reads afresh.
-    release(&secret, "late-secret\n");
+    release(&secret, "late-secret\n", "new-secret\n");
     running.wait_for("discarded");
-    replace(&secret, "new-secret\n");
     running.signal("HUP");
     running.wait_for("reloaded the secret and token files");
     assert_eq!(post("new-secret").await.unwrap().status(), 204);
@@ -217,8 +213,7 @@ async fn a_token_file_that_hangs_when_a_401_rereads_it_freezes_nothing() {
     );
 
     // The mount answers again with the new token: polling recovers.
-    release(&token, "stale\n");
-    replace(&token, "token-2\n");
+    release(&token, "stale\n", "token-2\n");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let scrape = answers(&client, &metrics).await;
