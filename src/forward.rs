@@ -385,14 +385,31 @@ mod tests {
         assert_eq!(left, ["content-type", "x-nuki-signature-sha256"]);
     }
 
-    #[test]
-    fn relayed_request_keeps_body_and_signature_and_adds_forwarded_headers() {
+    fn relay() -> Relay {
         let config = ForwardConfig {
             url: Some("http://127.0.0.1:8080/nuki".into()),
             ..ForwardConfig::default()
         };
-        let relay = Relay::new(&config).unwrap().unwrap();
-        let mut incoming = Request::post("/webhook")
+        Relay::new(&config).unwrap().unwrap()
+    }
+
+    /// What `relay` sends on for `incoming` from 192.0.2.1 over plain HTTP.
+    fn relayed(
+        relay: &Relay,
+        mut incoming: Request<()>,
+        body: &'static [u8],
+    ) -> Request<Full<Bytes>> {
+        incoming.extensions_mut().insert(ClientConnection {
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            https: false,
+        });
+        let (parts, ()) = incoming.into_parts();
+        relay.upstream_request(&parts, Bytes::from_static(body))
+    }
+
+    #[test]
+    fn relayed_request_keeps_body_and_signature_and_adds_forwarded_headers() {
+        let incoming = Request::post("/webhook")
             .header("host", "exporter.example:10180")
             .header("x-nuki-signature-sha256", "ABCDEF")
             .header("x-forwarded-for", "203.0.113.7")
@@ -400,12 +417,7 @@ mod tests {
             .header("expect", "100-continue")
             .body(())
             .unwrap();
-        incoming.extensions_mut().insert(ClientConnection {
-            peer: "192.0.2.1:5000".parse().unwrap(),
-            https: false,
-        });
-        let (parts, ()) = incoming.into_parts();
-        let relayed = relay.upstream_request(&parts, Bytes::from_static(b"{\"a\":1}"));
+        let relayed = relayed(&relay(), incoming, b"{\"a\":1}");
         assert_eq!(relayed.uri(), "http://127.0.0.1:8080/nuki");
         let headers = relayed.headers();
         assert_eq!(headers["x-nuki-signature-sha256"], "ABCDEF");
@@ -423,22 +435,12 @@ mod tests {
 
     #[test]
     fn every_x_forwarded_for_line_is_kept() {
-        let config = ForwardConfig {
-            url: Some("http://127.0.0.1:8080/nuki".into()),
-            ..ForwardConfig::default()
-        };
-        let relay = Relay::new(&config).unwrap().unwrap();
-        let mut incoming = Request::post("/webhook")
+        let incoming = Request::post("/webhook")
             .header("x-forwarded-for", "203.0.113.7")
             .header("x-forwarded-for", "198.51.100.2, 10.0.0.1")
             .body(())
             .unwrap();
-        incoming.extensions_mut().insert(ClientConnection {
-            peer: "192.0.2.1:5000".parse().unwrap(),
-            https: false,
-        });
-        let (parts, ()) = incoming.into_parts();
-        let relayed = relay.upstream_request(&parts, Bytes::new());
+        let relayed = relayed(&relay(), incoming, b"");
         let forwarded: Vec<_> = relayed
             .headers()
             .get_all("x-forwarded-for")
@@ -448,6 +450,32 @@ mod tests {
             forwarded,
             ["203.0.113.7, 198.51.100.2, 10.0.0.1, 192.0.2.1"]
         );
+    }
+
+    #[test]
+    fn a_relay_recognises_its_own_mark_and_only_its_own() {
+        let (first, second) = (relay(), relay());
+        let once = relayed(&first, Request::post("/webhook").body(()).unwrap(), b"");
+        assert!(first.is_own_relay(once.headers()));
+        assert!(!second.is_own_relay(once.headers()));
+        // Through the second exporter and a proxy that folds the lines into one.
+        let mut incoming = Request::post("/webhook").body(()).unwrap();
+        *incoming.headers_mut() = once.headers().clone();
+        let twice = relayed(&second, incoming, b"");
+        let folded: Vec<&str> = twice
+            .headers()
+            .get_all(RELAYED_BY)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(folded.len(), 2);
+        let mut proxied = HeaderMap::new();
+        proxied.insert(
+            RELAYED_BY,
+            HeaderValue::from_str(&folded.join(", ")).unwrap(),
+        );
+        assert!(first.is_own_relay(&proxied) && second.is_own_relay(&proxied));
+        assert!(!relay().is_own_relay(&proxied));
     }
 
     #[test]
