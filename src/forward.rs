@@ -27,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{ConfigError, ForwardConfig};
+use crate::nuki_api::error_chain;
 
 /// Largest application answer relayed back to the sender; Nuki only logs a short body.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -151,7 +152,11 @@ impl Relay {
         let request = self.upstream_request(parts, body);
         let started = Instant::now();
         let answer = tokio::time::timeout(self.timeout, async {
-            let response = self.client.request(request).await.map_err(describe)?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| error_chain(&error))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
@@ -334,18 +339,6 @@ fn trusted_roots(config: &ForwardConfig) -> Result<rustls::RootCertStore, Config
         }
     }
     Ok(roots)
-}
-
-/// A client error with its cause: hyper-util's own message is only "client error (Connect)".
-fn describe(error: hyper_util::client::legacy::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -292,7 +292,8 @@ impl NukiApi {
     }
 }
 
-/// An error and its causes on one line (hyper's own message is only "client error (Connect)").
+/// An error and its causes on one line (hyper's own message is only "client error (Connect)"),
+/// escaped: a cause may quote what the peer sent.
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
@@ -301,7 +302,7 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         text.push_str(&error.to_string());
         cause = error.source();
     }
-    text
+    crate::upstream_text::escape(&text).into_owned()
 }
 
 /// What an error body says, for the log line: Nuki's `detailMessage` (escaped), or that it is
