@@ -3,8 +3,8 @@
 # the smoke modes of the benchmark, the Web API benchmark and the soak; then fails if any process it
 # started is still running (scripts/leftover-processes). Installs the Debian packages
 # the tests drive (promtool, Prometheus, Alertmanager, docker-compose, wrk, curl, GNU time, kubectl,
-# python3-venv, Caddy, busybox) when they are missing, and kubernetes-validate from PyPI into
-# target/kubernetes-validate.
+# python3-venv, Caddy, busybox) when they are missing, and kubernetes-validate and checkov from
+# PyPI into target/kubernetes-validate and target/checkov.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,14 @@ validate=target/kubernetes-validate/bin/kubernetes-validate
 if ! "$validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
   python3 -m venv target/kubernetes-validate
   target/kubernetes-validate/bin/pip install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+
+# tests/kubernetes.rs scans every rendered object with checkov (a policy scanner).
+CHECKOV_VERSION=3.3.30
+checkov=target/checkov/bin/checkov
+if ! "$checkov" --version 2>/dev/null | grep -qx "$CHECKOV_VERSION"; then
+  python3 -m venv target/checkov
+  target/checkov/bin/pip install -q "checkov==$CHECKOV_VERSION"
 fi
 
 cargo fmt --all -- --check

@@ -38,7 +38,8 @@ pub struct WebhookConfig {
     pub path: String,
     /// HMAC-SHA256 keys; a webhook signed with any one of them is accepted.
     pub secrets: Vec<String>,
-    /// Files holding one secret each (trailing newline ignored), read at start-up.
+    /// Files holding one secret each (surrounding whitespace ignored), read at start-up and on
+    /// SIGHUP.
     pub secret_files: Vec<PathBuf>,
 }
 
@@ -283,20 +284,16 @@ impl BridgeConfig {
         }
     }
 
-    /// The token, from `token_file` (trailing newline ignored).
+    /// The token, from `token_file` (read as [`crate::secret_file::read`] reads).
     pub fn read_token(&self) -> Result<String, ConfigError> {
         let unreadable = |reason: String| ConfigError::BridgeTokenFile {
             bridge: self.name.clone(),
             path: self.token_file.clone(),
             reason,
         };
-        let content = std::fs::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
-        let token = std::str::from_utf8(content.trim_ascii())
-            .map_err(|_| unreadable("the token is not UTF-8 text".into()))?;
-        if token.is_empty() {
-            return Err(unreadable("the file is empty".into()));
-        }
-        Ok(token.to_owned())
+        let token =
+            crate::secret_file::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
+        String::from_utf8(token).map_err(|_| unreadable("the token is not UTF-8 text".into()))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -348,6 +345,9 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// Base URL of the Web API.
     pub url: String,
+    /// Accept an `http://` url, which sends the token in clear text: only for a local
+    /// stand-in (tests, the demo), never for Nuki itself.
+    pub allow_insecure_http: bool,
     /// Time between two polls of `GET /smartlock`, and of delivery health.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -363,6 +363,7 @@ impl Default for ApiConfig {
         Self {
             token_file: None,
             url: "https://api.nuki.io".into(),
+            allow_insecure_http: false,
             poll_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
             advanced_key_id: None,
@@ -535,6 +536,12 @@ impl Config {
         {
             return Err(key_error("api.url", "must be an http:// or https:// URL"));
         }
+        if self.api.url.starts_with("http://") && !self.api.allow_insecure_http {
+            return Err(key_error(
+                "api.allow_insecure_http",
+                "api.url is http://, which sends the Web API token in clear text: use https://, or set api.allow_insecure_http = true for a local stand-in",
+            ));
+        }
         if self.api.poll_interval.is_zero() {
             return Err(key_error("api.poll_interval", "must be longer than 0s"));
         }
@@ -580,14 +587,13 @@ impl Config {
                 path: path.clone(),
                 reason,
             };
-            let content = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
-            let secret = content.trim_ascii_end();
-            if secret.is_empty() {
-                return Err(unreadable(
+            let secret = crate::secret_file::read(path).map_err(|error| match error {
+                crate::secret_file::SecretFileError::Empty => unreadable(
                     "the file is empty; an empty secret would accept forged webhooks".into(),
-                ));
-            }
-            secrets.push(secret.to_vec());
+                ),
+                error => unreadable(error.to_string()),
+            })?;
+            secrets.push(secret);
         }
         Ok(secrets)
     }
@@ -1069,6 +1075,21 @@ mod tests {
         assert!(orphan.contains("api.token_file"), "{orphan}");
         let unknown = load_toml("[api]\ntoken = \"x\"\n").unwrap_err().to_string();
         assert!(unknown.contains("token"), "{unknown}");
+    }
+
+    #[test]
+    fn cleartext_api_url_needs_the_explicit_flag() {
+        let refused = load_toml("[api]\nurl = \"http://nuki.internal:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("api.allow_insecure_http"), "{refused}");
+        assert!(refused.contains("clear text"), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+        let allowed =
+            load_toml("[api]\nurl = \"http://nuki.internal:8080\"\nallow_insecure_http = true\n")
+                .unwrap();
+        assert!(allowed.api.allow_insecure_http);
+        assert!(!Config::default().api.allow_insecure_http);
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! signature header unchanged (the application keeps verifying it), and the sender gets the
 //! application's status code and body, so that Nuki's webhook log shows what the application
 //! answered.
+//!
+//! A relay to this exporter itself would multiply every webhook until the file descriptors run
+//! out: a `forward.url` that resolves to one of its own listen addresses is refused at start,
+//! and every relayed request carries this process's mark (`Nuki-Exporter-Relayed-By`), so that
+//! a loop through other hops is refused the first time a webhook comes back.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{ConfigError, ForwardConfig};
+use crate::nuki_api::error_chain;
 
 /// Largest application answer relayed back to the sender; Nuki only logs a short body.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -37,10 +43,16 @@ pub struct ClientConnection {
     pub https: bool,
 }
 
+/// The header that marks a relayed request with the relaying process.
+const RELAYED_BY: HeaderName = HeaderName::from_static("nuki-exporter-relayed-by");
+
 /// The pooled client that relays webhooks to `forward.url`.
 pub struct Relay {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     upstream: Uri,
+    /// This process's mark on the requests it relays: random, so that only its own come back
+    /// refused, not those of another exporter in a chain.
+    mark: HeaderValue,
     timeout: Duration,
     requests: IntCounterVec,
     duration: Histogram,
@@ -100,6 +112,8 @@ impl Relay {
         Ok(Some(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             upstream,
+            mark: HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .expect("hex digits are header text"),
             timeout: config.timeout,
             requests,
             duration,
@@ -123,13 +137,26 @@ impl Relay {
         self.timeout
     }
 
+    /// Whether a request is one this process relayed, come back through a loop.
+    pub fn is_own_relay(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(RELAYED_BY)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .any(|mark| mark.trim_ascii() == self.mark.as_bytes())
+    }
+
     /// Relays a webhook and returns the application's answer: its status, headers and body;
     /// 502 when the application cannot be reached, 504 when it does not answer in time.
     pub async fn forward(&self, parts: &Parts, body: Bytes) -> Response<Full<Bytes>> {
         let request = self.upstream_request(parts, body);
         let started = Instant::now();
         let answer = tokio::time::timeout(self.timeout, async {
-            let response = self.client.request(request).await.map_err(describe)?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| error_chain(&error))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
@@ -141,6 +168,16 @@ impl Relay {
         .await;
         self.duration.observe(started.elapsed().as_secs_f64());
         match answer {
+            Ok(Ok(response)) if response.status().is_informational() => {
+                self.requests
+                    .with_label_values(&[response.status().as_str()])
+                    .inc();
+                tracing::warn!(upstream = %self.upstream, status = %response.status(), "the application answered a relayed webhook with an informational status, which is no final answer");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "The application gave no final answer.\n",
+                )
+            }
             Ok(Ok(response)) => {
                 self.requests
                     .with_label_values(&[response.status().as_str()])
@@ -175,15 +212,19 @@ impl Relay {
         // The body is complete already: nothing to wait for a 100 Continue about.
         headers.remove(header::EXPECT);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.append(RELAYED_BY, self.mark.clone());
         if let Some(connection) = parts.extensions.get::<ClientConnection>() {
-            let peer = connection.peer.ip().to_string();
-            let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
-                Some(Ok(earlier)) => format!("{earlier}, {peer}"),
-                _ => peer,
-            };
+            // Every earlier line, in order, then the sender: one list (RFC 9110, section 5.3).
+            let mut forwarded_for: Vec<u8> = Vec::new();
+            for earlier in headers.get_all(X_FORWARDED_FOR) {
+                forwarded_for.extend_from_slice(earlier.as_bytes());
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(connection.peer.ip().to_string().as_bytes());
             headers.insert(
                 X_FORWARDED_FOR,
-                HeaderValue::from_str(&forwarded_for).expect("addresses are valid header text"),
+                HeaderValue::from_bytes(&forwarded_for)
+                    .expect("header values and addresses are valid header text"),
             );
             // A TLS proxy in front of the exporter already said which scheme the sender used.
             if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -234,6 +275,46 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Refuses a `forward.url` that resolves to one of `listeners` (the configured listen addresses):
+/// the exporter would relay every webhook to itself. A name that does not resolve now is left to
+/// the mark on relayed requests.
+pub async fn refuse_relay_to_self(
+    upstream: &Uri,
+    listeners: &[(&'static str, SocketAddr)],
+) -> Result<(), ConfigError> {
+    let Some(host) = upstream.host() else {
+        return Ok(());
+    };
+    let port = upstream.port_u16().unwrap_or(match upstream.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(resolved) = tokio::net::lookup_host((host, port)).await else {
+        return Ok(());
+    };
+    for target in resolved {
+        for (key, listener) in listeners {
+            let same_address = listener.ip() == target.ip()
+                || (listener.ip().is_unspecified() && is_local(target.ip()));
+            if listener.port() == target.port() && same_address {
+                return Err(ConfigError::Key {
+                    key: "forward.url",
+                    reason: format!(
+                        "{upstream} is this exporter ({key} {listener}): it would relay every webhook to itself; point it at the application"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is an address of this host: only those can be bound.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// The system's CA certificates, and those of `forward.ca_file`.
 fn trusted_roots(config: &ForwardConfig) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -258,18 +339,6 @@ fn trusted_roots(config: &ForwardConfig) -> Result<rustls::RootCertStore, Config
         }
     }
     Ok(roots)
-}
-
-/// A client error with its cause: hyper-util's own message is only "client error (Connect)".
-fn describe(error: hyper_util::client::legacy::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -309,14 +378,31 @@ mod tests {
         assert_eq!(left, ["content-type", "x-nuki-signature-sha256"]);
     }
 
-    #[test]
-    fn relayed_request_keeps_body_and_signature_and_adds_forwarded_headers() {
+    fn relay() -> Relay {
         let config = ForwardConfig {
             url: Some("http://127.0.0.1:8080/nuki".into()),
             ..ForwardConfig::default()
         };
-        let relay = Relay::new(&config).unwrap().unwrap();
-        let mut incoming = Request::post("/webhook")
+        Relay::new(&config).unwrap().unwrap()
+    }
+
+    /// What `relay` sends on for `incoming` from 192.0.2.1 over plain HTTP.
+    fn relayed(
+        relay: &Relay,
+        mut incoming: Request<()>,
+        body: &'static [u8],
+    ) -> Request<Full<Bytes>> {
+        incoming.extensions_mut().insert(ClientConnection {
+            peer: "192.0.2.1:5000".parse().unwrap(),
+            https: false,
+        });
+        let (parts, ()) = incoming.into_parts();
+        relay.upstream_request(&parts, Bytes::from_static(body))
+    }
+
+    #[test]
+    fn relayed_request_keeps_body_and_signature_and_adds_forwarded_headers() {
+        let incoming = Request::post("/webhook")
             .header("host", "exporter.example:10180")
             .header("x-nuki-signature-sha256", "ABCDEF")
             .header("x-forwarded-for", "203.0.113.7")
@@ -324,12 +410,7 @@ mod tests {
             .header("expect", "100-continue")
             .body(())
             .unwrap();
-        incoming.extensions_mut().insert(ClientConnection {
-            peer: "192.0.2.1:5000".parse().unwrap(),
-            https: false,
-        });
-        let (parts, ()) = incoming.into_parts();
-        let relayed = relay.upstream_request(&parts, Bytes::from_static(b"{\"a\":1}"));
+        let relayed = relayed(&relay(), incoming, b"{\"a\":1}");
         assert_eq!(relayed.uri(), "http://127.0.0.1:8080/nuki");
         let headers = relayed.headers();
         assert_eq!(headers["x-nuki-signature-sha256"], "ABCDEF");
@@ -343,6 +424,51 @@ mod tests {
         );
         assert!(!headers.contains_key("connection"));
         assert!(!headers.contains_key("expect"));
+    }
+
+    #[test]
+    fn every_x_forwarded_for_line_is_kept() {
+        let incoming = Request::post("/webhook")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-for", "198.51.100.2, 10.0.0.1")
+            .body(())
+            .unwrap();
+        let relayed = relayed(&relay(), incoming, b"");
+        let forwarded: Vec<_> = relayed
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["203.0.113.7, 198.51.100.2, 10.0.0.1, 192.0.2.1"]
+        );
+    }
+
+    #[test]
+    fn a_relay_recognises_its_own_mark_and_only_its_own() {
+        let (first, second) = (relay(), relay());
+        let once = relayed(&first, Request::post("/webhook").body(()).unwrap(), b"");
+        assert!(first.is_own_relay(once.headers()));
+        assert!(!second.is_own_relay(once.headers()));
+        // Through the second exporter and a proxy that folds the lines into one.
+        let mut incoming = Request::post("/webhook").body(()).unwrap();
+        *incoming.headers_mut() = once.headers().clone();
+        let twice = relayed(&second, incoming, b"");
+        let folded: Vec<&str> = twice
+            .headers()
+            .get_all(RELAYED_BY)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(folded.len(), 2);
+        let mut proxied = HeaderMap::new();
+        proxied.insert(
+            RELAYED_BY,
+            HeaderValue::from_str(&folded.join(", ")).unwrap(),
+        );
+        assert!(first.is_own_relay(&proxied) && second.is_own_relay(&proxied));
+        assert!(!relay().is_own_relay(&proxied));
     }
 
     #[test]

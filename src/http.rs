@@ -314,6 +314,20 @@ impl App {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
+        if self
+            .relay
+            .as_ref()
+            .is_some_and(|relay| relay.is_own_relay(&parts.headers))
+        {
+            tracing::warn!(
+                "a webhook this exporter relayed came back: forward.url leads back to it; refused"
+            );
+            return self.refuse(
+                RejectReason::Loop,
+                StatusCode::LOOP_DETECTED,
+                "Relay loop: forward.url leads back to this exporter.\n",
+            );
+        }
         let body = match self.read_body(&parts, body).await {
             Ok(body) => body,
             Err(refusal) => return refusal,

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use nuki_exporter::config::LogConfig;
 use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::nuki_api::NukiApi;
+use nuki_exporter::upstream_text::escape;
 use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, server};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
@@ -97,9 +98,14 @@ enum WebhookAction {
         /// DEVICE_LOGS, the ones the exporter reads).
         #[arg(long = "feature", value_name = "FEATURE", value_parser = clap::builder::PossibleValuesParser::new(FEATURES))]
         features: Vec<String>,
-        /// File to write the webhook secret to (created with mode 0600).
+        /// File to write the webhook secret to (created with mode 0600, once Nuki accepted the
+        /// registration). Never a symbolic link's target.
         #[arg(long = "secret-file", value_name = "PATH")]
         secret_file: PathBuf,
+        /// Replace --secret-file (or the link at its path) if it exists; without it, an
+        /// existing file or link is refused.
+        #[arg(long)]
+        replace: bool,
     },
     /// List the account's decentral webhooks: id, URL and features.
     List,
@@ -130,8 +136,12 @@ fn main() -> ExitCode {
             rounds,
             bridge_listen,
         }) => {
-            let secret = match secret_file.map(std::fs::read).transpose() {
-                Ok(secret) => secret.map(|s| s.trim_ascii_end().to_vec()),
+            let secret = match secret_file
+                .as_deref()
+                .map(nuki_exporter::secret_file::read)
+                .transpose()
+            {
+                Ok(secret) => secret,
                 Err(error) => return fail(&format!("--secret-file: {error}")),
             };
             let options = demo::DemoOptions {
@@ -202,13 +212,15 @@ fn run_webhook(config_file: Option<PathBuf>, action: WebhookAction) -> ExitCode 
                 url,
                 features,
                 secret_file,
+                replace,
             } => {
                 let features = if features.is_empty() {
                     DEFAULT_FEATURES.map(String::from).to_vec()
                 } else {
                     features
                 };
-                let id = decentral_webhook::register(&api, &url, &features, &secret_file).await?;
+                let id = decentral_webhook::register(&api, &url, &features, &secret_file, replace)
+                    .await?;
                 println!(
                     "registered webhook {id} for {url} ({}); its secret is in {}",
                     features.join(", "),
@@ -216,12 +228,13 @@ fn run_webhook(config_file: Option<PathBuf>, action: WebhookAction) -> ExitCode 
                 );
             }
             WebhookAction::List => {
+                // Nuki's text, escaped: it cannot add a line or a column, or steer the terminal.
                 for webhook in decentral_webhook::list(&api).await? {
                     let id = webhook.id.map(|id| id.to_string()).unwrap_or_default();
                     println!(
                         "{id}\t{}\t{}",
-                        webhook.webhook_url,
-                        webhook.webhook_features.join(",")
+                        escape(&webhook.webhook_url),
+                        escape(&webhook.webhook_features.join(","))
                     );
                 }
             }

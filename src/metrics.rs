@@ -34,10 +34,12 @@ pub enum RejectReason {
     /// A bridge callback from an address that is no configured bridge's, or about a lock that
     /// bridge did not list.
     Forbidden,
+    /// A webhook this exporter relayed itself, come back through a relay loop.
+    Loop,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         Self::Signature,
         Self::Malformed,
         Self::TooLarge,
@@ -46,6 +48,7 @@ impl RejectReason {
         Self::Timeout,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::Loop,
     ];
 
     pub fn label(self) -> &'static str {
@@ -58,6 +61,7 @@ impl RejectReason {
             Self::Timeout => "timeout",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::Loop => "loop",
         }
     }
 }

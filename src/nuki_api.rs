@@ -3,7 +3,9 @@
 //!
 //! Used by the poller and by `nuki-exporter webhook`. Retrying with backoff is the caller's
 //! business (the poller's); this client retries only once, after a 401, when the token file
-//! holds a new token: so a rotated token is picked up without a restart.
+//! holds a new token: so a rotated token is picked up without a restart. The token file is read
+//! again off the async threads, with a deadline ([`crate::off_thread`]): a token on a hung mount
+//! fails the request, not the exporter.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -20,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::ApiConfig;
 use crate::metrics::{Endpoint, WebApiMetrics};
+use crate::off_thread::{FILE_READ_DEADLINE, Reader, Stalled};
 use crate::source::web_api::ParseError;
 
 /// Largest answer read: `/smartlock` of a 10,000-lock account is about 20 MB.
@@ -46,18 +49,14 @@ pub struct TokenError {
 }
 
 impl ApiToken {
-    /// Reads a token file (a trailing newline is ignored).
+    /// Reads a token file (as [`crate::secret_file::read`] reads).
     pub fn read(path: &Path) -> Result<Self, TokenError> {
         let error = |reason: String| TokenError {
             path: path.to_owned(),
             reason,
         };
-        let content = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-        let token = content.trim_ascii();
-        if token.is_empty() {
-            return Err(error("the file is empty".into()));
-        }
-        let mut value = HeaderValue::from_bytes(&[b"Bearer ", token].concat())
+        let token = crate::secret_file::read(path).map_err(|e| error(e.to_string()))?;
+        let mut value = HeaderValue::from_bytes(&[b"Bearer ", token.as_slice()].concat())
             .map_err(|_| error("the token holds characters an HTTP header cannot carry".into()))?;
         value.set_sensitive(true);
         Ok(Self(value))
@@ -69,6 +68,8 @@ impl ApiToken {
 pub enum ApiError {
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    TokenStalled(#[from] Stalled),
     #[error("{}: no answer within {}", .endpoint.label(), humantime::format_duration(*.timeout))]
     Timeout {
         endpoint: Endpoint,
@@ -106,6 +107,7 @@ pub struct NukiApi {
     base: String,
     token_file: PathBuf,
     token: Mutex<ApiToken>,
+    token_reads: Reader,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     metrics: Option<WebApiMetrics>,
@@ -144,6 +146,7 @@ impl NukiApi {
             base: config.url.trim_end_matches('/').to_owned(),
             token_file: token_file.to_owned(),
             token: Mutex::new(token),
+            token_reads: Reader::new("api-token-read"),
             client,
             timeout: config.timeout,
             metrics,
@@ -179,7 +182,7 @@ impl NukiApi {
             .attempt(method.clone(), endpoint, path, body.clone())
             .await;
         let unauthorized = matches!(&answer, Err(ApiError::Status { status, .. }) if *status == StatusCode::UNAUTHORIZED);
-        if unauthorized && self.reload_token()? {
+        if unauthorized && self.reload_token().await? {
             tracing::info!(file = %self.token_file.display(), "api.token_file holds a new token; retrying with it");
             return self.attempt(method, endpoint, path, body).await;
         }
@@ -187,8 +190,15 @@ impl NukiApi {
     }
 
     /// Re-reads the token file; `true` when it holds another token than the one in use.
-    fn reload_token(&self) -> Result<bool, TokenError> {
-        let fresh = ApiToken::read(&self.token_file)?;
+    async fn reload_token(&self) -> Result<bool, ApiError> {
+        let path = self.token_file.clone();
+        let fresh = self
+            .token_reads
+            .run(FILE_READ_DEADLINE, move |progress| {
+                progress.reading(format!("api.token_file {}", path.display()));
+                ApiToken::read(&path)
+            })
+            .await??;
         let mut token = self.token.lock().unwrap_or_else(PoisonError::into_inner);
         if *token == fresh {
             return Ok(false);
@@ -300,7 +310,8 @@ where
     Ok(buffer.into())
 }
 
-/// An error and its causes on one line (hyper's own message is only "client error (Connect)").
+/// An error and its causes on one line (hyper's own message is only "client error (Connect)"),
+/// escaped: a cause may quote what the peer sent.
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
@@ -309,10 +320,11 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         text.push_str(&error.to_string());
         cause = error.source();
     }
-    text
+    crate::upstream_text::escape(&text).into_owned()
 }
 
-/// What an error body says, for the log line: Nuki's `detailMessage`, or that it is HTML.
+/// What an error body says, for the log line: Nuki's `detailMessage` (escaped), or that it is
+/// HTML.
 fn error_detail(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct NukiError {
@@ -321,7 +333,7 @@ fn error_detail(body: &[u8]) -> String {
     }
     if let Ok(error) = serde_json::from_slice::<NukiError>(body) {
         let message: String = error.detail_message.chars().take(200).collect();
-        return format!(" ({message})");
+        return format!(" ({})", crate::upstream_text::escape(&message));
     }
     let start = body.trim_ascii_start();
     if start.starts_with(b"<") {
@@ -402,5 +414,9 @@ mod tests {
         ));
         assert_eq!(error_detail(html), " (an HTML error page)");
         assert_eq!(error_detail(b""), "");
+        assert_eq!(
+            error_detail(br#"{"detailMessage":"no\n\u001b[31mFORGED"}"#),
+            " (no\\n\\u{1b}[31mFORGED)"
+        );
     }
 }

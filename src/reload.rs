@@ -4,6 +4,10 @@
 //!
 //! A part is a [`FileBacked`] value (the webhook verifier, the metrics listener's credentials;
 //! any source with a token file can add its own) registered with the [`Reloader`].
+//!
+//! The files are read on a thread of their own with a deadline ([`crate::off_thread`]): a file
+//! on a hung mount fails the reload (and every later one until its read returns) instead of
+//! stopping the threads that serve requests.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -13,11 +17,14 @@ use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
+use crate::off_thread::{FILE_READ_DEADLINE, Reader};
 
 /// One part of a reload: reads its files and returns how to install what it read.
 pub trait Reloadable: Send + Sync {
     /// Reads the files again, installing nothing yet.
     fn prepare(&self) -> Result<Prepared, ConfigError>;
+    /// The configuration key and files, for the error when reading them hangs.
+    fn describe(&self) -> String;
 }
 
 /// What a part read, ready to be installed.
@@ -101,6 +108,15 @@ impl<T: Send + Sync + 'static> Reloadable for Arc<FileBacked<T>> {
             }),
         })
     }
+
+    fn describe(&self) -> String {
+        let paths: Vec<String> = self
+            .paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        format!("{} {}", self.key, paths.join(", "))
+    }
 }
 
 fn fingerprints(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
@@ -112,7 +128,8 @@ fn fingerprints(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
 
 /// The parts a SIGHUP reloads, and the reload metrics.
 pub struct Reloader {
-    parts: Vec<Box<dyn Reloadable>>,
+    parts: Vec<Arc<dyn Reloadable>>,
+    files: Reader,
     reloads: IntCounterVec,
     last_successful: IntGauge,
     last_success_time: Gauge,
@@ -155,6 +172,7 @@ impl Reloader {
         last_success_time.set(unix_now());
         Self {
             parts: Vec::new(),
+            files: Reader::new("reload-files"),
             reloads,
             last_successful,
             last_success_time,
@@ -163,14 +181,29 @@ impl Reloader {
 
     /// Adds a part to every later reload.
     pub fn add(&mut self, part: impl Reloadable + 'static) {
-        self.parts.push(Box::new(part));
+        self.parts.push(Arc::new(part));
     }
 
-    /// Reads every part's files again and installs them all, or none when one fails.
-    /// Returns whether the reload succeeded.
-    pub fn reload(&self) -> bool {
-        let prepared: Result<Vec<Prepared>, ConfigError> =
-            self.parts.iter().map(|part| part.prepare()).collect();
+    /// Reads every part's files again, within [`FILE_READ_DEADLINE`], and installs them all,
+    /// or none when one fails. Returns whether the reload succeeded.
+    pub async fn reload(&self) -> bool {
+        let parts = self.parts.clone();
+        let read = self
+            .files
+            .run(FILE_READ_DEADLINE, move |progress| {
+                parts
+                    .iter()
+                    .map(|part| {
+                        progress.reading(part.describe());
+                        part.prepare()
+                    })
+                    .collect::<Result<Vec<Prepared>, ConfigError>>()
+            })
+            .await;
+        let prepared = match read {
+            Ok(prepared) => prepared.map_err(|error| error.to_string()),
+            Err(stalled) => Err(stalled.to_string()),
+        };
         match prepared {
             Ok(prepared) => {
                 let mut changes = Vec::new();
@@ -209,7 +242,7 @@ impl Reloader {
             };
             while hangups.recv().await.is_some() {
                 tracing::info!("SIGHUP received");
-                self.reload();
+                self.reload().await;
             }
         }
     }
@@ -244,8 +277,8 @@ mod tests {
             .to_owned()
     }
 
-    #[test]
-    fn a_reload_installs_every_part_or_none() {
+    #[tokio::test]
+    async fn a_reload_installs_every_part_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "a1\n").unwrap();
@@ -266,7 +299,7 @@ mod tests {
 
         std::fs::write(&a, "a2\n").unwrap();
         std::fs::remove_file(&b).unwrap();
-        assert!(!reloader.reload());
+        assert!(!reloader.reload().await);
         assert_eq!(*first.current(), "a1", "a failed reload installs nothing");
         assert_eq!(*second.current(), "b1");
         assert_eq!(
@@ -287,7 +320,7 @@ mod tests {
             prepared.changes,
             [format!("test.files {} changed", a.display())]
         );
-        assert!(reloader.reload());
+        assert!(reloader.reload().await);
         assert_eq!(*first.current(), "a2");
         assert_eq!(*second.current(), "b1");
         assert_eq!(

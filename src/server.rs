@@ -69,6 +69,16 @@ impl Exporter {
             guard,
             relay,
         } = check(config)?;
+        if let Some(upstream) = config.forward.upstream()? {
+            crate::forward::refuse_relay_to_self(
+                &upstream,
+                &[
+                    ("webhook.listen", config.webhook.listen),
+                    ("metrics.listen", config.metrics.listen),
+                ],
+            )
+            .await?;
+        }
         if !verifier.current().is_enabled() {
             tracing::warn!(
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
@@ -91,7 +101,7 @@ impl Exporter {
             .collect::<Result<Vec<_>, _>>()?;
         // Restored before the listeners open: the first scrape already has the last-known state.
         let restored = match &config.state.file {
-            Some(path) => state::restore(path, &metrics),
+            Some(path) => state::restore(path, &metrics, config.limits.max_smartlocks),
             None => Vec::new(),
         };
         let poller = match &config.api.token_file {

@@ -6,11 +6,14 @@
 //! so that a crash leaves either the old file or the new one. Versioned JSON with a format
 //! marker: a file of another program or another version is recognised and ignored.
 
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -40,7 +43,7 @@ pub enum StateError {
     #[error("state file version {0}, this nuki-exporter reads versions 1 to {VERSION}")]
     Version(u32),
     #[error("state file is damaged: {0}")]
-    Damaged(serde_json::Error),
+    Damaged(String),
 }
 
 /// A lock restored from the state file: its events, and the time they were last true.
@@ -51,52 +54,198 @@ pub struct RestoredLock {
     pub updated_at: Option<f64>,
 }
 
-/// Parses a state file.
-pub fn parse(bytes: &[u8]) -> Result<Vec<RestoredLock>, StateError> {
-    #[derive(Deserialize)]
-    struct Marker {
-        format: Option<String>,
-        version: Option<u32>,
+/// What a state file held: the locks kept (at most the limit given), and how many it listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restored {
+    pub locks: Vec<RestoredLock>,
+    pub listed: usize,
+}
+
+/// Bytes one lock takes in a state file at most: three info labels of
+/// [`crate::lock_store::MAX_INFO_LABEL_LEN`] bytes, each byte escaped in up to six, the status
+/// fields and the keys. A file larger than this times the lock limit is no file this exporter
+/// wrote for that limit.
+pub const MAX_LOCK_BYTES: u64 = 4096;
+
+const NO_MARKER: &str = "it has no \"format\": \"nuki-exporter-state\" marker";
+
+/// Reads a state file as a stream, keeping at most `max_locks` locks (the first ones; the rest
+/// are counted and skipped), so that memory follows the limit, not the file.
+pub fn parse(mut reader: impl BufRead, max_locks: usize) -> Result<Restored, StateError> {
+    let first = loop {
+        let buffer = reader
+            .fill_buf()
+            .map_err(|e| StateError::Damaged(e.to_string()))?;
+        match buffer.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(at) => break Some(buffer[at]),
+            None if buffer.is_empty() => break None,
+            None => {
+                let len = buffer.len();
+                reader.consume(len);
+            }
+        }
+    };
+    if first.is_some_and(|b| b != b'{') {
+        return Err(StateError::Foreign("it is not a JSON object".into()));
     }
-    let marker: Marker =
-        serde_json::from_slice(bytes).map_err(|e| classify_unreadable(bytes, e))?;
-    if marker.format.as_deref() != Some(FORMAT) {
-        return Err(StateError::Foreign(
-            "it has no \"format\": \"nuki-exporter-state\" marker".into(),
-        ));
+    let mut verdict = None;
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    let read = StateFileSeed {
+        max_locks,
+        verdict: &mut verdict,
     }
-    if !marker
+    .deserialize(&mut deserializer)
+    .and_then(|contents| deserializer.end().map(|()| contents));
+    // A marker that rules the file out stopped the reading: it says why.
+    if let Some(refusal) = verdict {
+        return Err(refusal);
+    }
+    let contents = read.map_err(|e| StateError::Damaged(e.to_string()))?;
+    if contents.format.as_deref() != Some(FORMAT) {
+        return Err(StateError::Foreign(NO_MARKER.into()));
+    }
+    if !contents
         .version
         .is_some_and(|version| READABLE.contains(&version))
     {
-        return Err(StateError::Version(marker.version.unwrap_or(0)));
+        return Err(StateError::Version(contents.version.unwrap_or(0)));
     }
-    let file: StateFile = serde_json::from_slice(bytes).map_err(StateError::Damaged)?;
-    Ok(file
+    if let Some(field) = contents.unknown_field {
+        return Err(StateError::Damaged(format!("unknown field {field:?}")));
+    }
+    let locks = contents
         .locks
-        .into_iter()
-        .map(|lock| {
-            let mut events = vec![LockEvent::Status(lock.status)];
-            events.extend(lock.info.map(LockEvent::Info));
-            events.extend(
-                lock.battery_replaced_at
-                    .map(|at| LockEvent::BatteryReplaced { at }),
-            );
-            RestoredLock {
-                smartlock_id: lock.smartlock_id,
-                events,
-                updated_at: lock.updated_at,
-            }
-        })
-        .collect())
+        .ok_or_else(|| StateError::Damaged("missing field \"locks\"".into()))?;
+    Ok(Restored {
+        listed: locks.listed,
+        locks: locks
+            .kept
+            .into_iter()
+            .map(|lock| {
+                let mut events = vec![LockEvent::Status(lock.status)];
+                events.extend(lock.info.map(LockEvent::Info));
+                events.extend(
+                    lock.battery_replaced_at
+                        .map(|at| LockEvent::BatteryReplaced { at }),
+                );
+                RestoredLock {
+                    smartlock_id: lock.smartlock_id,
+                    events,
+                    updated_at: lock.updated_at,
+                }
+            })
+            .collect(),
+    })
 }
 
-/// A file that is not JSON at all is foreign; JSON cut short is ours, damaged.
-fn classify_unreadable(bytes: &[u8], error: serde_json::Error) -> StateError {
-    if error.is_eof() || bytes.trim_ascii_start().starts_with(b"{") {
-        StateError::Damaged(error)
-    } else {
-        StateError::Foreign(error.to_string())
+/// The top-level object of a state file, read in one pass.
+struct StateFileSeed<'v> {
+    max_locks: usize,
+    /// Set when the marker rules the file out, which stops the reading.
+    verdict: &'v mut Option<StateError>,
+}
+
+#[derive(Default)]
+struct Contents {
+    format: Option<String>,
+    version: Option<u32>,
+    locks: Option<KeptLocks>,
+    unknown_field: Option<String>,
+}
+
+struct KeptLocks {
+    kept: Vec<KnownLock>,
+    listed: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StateFileSeed<'_> {
+    type Value = Contents;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Contents, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StateFileSeed<'_> {
+    type Value = Contents;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a nuki-exporter state file")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Contents, A::Error> {
+        let mut contents = Contents::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "format" => {
+                    let format = map.next_value::<Option<String>>()?;
+                    if format.as_deref() != Some(FORMAT) {
+                        *self.verdict = Some(StateError::Foreign(NO_MARKER.into()));
+                        return Err(A::Error::custom("not a nuki-exporter state file"));
+                    }
+                    contents.format = format;
+                }
+                "version" => {
+                    let version = map.next_value::<Option<u32>>()?;
+                    if !version.is_some_and(|version| READABLE.contains(&version)) {
+                        *self.verdict = Some(StateError::Version(version.unwrap_or(0)));
+                        return Err(A::Error::custom("another state file version"));
+                    }
+                    contents.version = version;
+                }
+                "locks" => {
+                    contents.locks = Some(map.next_value_seed(LocksSeed {
+                        max_locks: self.max_locks,
+                    })?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    contents.unknown_field.get_or_insert(key);
+                }
+            }
+        }
+        Ok(contents)
+    }
+}
+
+/// The `locks` array: the first `max_locks` kept, the others only counted.
+struct LocksSeed {
+    max_locks: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for LocksSeed {
+    type Value = KeptLocks;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<KeptLocks, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LocksSeed {
+    type Value = KeptLocks;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of locks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeptLocks, A::Error> {
+        let mut locks = KeptLocks {
+            kept: Vec::new(),
+            listed: 0,
+        };
+        loop {
+            let more = if locks.kept.len() < self.max_locks {
+                seq.next_element::<KnownLock>()?
+                    .map(|lock| locks.kept.push(lock))
+                    .is_some()
+            } else {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            };
+            if !more {
+                return Ok(locks);
+            }
+            locks.listed += 1;
+        }
     }
 }
 
@@ -127,12 +276,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Restores the locks of the state file at `path` into `metrics`; returns their ids. A missing
-/// file is the first start; an unreadable, damaged or foreign one is reported in one line and
-/// ignored.
-pub fn restore(path: &Path, metrics: &Metrics) -> Vec<u64> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+/// Restores the locks of the state file at `path` into `metrics`, at most `max_smartlocks` of
+/// them; returns their ids. A missing file is the first start; an unreadable, damaged, foreign
+/// or oversized one is reported in one line and ignored.
+pub fn restore(path: &Path, metrics: &Metrics, max_smartlocks: usize) -> Vec<u64> {
+    let ignore = |reason: &dyn std::fmt::Display| {
+        tracing::warn!(file = %path.display(), error = %reason, "ignoring the state file; it is replaced at the next write");
+        Vec::new()
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(file = %path.display(), "no state file yet; it is written once a lock is known");
             return Vec::new();
@@ -142,10 +295,26 @@ pub fn restore(path: &Path, metrics: &Metrics) -> Vec<u64> {
             return Vec::new();
         }
     };
-    match parse(&bytes) {
-        Ok(locks) => {
-            tracing::info!(file = %path.display(), locks = locks.len(), "last-known state restored");
-            locks
+    let cap = u64::try_from(max_smartlocks)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+        .saturating_mul(MAX_LOCK_BYTES);
+    let size = file.metadata().map_or(0, |metadata| metadata.len());
+    if size > cap {
+        return ignore(&format_args!(
+            "{size} bytes, more than the {cap} that limits.max_smartlocks ({max_smartlocks}) locks can take"
+        ));
+    }
+    // No further than the cap, should the file grow meanwhile.
+    let reader = std::io::BufReader::new(file.take(cap));
+    match parse(reader, max_smartlocks) {
+        Ok(restored) => {
+            if restored.listed > restored.locks.len() {
+                tracing::warn!(file = %path.display(), listed = restored.listed, kept = restored.locks.len(), "the state file lists more locks than limits.max_smartlocks; the first ones are kept");
+            }
+            tracing::info!(file = %path.display(), locks = restored.locks.len(), "last-known state restored");
+            restored
+                .locks
                 .into_iter()
                 .map(|lock| {
                     metrics.observe(
@@ -157,10 +326,7 @@ pub fn restore(path: &Path, metrics: &Metrics) -> Vec<u64> {
                 })
                 .collect()
         }
-        Err(error) => {
-            tracing::warn!(file = %path.display(), %error, "ignoring the state file; it is replaced at the next write");
-            Vec::new()
-        }
+        Err(error) => ignore(&error),
     }
 }
 
@@ -241,7 +407,9 @@ mod tests {
     #[test]
     fn a_written_file_reads_back_as_the_same_events() {
         let bytes = encode(vec![lock(9), lock(3)]);
-        let restored = parse(&bytes).unwrap();
+        let restored = parse(&bytes[..], usize::MAX).unwrap();
+        assert_eq!(restored.listed, 2);
+        let restored = restored.locks;
         assert_eq!(
             restored.iter().map(|l| l.smartlock_id).collect::<Vec<_>>(),
             [3, 9]
@@ -266,7 +434,7 @@ mod tests {
     #[test]
     fn truncated_foreign_and_other_version_files_are_told_apart() {
         let bytes = encode(vec![lock(1)]);
-        let truncated = parse(&bytes[..bytes.len() / 2]).unwrap_err();
+        let truncated = parse(&bytes[..bytes.len() / 2], 10).unwrap_err();
         assert!(matches!(truncated, StateError::Damaged(_)), "{truncated}");
         for foreign in [
             b"locks: []\n".as_slice(),
@@ -274,7 +442,7 @@ mod tests {
             br#"{"format":"something-else","version":1,"locks":[]}"#,
             b"",
         ] {
-            let error = parse(foreign).unwrap_err();
+            let error = parse(foreign, 10).unwrap_err();
             assert!(
                 matches!(error, StateError::Foreign(_) | StateError::Damaged(_)),
                 "{error}"
@@ -282,16 +450,24 @@ mod tests {
             assert!(!error.to_string().contains('\n'), "{error}");
         }
         assert!(matches!(
-            parse(br#"{"format":"something-else","version":1,"locks":[]}"#),
+            parse(
+                &br#"{"format":"something-else","version":1,"locks":[]}"#[..],
+                10
+            ),
             Err(StateError::Foreign(_))
         ));
         assert!(matches!(
-            parse(br#"{"format":"nuki-exporter-state","version":3,"locks":[]}"#),
+            parse(
+                &br#"{"format":"nuki-exporter-state","version":3,"locks":[]}"#[..],
+                10
+            ),
             Err(StateError::Version(3))
         ));
         assert!(matches!(
             parse(
-                br#"{"format":"nuki-exporter-state","version":1,"locks":[{"smartlock_id":"x"}]}"#
+                &br#"{"format":"nuki-exporter-state","version":1,"locks":[{"smartlock_id":"x"}]}"#
+                    [..],
+                10
             ),
             Err(StateError::Damaged(_))
         ));
@@ -301,7 +477,7 @@ mod tests {
     fn a_version_1_file_loads_without_a_battery_change() {
         let file = br#"{"format":"nuki-exporter-state","version":1,"locks":[
             {"smartlock_id":7,"status":{"battery_charge_percent":55},"info":null,"updated_at":12.5}]}"#;
-        let restored = parse(file).unwrap();
+        let restored = parse(&file[..], 10).unwrap().locks;
         assert_eq!(
             restored,
             [RestoredLock {
@@ -313,6 +489,59 @@ mod tests {
                 updated_at: Some(12.5),
             }]
         );
+    }
+
+    #[test]
+    fn only_the_first_locks_up_to_the_limit_are_kept_and_the_rest_counted() {
+        let bytes = encode((1..=1000).map(lock).collect());
+        let restored = parse(&bytes[..], 10).unwrap();
+        assert_eq!(restored.listed, 1000);
+        assert_eq!(
+            restored
+                .locks
+                .iter()
+                .map(|l| l.smartlock_id)
+                .collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        // Skipped locks are still read: a damaged one past the limit damages the file.
+        let mut damaged = bytes.clone();
+        let at = damaged.len() - 10;
+        damaged.splice(at..at, *b"\"x\":");
+        assert!(matches!(
+            parse(&damaged[..], 10),
+            Err(StateError::Damaged(_))
+        ));
+        // The marker after the locks is checked too.
+        let late_marker =
+            br#"{"locks":[{"smartlock_id":1}],"version":1,"format":"nuki-exporter-state"}"#;
+        assert_eq!(parse(&late_marker[..], 10).unwrap().locks.len(), 1);
+        let late_foreign = br#"{"locks":[{"smartlock_id":1}],"format":"other"}"#;
+        assert!(matches!(
+            parse(&late_foreign[..], 10),
+            Err(StateError::Foreign(_))
+        ));
+        let unknown = br#"{"format":"nuki-exporter-state","version":1,"locks":[],"extra":1}"#;
+        assert!(matches!(
+            parse(&unknown[..], 10),
+            Err(StateError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_larger_than_the_limit_allows_is_ignored_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let metrics = Metrics::new(crate::metrics::Limits {
+            max_smartlocks: 10,
+            ..crate::config::Config::default().metric_limits()
+        });
+        std::fs::write(&path, encode((1..=3).map(lock).collect())).unwrap();
+        assert_eq!(restore(&path, &metrics, 2), [1, 2]);
+        let mut large = encode(vec![lock(1)]);
+        large.resize(usize::try_from(3 * MAX_LOCK_BYTES).unwrap() + 1, b' ');
+        std::fs::write(&path, large).unwrap();
+        assert!(restore(&path, &metrics, 2).is_empty());
     }
 
     #[test]

@@ -100,17 +100,9 @@ impl MetricsGuard {
             .transpose()?;
         let mut tokens = Vec::new();
         for path in &config.bearer_token_files {
-            let content = std::fs::read(path)
+            let token = crate::secret_file::read(path)
                 .map_err(|e| file_error("metrics.bearer_token_files", path, e))?;
-            let token = content.trim_ascii();
-            if token.is_empty() {
-                return Err(file_error(
-                    "metrics.bearer_token_files",
-                    path,
-                    "the file is empty",
-                ));
-            }
-            tokens.push(token.to_vec());
+            tokens.push(token);
         }
         Ok(Self {
             tls,

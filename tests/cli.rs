@@ -114,6 +114,16 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
             },
             "webhook.secrets",
         ),
+        (
+            {
+                // One typo away from sending the bearer token in clear text.
+                let mut c = exporter_command();
+                c.arg("--check-config")
+                    .env("NUKI_EXPORTER_API__URL", "http://api.nuki.io");
+                c
+            },
+            "api.allow_insecure_http",
+        ),
     ];
     for (mut command, named) in cases {
         let Ran { ok, stderr, .. } = run(&mut command);
@@ -125,6 +135,16 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
         );
         assert!(stderr.contains(named), "{named} not named in: {stderr}");
     }
+}
+
+#[test]
+fn cleartext_api_url_is_accepted_only_when_allowed_explicitly() {
+    let Ran { ok, stdout, stderr } = run(exporter_command()
+        .arg("--check-config")
+        .env("NUKI_EXPORTER_API__URL", "http://127.0.0.1:8080")
+        .env("NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP", "true"));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "configuration OK");
 }
 
 #[test]

@@ -56,6 +56,7 @@ fn polling(api: &NukiApiStub, dir: &std::path::Path) -> Config {
     let mut config = test_config();
     config.api.token_file = Some(token_file);
     config.api.url = api.url.clone();
+    config.api.allow_insecure_http = true;
     config.api.poll_interval = Duration::from_secs(1);
     config.api.advanced_key_id = Some(API_KEY_ID);
     config

@@ -3,6 +3,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
+use nuki_exporter::Exporter;
 use nuki_exporter::signature::{HEADER, sign};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -369,5 +371,134 @@ async fn https_applications_are_trusted_through_forward_ca_file() {
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.text().await.unwrap(), "ok over tls");
     assert_eq!(app.received().last().unwrap().body, body);
+    exporter.shutdown().await;
+}
+
+/// A free loopback port: bound, then given back for the exporter to bind.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_forward_url_at_the_exporters_own_listener_is_refused_at_start() {
+    for (listen, host) in [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "localhost")] {
+        let port = free_port();
+        let mut config = test_config();
+        config.webhook.listen = format!("{listen}:{port}").parse().unwrap();
+        config.forward.url = Some(format!("http://{host}:{port}/webhook"));
+        let error = Exporter::start(&config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{listen} and {host}: a relay to itself started"))
+            .to_string();
+        assert!(error.contains("forward.url"), "{error}");
+        assert!(error.contains("this exporter"), "{error}");
+    }
+}
+
+/// A proxy that passes every request on to `target` (set once the exporter runs) and answers
+/// with what it got: a loop back to the exporter that no start-up check can see.
+async fn looping_proxy(target: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/app", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (target, hits, client) = (Arc::clone(&target), Arc::clone(&hits), client.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (target, hits, client) =
+                        (Arc::clone(&target), Arc::clone(&hits), client.clone());
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let mut headers = parts.headers;
+                        headers.remove("host");
+                        headers.remove("content-length");
+                        let url = target.lock().unwrap().clone();
+                        let answer = client.post(url).headers(headers).body(body).send().await;
+                        let (status, text) = match answer {
+                            Ok(answer) => (answer.status().as_u16(), answer.bytes().await.unwrap()),
+                            Err(_) => (502, Bytes::new()),
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(text))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_loop_through_another_hop_is_refused_on_its_first_return() {
+    let (target, hits) = (
+        Arc::new(Mutex::new(String::new())),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let proxy = looping_proxy(Arc::clone(&target), Arc::clone(&hits)).await;
+    let mut config = test_config();
+    config.forward.url = Some(proxy);
+    config.forward.timeout = Duration::from_secs(3);
+    let exporter = TestExporter::start_with(config).await;
+    *target.lock().unwrap() = exporter.webhook_url.clone();
+    let body = fixture("device-status");
+    let response = post(&exporter, &body, Some(&sign(SECRET.as_bytes(), &body))).await;
+    assert_eq!(response.status().as_u16(), 508, "Loop Detected");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let scrape = exporter.scrape().await;
+    assert_eq!(received_total(&scrape), 1.0, "{}", scrape.0);
+    assert_eq!(
+        scrape.value(
+            "nuki_exporter_webhooks_rejected_total",
+            &[("reason", "loop")]
+        ),
+        Some(1.0)
+    );
+    exporter.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_informational_answer_is_never_relayed_as_final() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/app", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = vec![0; 64 * 1024];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: nuki\r\n\r\n")
+                    .await;
+                // Keeps the connection open, as an upgraded one would be.
+                let _ = stream.read(&mut request).await;
+            });
+        }
+    });
+    let exporter = relaying_exporter(&url).await;
+    let body = fixture("device-status");
+    let response = tokio::time::timeout(
+        Duration::from_secs(15),
+        post(&exporter, &body, Some(&sign(SECRET.as_bytes(), &body))),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status().as_u16(), 502);
     exporter.shutdown().await;
 }

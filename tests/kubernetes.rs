@@ -129,6 +129,141 @@ fn every_kustomization_renders_and_validates_strictly_against_the_kubernetes_sch
     }
 }
 
+/// checkov from PyPI, as scripts/test.sh installs it (a venv under target/).
+fn checkov() -> PathBuf {
+    let venv = repo().join("target/checkov/bin/checkov");
+    assert!(
+        venv.is_file(),
+        "checkov is not installed: run scripts/test.sh, which installs it into target/checkov \
+         (python3 -m venv target/checkov && target/checkov/bin/pip install checkov)"
+    );
+    venv
+}
+
+/// The checkov checks the manifests fail on purpose (docs/security.md, "Policy scan"):
+const CHOSEN_CHECKOV_FAILURES: [&str; 3] = [
+    // "The default namespace should not be used": a kustomize base names no namespace, so that
+    // `kubectl apply -n` or an overlay's `namespace:` puts it where the user wants.
+    "CKV_K8S_21",
+    // "Image should use digest": the base names the image by tag, which the user sets with
+    // `kustomize edit set image` (by digest if they pin; only they know the digest they built).
+    "CKV_K8S_43",
+    // "Image Pull Policy should be Always": needed only for a mutable tag; same choice as above.
+    "CKV_K8S_15",
+];
+
+#[test]
+fn checkov_finds_nothing_but_the_documented_choices_in_any_kustomization() {
+    let checkov = checkov();
+    let dir = tempfile::tempdir().unwrap();
+    for kustomization in KUSTOMIZATIONS {
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", kustomization.replace('/', "-")));
+        let rendered: Vec<String> = render(kustomization)
+            .iter()
+            .map(|object| serde_yaml_ng::to_string(object).unwrap())
+            .collect();
+        std::fs::write(&file, rendered.join("---\n")).unwrap();
+        let output = run(Command::new(&checkov)
+            .args([
+                "--framework",
+                "kubernetes",
+                "--output",
+                "json",
+                "--skip-download",
+            ])
+            .arg("--skip-check")
+            .arg(CHOSEN_CHECKOV_FAILURES.join(","))
+            .arg("--file")
+            .arg(&file));
+        let report: serde_json::Value = serde_json::from_str(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{kustomization}: checkov printed no JSON ({e}):\n{}",
+                output.output()
+            )
+        });
+        let summary = report.get("summary").unwrap_or(&report);
+        let failed: Vec<String> = report["results"]["failed_checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|check| {
+                format!(
+                    "{} {} ({})",
+                    check["check_id"], check["resource"], check["check_name"]
+                )
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{kustomization}: checkov fails\n{}",
+            failed.join("\n")
+        );
+        assert_eq!(summary["failed"], 0, "{kustomization}: {summary}");
+        assert_eq!(summary["parsing_errors"], 0, "{kustomization}: {summary}");
+        if kustomization != "monitoring" {
+            // Pods were checked, not an empty file.
+            assert!(
+                summary["passed"].as_u64().unwrap_or(0) > 50,
+                "{kustomization}: {summary}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_pod_has_a_network_policy_that_admits_only_the_ingress_and_prometheus() {
+    for kustomization in ["base", "overlays/prometheus-operator", "overlays/sidecar"] {
+        let objects = render(kustomization);
+        let deployment = objects
+            .iter()
+            .find(|o| kind(o) == "Deployment")
+            .unwrap_or_else(|| panic!("{kustomization}: no Deployment"));
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let policy = objects
+            .iter()
+            .find(|o| {
+                kind(o) == "NetworkPolicy"
+                    && o["spec"]["podSelector"]["matchLabels"]
+                        .as_mapping()
+                        .is_some_and(|wanted| {
+                            wanted.iter().all(|(key, value)| &pod_labels[key] == value)
+                        })
+            })
+            .unwrap_or_else(|| panic!("{kustomization}: no NetworkPolicy selects the pods"));
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            serde_yaml_ng::from_str::<Value>("[Ingress]").unwrap()
+        );
+        let mut admitted = Vec::new();
+        for rule in policy["spec"]["ingress"].as_sequence().unwrap() {
+            let from = &rule["from"][0];
+            let peer = format!(
+                "{}/{}",
+                from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap(),
+                from["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    .as_str()
+                    .unwrap()
+            );
+            for port in rule["ports"].as_sequence().unwrap() {
+                admitted.push(format!("{peer} -> {}", port["port"].as_str().unwrap()));
+            }
+        }
+        admitted.sort();
+        let mut expected = vec![
+            "ingress-nginx/ingress-nginx -> webhook",
+            "monitoring/prometheus -> metrics",
+        ];
+        if kustomization == "overlays/sidecar" {
+            expected.insert(0, "ingress-nginx/ingress-nginx -> http");
+        }
+        assert_eq!(admitted, expected, "{kustomization}");
+    }
+}
+
 #[test]
 fn the_prometheus_rule_carries_exactly_the_alert_rule_groups() {
     let rules = yaml(repo().join("alerts/nuki-exporter.rules.yml"));

@@ -175,6 +175,7 @@ async fn the_token_is_in_no_log_line_at_any_level() {
                 .env("NUKI_EXPORTER_LOG__LEVEL", "trace")
                 .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
                 .env("NUKI_EXPORTER_API__URL", &stub.url)
+                .env("NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP", "true")
                 .env("NUKI_EXPORTER_API__POLL_INTERVAL", "50ms")
                 .env("NUKI_EXPORTER_API__ADVANCED_KEY_ID", "812"),
         );
@@ -200,4 +201,114 @@ async fn the_token_is_in_no_log_line_at_any_level() {
     assert!(!ran.ok);
     assert!(ran.stderr.contains("api.token_file"), "{}", ran.stderr);
     assert!(!ran.output().contains(TOKEN), "{}", ran.stderr);
+}
+
+/// A `detailMessage` with a newline and escape sequences stays inside the one line that
+/// reports it, in text and in JSON logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_text_cannot_forge_a_log_line() {
+    const FORGED: &str = "FORGED-LINE level=INFO all locks fine";
+    let stub = NukiApiStub::start().await;
+    let detail = format!("denied\n{FORGED}\u{1b}[2K\u{1b}[1A\r");
+    stub.route(
+        "GET",
+        "/smartlock",
+        Reply::status(
+            401,
+            serde_json::to_vec(&serde_json::json!({ "detailMessage": detail })).unwrap(),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token").unwrap();
+    for format in ["text", "json"] {
+        let requests_before = stub.count("/smartlock");
+        let mut command = exporter_command();
+        command
+            .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+            .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+            .env("NUKI_EXPORTER_LOG__FORMAT", format)
+            .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
+            .env("NUKI_EXPORTER_API__URL", &stub.url)
+            .env("NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP", "true")
+            .env("NUKI_EXPORTER_API__POLL_INTERVAL", "50ms");
+        let mut running = Running::spawn(&mut command);
+        running.wait_for("listening");
+        wait_until("a poll", || stub.count("/smartlock") > requests_before).await;
+        let (clean, lines) = running.terminate();
+        assert!(clean, "{format}: {lines:#?}");
+        let reported: Vec<&String> = lines.iter().filter(|l| l.contains("FORGED")).collect();
+        assert!(!reported.is_empty(), "{format}: {lines:#?}");
+        for line in reported {
+            assert!(
+                line.contains("poll failed"),
+                "{format}: a line of its own: {line:?}"
+            );
+            assert!(!line.contains(['\u{1b}', '\r']), "{format}: {line:?}");
+        }
+    }
+}
+
+/// Peak resident memory of a running process, in bytes.
+fn peak_rss(running: &Running) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Starts the exporter with this state file and `limits.max_smartlocks`; its peak memory once
+/// it serves, and its log.
+async fn peak_after_start(state_file: &Path, max_smartlocks: &str) -> (u64, Vec<String>) {
+    let mut running = Running::spawn(
+        exporter(state_file).env("NUKI_EXPORTER_LIMITS__MAX_SMARTLOCKS", max_smartlocks),
+    );
+    let metrics = running.address_of("metrics");
+    scrape(&metrics).await;
+    let peak = peak_rss(&running);
+    let (clean, lines) = running.terminate();
+    assert!(clean, "{lines:#?}");
+    (peak, lines)
+}
+
+#[tokio::test]
+async fn a_huge_state_file_costs_memory_by_the_lock_limit_not_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let (baseline, _) = peak_after_start(&state_file, "1000").await;
+
+    // 600,000 locks, 40 MB: what a file of another deployment (or anyone who can write the
+    // volume) may hold.
+    let mut huge = br#"{"format":"nuki-exporter-state","version":1,"locks":["#.to_vec();
+    for id in 1..=600_000u64 {
+        if id > 1 {
+            huge.push(b',');
+        }
+        huge.extend_from_slice(
+            format!(r#"{{"smartlock_id":{id},"status":{{}},"info":null,"updated_at":null}}"#)
+                .as_bytes(),
+        );
+    }
+    huge.extend_from_slice(b"]}");
+    assert!(huge.len() > 36_000_000, "{}", huge.len());
+    std::fs::write(&state_file, &huge).unwrap();
+    drop(huge);
+    let (peak, lines) = peak_after_start(&state_file, "1000").await;
+    assert!(
+        peak < baseline + 16 * 1024 * 1024,
+        "peak {peak} bytes with the state file, {baseline} without"
+    );
+    let reports: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("ignoring the state file"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{lines:#?}");
+    assert!(
+        reports[0].contains("limits.max_smartlocks"),
+        "{}",
+        reports[0]
+    );
 }

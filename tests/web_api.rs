@@ -27,6 +27,7 @@ fn polling_config(stub: &NukiApiStub, token_file: PathBuf) -> Config {
     let mut config = test_config();
     config.api.token_file = Some(token_file);
     config.api.url = stub.url.clone();
+    config.api.allow_insecure_http = true;
     config.api.poll_interval = Duration::from_millis(100);
     config.api.timeout = API_TIMEOUT;
     config
@@ -495,6 +496,7 @@ async fn the_exporter_polls_the_demo_fleets_simulated_api() {
     let mut config = test_config();
     config.api.token_file = Some(write_token(dir.path(), "demo"));
     config.api.url = format!("http://{address}");
+    config.api.allow_insecure_http = true;
     config.api.advanced_key_id = Some(1);
     let exporter = TestExporter::start_with(config).await;
     // Each poll sets `api_up` once it has asked every endpoint.

@@ -65,8 +65,8 @@ proptest! {
         if active.is_ok() {
             prop_assert!(matches!(top, Some(Value::Object(_))) || top.is_none());
         }
-        let restored = state::parse(&body);
-        prop_assert_eq!(format!("{restored:?}"), format!("{:?}", state::parse(&body)));
+        let restored = state::parse(&body[..], usize::MAX);
+        prop_assert_eq!(format!("{restored:?}"), format!("{:?}", state::parse(&body[..], usize::MAX)));
     }
 
     /// A value of the wrong type in one lock's field reads as absent: the other locks, and

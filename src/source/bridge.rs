@@ -142,15 +142,16 @@ pub fn parse_callbacks(body: &[u8]) -> Result<Vec<RegisteredCallback>, ParseErro
         .collect())
 }
 
-/// The answer of `/callback/add` and `/callback/remove`: `Ok`, or the bridge's message.
+/// The answer of `/callback/add` and `/callback/remove`: `Ok`, or the bridge's message
+/// (escaped: it goes into a log line).
 pub fn parse_outcome(body: &[u8]) -> Result<Result<(), String>, ParseError> {
     let outcome: RawOutcome = read(body, "an object")?;
     Ok(match outcome.success.0 {
         Some(true) => Ok(()),
-        _ => Err(outcome
-            .message
-            .0
-            .map_or_else(|| "no message".to_owned(), Cow::into_owned)),
+        _ => Err(outcome.message.0.map_or_else(
+            || "no message".to_owned(),
+            |message| crate::upstream_text::escape(&message).into_owned(),
+        )),
     })
 }
 
@@ -482,6 +483,11 @@ mod tests {
             parse_outcome(br#"{"success":false,"message":"too many callbacks registered"}"#)
                 .unwrap(),
             Err("too many callbacks registered".into())
+        );
+        // A message goes into a log line: it cannot start a line of its own.
+        assert_eq!(
+            parse_outcome(br#"{"success":false,"message":"full\n\u001b[1AINFO forged"}"#).unwrap(),
+            Err("full\\n\\u{1b}[1AINFO forged".into())
         );
     }
 }

@@ -479,6 +479,7 @@ pub fn exported_metrics() -> ExportedMetrics {
         let mut config = common::test_config();
         config.api.token_file = Some(token_file);
         config.api.url = api.url.clone();
+        config.api.allow_insecure_http = true;
         config.api.poll_interval = Duration::from_millis(100);
         config.api.advanced_key_id = Some(812);
         config.forward.url = Some(format!("{}/application", api.url));
