@@ -4,27 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet};
-use common::{Running, SECRET, Scrape, exporter_command, run};
+use common::{Running, SECRET, Scrape, exporter_command, exporter_with_state_file, run};
 use nuki_exporter::signature::{HEADER, sign};
 
 const CRITICAL: &str = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":true,"batteryCharge":4,"state":1}}"#;
-
-fn exporter(state_file: &Path) -> Command {
-    let mut command = exporter_command();
-    command
-        .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
-        .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
-        .env("NUKI_EXPORTER_WEBHOOK__SECRETS", format!("[{SECRET}]"))
-        .env("NUKI_EXPORTER_LOG__FORMAT", "json")
-        .env("NUKI_EXPORTER_STATE__FILE", state_file)
-        .env("NUKI_EXPORTER_STATE__WRITE_INTERVAL", "100ms");
-    command
-}
 
 async fn scrape(metrics: &str) -> Scrape {
     let body = reqwest::get(format!("http://{metrics}/metrics"))
@@ -56,7 +42,7 @@ async fn wait_until(what: &str, ready: impl Fn() -> bool) {
 async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let mut first = Running::spawn(&mut exporter(&state_file));
+    let mut first = Running::spawn(&mut exporter_with_state_file(&state_file));
     let webhook = first.address_of("webhook");
     let status = reqwest::Client::new()
         .post(format!("http://{webhook}/webhook"))
@@ -73,7 +59,7 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
     .await;
     first.kill();
 
-    let mut second = Running::spawn(&mut exporter(&state_file));
+    let mut second = Running::spawn(&mut exporter_with_state_file(&state_file));
     let metrics = second.address_of("metrics");
     let scrape = scrape(&metrics).await;
     assert_eq!(lock_battery_critical(&scrape), Some(1.0), "{}", scrape.0);
@@ -104,7 +90,7 @@ async fn a_truncated_or_foreign_state_file_is_reported_in_one_line_and_ignored()
         b"# prometheus.yml\nscrape_configs: []\n".as_slice(),
     ] {
         std::fs::write(&state_file, damaged).unwrap();
-        let mut running = Running::spawn(&mut exporter(&state_file));
+        let mut running = Running::spawn(&mut exporter_with_state_file(&state_file));
         let metrics = running.address_of("metrics");
         let scrape = scrape(&metrics).await;
         assert_eq!(lock_battery_critical(&scrape), None);
@@ -137,7 +123,7 @@ async fn the_token_is_in_no_log_line_at_any_level() {
         stub.route("GET", "/smartlock", reply);
         let requests_before = stub.count("/smartlock");
         let mut running = Running::spawn(
-            exporter(&dir.path().join("state.json"))
+            exporter_with_state_file(&dir.path().join("state.json"))
                 .env("NUKI_EXPORTER_LOG__LEVEL", "trace")
                 .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
                 .env("NUKI_EXPORTER_API__URL", &stub.url)
