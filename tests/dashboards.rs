@@ -21,13 +21,23 @@ fn uses_templated_datasource(v: &Value) -> bool {
         && v["datasource"]["type"].as_str() == Some("prometheus")
 }
 
-/// Metrics carrying a smartlock_id label, which the drill-down's `$smartlock_id` must filter.
+/// Metrics carrying a smartlock_id label, which the drill-down's `$smartlock_id` must filter: the
+/// exporter's per-lock series and the per-lock records of alerts/ (`smartlock:...`).
 fn has_smartlock_label(metric: &str) -> bool {
-    metric.starts_with("nuki_smartlock_") || metric.starts_with("nuki_operation")
+    metric.starts_with("nuki_smartlock_")
+        || metric.starts_with("nuki_operation")
+        || metric.starts_with("smartlock:")
+}
+
+/// The series the recording rules of alerts/ record. They aggregate over replicas: they have no
+/// instance label, so `$instance` cannot filter them.
+fn recorded() -> BTreeSet<String> {
+    recording_rules().into_iter().map(|r| r.record).collect()
 }
 
 #[test]
 fn dashboards_follow_the_linter_rules() {
+    let recorded = recorded();
     let mut problems = Vec::new();
     let mut uids = BTreeSet::new();
     let all = dashboards();
@@ -244,10 +254,13 @@ fn dashboards_follow_the_linter_rules() {
                     problem(format!("{expr} selects no series"));
                 }
                 for s in &selectors {
-                    for (label, value) in [("job", "$job"), ("instance", "$instance")] {
-                        // a record per lock or per job has no instance to filter
-                        let absent = label == "instance" && aggregates_replicas(s.metric());
-                        if !absent && !s.has(label, "=~", value) {
+                    let scoped: &[(&str, &str)] = if recorded.contains(s.metric()) {
+                        &[("job", "$job")]
+                    } else {
+                        &[("job", "$job"), ("instance", "$instance")]
+                    };
+                    for &(label, value) in scoped {
+                        if !s.has(label, "=~", value) {
                             problem(format!(
                                 "selector of {} lacks {label}=~\"{value}\"",
                                 s.metric()
@@ -490,21 +503,31 @@ const SEEDED_FLEET: &str = r#"
         values: '0+2x180'
       - series: 'nuki_webhook_delivery_responses_total{job="nuki-exporter", instance="exporter-a:10181", api_key_id="812", code="401"}'
         values: '0+2x180'
+      - series: 'nuki_smartlock_state_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="101"}'
+        values: '0+60x180'
+      - series: 'nuki_smartlock_state_timestamp_seconds{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="101"}'
+        values: '30+60x180'
+      - series: 'nuki_smartlock_state_timestamp_seconds{job="nuki-exporter", instance="exporter-b:10181", smartlock_id="202"}'
+        values: '0+60x180'
+      - series: 'nuki_smartlock_state_timestamp_seconds{job="nuki-exporter", instance="exporter-a:10181", smartlock_id="303"}'
+        values: '0+60x180'
 "#;
 
-/// Every dashboard query (and variable) returns data in a Prometheus holding the seeded fleet:
-/// each becomes an alert `count((query)) > 0` that promtool expects to fire. A zero fallback
-/// (`or vector(0)`) is removed first, or the query would return data without any series.
+/// Every dashboard query (and variable) returns data in a Prometheus holding the seeded fleet and
+/// the shipped rules (whose records the dashboards read): each becomes an alert `count((query)) > 0`
+/// that promtool expects to fire. A zero fallback (`or vector(0)`) is removed first, or the query
+/// would return data without any series.
 #[test]
 fn dashboard_queries_return_data_for_a_seeded_fleet() {
     let dir = tempfile::tempdir().expect("temp dir");
     let queries = runnable_queries(SEEDED_LOCK);
     let mut rules = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
-    // The shipped rules too: panels read their per-lock records.
-    let shipped = repo().join("alerts/nuki-exporter.rules.yml");
+    let shipped: String = rule_files()
+        .iter()
+        .map(|f| format!("  - {}\n", f.display()))
+        .collect();
     let mut tests = format!(
-        "rule_files:\n  - rules.yml\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{SEEDED_FLEET}    alert_rule_test:\n",
-        shipped.display()
+        "rule_files:\n  - rules.yml\n{shipped}evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{SEEDED_FLEET}    alert_rule_test:\n"
     );
     for (i, (_, _, expr)) in queries.iter().enumerate() {
         let expr = without_zero_fallback(expr);
@@ -541,11 +564,13 @@ fn dashboard_queries_return_data_for_a_seeded_fleet() {
     }
 }
 
-/// Every metric a dashboard or an alert rule reads is one the exporter exposes: the metrics of a
-/// real scrape after every webhook fixture, plus the series Prometheus adds per target.
+/// Every metric a dashboard, an alert rule or a recording rule reads is one the exporter exposes
+/// (the metrics of a real scrape after every webhook fixture, plus the series Prometheus adds per
+/// target) or one a recording rule of alerts/ records from those.
 #[test]
 fn every_metric_in_dashboards_and_rules_is_exported() {
     let exported = exported_metrics();
+    let recorded = recorded();
     let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut note = |metrics: BTreeSet<String>, place: String| {
         for metric in metrics {
@@ -588,11 +613,10 @@ fn every_metric_in_dashboards_and_rules_is_exported() {
         let place = test.file_name().unwrap().to_string_lossy().to_string();
         note(nuki_metric_mentions(&read(&test)), place);
     }
-    let recorded: BTreeSet<String> = recording_rules().into_iter().map(|r| r.record).collect();
     let unknown: Vec<String> = used
         .iter()
         .filter(|(metric, _)| {
-            metric.is_empty() || !(exported.contains(metric) || recorded.contains(metric.as_str()))
+            metric.is_empty() || !(exported.contains(metric) || recorded.contains(*metric))
         })
         .map(|(metric, places)| format!("{metric:?} used by {places:?}"))
         .collect();

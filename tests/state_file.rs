@@ -5,26 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet};
-use common::{Running, SECRET, Scrape, exporter_command, run};
+use common::{Running, SECRET, Scrape, exporter_command, exporter_with_state_file, run};
 use nuki_exporter::signature::{HEADER, sign};
 
 const CRITICAL: &str = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":true,"batteryCharge":4,"state":1}}"#;
-
-fn exporter(state_file: &Path) -> Command {
-    let mut command = exporter_command();
-    command
-        .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
-        .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
-        .env("NUKI_EXPORTER_WEBHOOK__SECRETS", format!("[{SECRET}]"))
-        .env("NUKI_EXPORTER_LOG__FORMAT", "json")
-        .env("NUKI_EXPORTER_STATE__FILE", state_file)
-        .env("NUKI_EXPORTER_STATE__WRITE_INTERVAL", "100ms");
-    command
-}
 
 async fn scrape(metrics: &str) -> Scrape {
     let body = reqwest::get(format!("http://{metrics}/metrics"))
@@ -69,7 +56,7 @@ async fn wait_until(what: &str, ready: impl Fn() -> bool) {
 async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let mut first = Running::spawn(&mut exporter(&state_file));
+    let mut first = Running::spawn(&mut exporter_with_state_file(&state_file));
     let webhook = first.address_of("webhook");
     assert_eq!(post(&webhook, CRITICAL).await, 204);
     wait_until("the state file names lock 42", || {
@@ -78,7 +65,7 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
     .await;
     first.kill();
 
-    let mut second = Running::spawn(&mut exporter(&state_file));
+    let mut second = Running::spawn(&mut exporter_with_state_file(&state_file));
     let metrics = second.address_of("metrics");
     let scrape = scrape(&metrics).await;
     assert_eq!(lock_battery_critical(&scrape), Some(1.0), "{}", scrape.0);
@@ -104,7 +91,7 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
 async fn a_battery_change_is_restored_unchanged_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("state.json");
-    let mut first = Running::spawn(&mut exporter(&state_file));
+    let mut first = Running::spawn(&mut exporter_with_state_file(&state_file));
     let webhook = first.address_of("webhook");
     assert_eq!(post(&webhook, CRITICAL).await, 204);
     let fresh = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":false,"batteryCharge":100,"state":1}}"#;
@@ -122,7 +109,7 @@ async fn a_battery_change_is_restored_unchanged_after_kill_9() {
     .await;
     first.kill();
 
-    let mut second = Running::spawn(&mut exporter(&state_file));
+    let mut second = Running::spawn(&mut exporter_with_state_file(&state_file));
     let scrape = scrape(&second.address_of("metrics")).await;
     assert_eq!(replaced(&scrape), Some(seen), "{}", scrape.0);
     assert!(second.terminate().0);
@@ -138,7 +125,7 @@ async fn a_truncated_or_foreign_state_file_is_reported_in_one_line_and_ignored()
         b"# prometheus.yml\nscrape_configs: []\n".as_slice(),
     ] {
         std::fs::write(&state_file, damaged).unwrap();
-        let mut running = Running::spawn(&mut exporter(&state_file));
+        let mut running = Running::spawn(&mut exporter_with_state_file(&state_file));
         let metrics = running.address_of("metrics");
         let scrape = scrape(&metrics).await;
         assert_eq!(lock_battery_critical(&scrape), None);
@@ -171,7 +158,7 @@ async fn the_token_is_in_no_log_line_at_any_level() {
         stub.route("GET", "/smartlock", reply);
         let requests_before = stub.count("/smartlock");
         let mut running = Running::spawn(
-            exporter(&dir.path().join("state.json"))
+            exporter_with_state_file(&dir.path().join("state.json"))
                 .env("NUKI_EXPORTER_LOG__LEVEL", "trace")
                 .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
                 .env("NUKI_EXPORTER_API__URL", &stub.url)
@@ -264,7 +251,8 @@ fn peak_rss(running: &Running) -> u64 {
 /// it serves, and its log.
 async fn peak_after_start(state_file: &Path, max_smartlocks: &str) -> (u64, Vec<String>) {
     let mut running = Running::spawn(
-        exporter(state_file).env("NUKI_EXPORTER_LIMITS__MAX_SMARTLOCKS", max_smartlocks),
+        exporter_with_state_file(state_file)
+            .env("NUKI_EXPORTER_LIMITS__MAX_SMARTLOCKS", max_smartlocks),
     );
     let metrics = running.address_of("metrics");
     scrape(&metrics).await;

@@ -421,6 +421,21 @@ pub fn exporter_command() -> Command {
     command
 }
 
+/// The `nuki-exporter` binary on loopback ports of its choice (JSON log, so that
+/// [`Running::address_of`] finds them), accepting webhooks signed with [`SECRET`], keeping its
+/// last-known state in `state_file` (written every 100 ms).
+pub fn exporter_with_state_file(state_file: &std::path::Path) -> Command {
+    let mut command = exporter_command();
+    command
+        .env("NUKI_EXPORTER_WEBHOOK__LISTEN", "127.0.0.1:0")
+        .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
+        .env("NUKI_EXPORTER_WEBHOOK__SECRETS", format!("[{SECRET}]"))
+        .env("NUKI_EXPORTER_LOG__FORMAT", "json")
+        .env("NUKI_EXPORTER_STATE__FILE", state_file)
+        .env("NUKI_EXPORTER_STATE__WRITE_INTERVAL", "100ms");
+    command
+}
+
 /// What a finished command printed, and whether it exited 0.
 pub struct Ran {
     pub ok: bool,
