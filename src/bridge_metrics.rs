@@ -2,6 +2,8 @@
 //! Nuki server, holding this exporter's callback. Kept apart from the per-lock series, which a
 //! bridge feeds through [`crate::metrics::Metrics::observe`] like every other source.
 
+use std::collections::BTreeSet;
+
 use prometheus::core::Collector;
 use prometheus::{
     Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -16,10 +18,15 @@ pub struct BridgeMetrics {
     server_connected: IntGaugeVec,
     callbacks_registered: IntGaugeVec,
     info: IntGaugeVec,
+    smartlocks: IntGaugeVec,
     requests: IntCounterVec,
     last_success: GaugeVec,
     callbacks_received: IntCounterVec,
 }
+
+/// The most devices one bridge's `nuki_bridge_smartlock_info` names: a Nuki Bridge pairs a
+/// handful, so this only bounds a bridge (or an impostor at its address) that lists thousands.
+pub const MAX_LOCKS_PER_BRIDGE: usize = 32;
 
 impl BridgeMetrics {
     /// Registers the families in the exporter's registry.
@@ -66,6 +73,16 @@ impl BridgeMetrics {
                     &["bridge", "bridge_type", "firmware_version"],
                 ),
             ),
+            smartlocks: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_smartlock_info",
+                        "Always 1: a smart lock (or Opener) the last successful /list of a Nuki Bridge named, at most 32 per bridge; joins the per-lock series on smartlock_id.",
+                    ),
+                    &["bridge", "smartlock_id"],
+                ),
+            ),
             requests: registered(
                 registry,
                 IntCounterVec::new(
@@ -108,6 +125,7 @@ impl BridgeMetrics {
             callbacks_registered: self.callbacks_registered.clone(),
             info: self.info.clone(),
             info_labels: std::sync::Arc::default(),
+            smartlocks: self.smartlocks.clone(),
             requests: self.requests.clone(),
             last_success: self.last_success.with_label_values(&[name]),
             callbacks_received: self.callbacks_received.with_label_values(&[name]),
@@ -138,6 +156,7 @@ pub struct BridgeSeries {
     info: IntGaugeVec,
     /// The `bridge_type` and `firmware_version` of the current info series.
     info_labels: std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>,
+    smartlocks: IntGaugeVec,
     requests: IntCounterVec,
     last_success: Gauge,
     callbacks_received: IntCounter,
@@ -208,6 +227,25 @@ impl BridgeSeries {
         *current = Some(labels);
     }
 
+    /// Names the devices of a successful `/list` (the first [`MAX_LOCKS_PER_BRIDGE`] by id) in
+    /// `nuki_bridge_smartlock_info`, dropping those of `previous` it no longer lists.
+    pub fn listed(&self, previous: &BTreeSet<u64>, listed: &BTreeSet<u64>) {
+        let kept = |set: &BTreeSet<u64>| -> BTreeSet<u64> {
+            set.iter().copied().take(MAX_LOCKS_PER_BRIDGE).collect()
+        };
+        let (previous, listed) = (kept(previous), kept(listed));
+        for gone in previous.difference(&listed) {
+            let _ = self
+                .smartlocks
+                .remove_label_values(&[&self.name, &gone.to_string()]);
+        }
+        for id in &listed {
+            self.smartlocks
+                .with_label_values(&[&self.name, &id.to_string()])
+                .set(1);
+        }
+    }
+
     /// Sets whether this exporter's callback is registered with the bridge.
     pub fn callback_registered(&self, registered: bool) {
         self.callbacks_registered
@@ -228,6 +266,23 @@ mod tests {
     use crate::metrics::registry_text as exposition;
 
     #[test]
+    fn a_bridge_names_at_most_its_cap_of_locks() {
+        let registry = Registry::new();
+        let series = BridgeMetrics::new(&registry).bridge("hall");
+        let many: BTreeSet<u64> = (1..=1000).collect();
+        series.listed(&BTreeSet::new(), &many);
+        series.listed(&many, &many);
+        let text = exposition(&registry);
+        let named = text
+            .lines()
+            .filter(|l| l.starts_with("nuki_bridge_smartlock_info{"))
+            .count();
+        assert_eq!(named, MAX_LOCKS_PER_BRIDGE, "{text}");
+        series.listed(&many, &BTreeSet::new());
+        assert!(!exposition(&registry).contains("nuki_bridge_smartlock_info{"));
+    }
+
+    #[test]
     fn a_new_bridge_is_down_until_polled_and_info_is_replaced() {
         let registry = Registry::new();
         let series = BridgeMetrics::new(&registry).bridge("hall");
@@ -243,6 +298,8 @@ mod tests {
             firmware_version: Some("2.18.0".into()),
             server_connected: Some(true),
         });
+        series.listed(&BTreeSet::new(), &BTreeSet::from([11, 12]));
+        series.listed(&BTreeSet::from([11, 12]), &BTreeSet::from([12, 13]));
         series.request("list", Some(503));
         series.request("list", None);
         let text = exposition(&registry);
@@ -258,6 +315,12 @@ mod tests {
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"503\",endpoint=\"list\"} 1"
         ));
+        for id in ["12", "13"] {
+            assert!(text.contains(&format!(
+                "nuki_bridge_smartlock_info{{bridge=\"hall\",smartlock_id=\"{id}\"}} 1"
+            )));
+        }
+        assert!(!text.contains("smartlock_id=\"11\""), "{text}");
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"error\",endpoint=\"list\"} 1"
         ));

@@ -6,7 +6,7 @@
 //! `/callback/add` only when the URL is absent: the bridge has three slots, and re-adding on
 //! every start has made bridges unresponsive. Polling stays on with callbacks, which get lost.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -85,7 +85,7 @@ pub struct BridgePoller {
     info_interval: Duration,
     callback_url: Option<String>,
     /// The devices of the last successful `/list`.
-    listed: HashSet<u64>,
+    listed: BTreeSet<u64>,
     /// The last `/list` poll failed: the next failure is logged at debug level only.
     failing: bool,
 }
@@ -119,7 +119,7 @@ impl BridgePoller {
             poll_interval: config.poll_interval,
             info_interval: config.info_interval,
             callback_url: config.callback_url.clone(),
-            listed: HashSet::new(),
+            listed: BTreeSet::new(),
             failing: false,
         })
     }
@@ -192,7 +192,7 @@ impl BridgePoller {
         if std::mem::take(&mut self.failing) {
             tracing::info!(bridge = %self.series.name(), "/list poll succeeded again");
         }
-        let listed: HashSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
+        let listed: BTreeSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
         for report in &reports {
             self.metrics
                 .observe(report.smartlock_id, &report.events, now);
@@ -201,6 +201,7 @@ impl BridgePoller {
         for gone in self.listed.difference(&listed) {
             self.metrics.observe(*gone, &[LockEvent::Removed], now);
         }
+        self.series.listed(&self.listed, &listed);
         self.listed = listed;
         self.series.polled(true, now);
     }
