@@ -705,7 +705,10 @@ impl Promql {
 fn keeps_label(expr: &Expr, label: &str) -> bool {
     let listed = |labels: &Labels| labels.labels.iter().any(|l| l == label);
     match expr {
-        Expr::VectorSelector(_) | Expr::MatrixSelector(_) => true,
+        // A recording rule's series keeps the labels its level names (`instance_smartlock:...`
+        // keeps instance, `job_site:...` does not); other labels: see above, "yes".
+        Expr::VectorSelector(vs) => record_keeps_label(vs, label),
+        Expr::MatrixSelector(ms) => record_keeps_label(&ms.vs, label),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => false,
         Expr::Paren(ParenExpr { expr })
         | Expr::Unary(UnaryExpr { expr })
@@ -766,6 +769,13 @@ fn keeps_label(expr: &Expr, label: &str) -> bool {
             }
         }
         Expr::Extension(_) => true,
+    }
+}
+
+fn record_keeps_label(vs: &VectorSelector, label: &str) -> bool {
+    match vs.metric().split_once(':') {
+        Some((level, _)) if label == "instance" => level.split('_').any(|l| l == "instance"),
+        _ => true,
     }
 }
 
