@@ -494,6 +494,29 @@ fn runbook_has_one_section_per_alert_and_no_stale_ones() {
     }
 }
 
+/// The alert tables of docs/runbook.md and docs/alerts.md list every alert once, with the
+/// severity of its rule, and no alert the rules do not have.
+#[test]
+fn the_alert_tables_match_the_rule_file() {
+    let rules: BTreeMap<String, String> = alert_rules()
+        .iter()
+        .map(|r| {
+            let severity = r.label("severity").unwrap_or_default().to_string();
+            (r.alert.clone(), severity)
+        })
+        .collect();
+    for doc in ["docs/runbook.md", "docs/alerts.md"] {
+        let table: BTreeMap<String, String> = alert_table(&read(repo().join(doc)))
+            .into_iter()
+            .map(|(alert, cells)| (alert, cells.first().cloned().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            table, rules,
+            "{doc}: its table of alerts (name, severity) differs from the rule file"
+        );
+    }
+}
+
 /// Runs one unit-test file of alerts/tests/ against a changed copy of the rules; returns promtool's
 /// output, and fails if promtool accepts it: the tests must catch the change.
 fn promtool_fails_with_changed_rules(test_file: &str, change: impl Fn(String) -> String) -> String {

@@ -76,6 +76,133 @@ fn critical_alerts_page_and_warnings_do_not() {
     }
 }
 
+/// docs/alerts.md says where each alert goes: its Route column starts with the receiver amtool
+/// finds for the alert's labels.
+#[test]
+fn the_routes_in_docs_alerts_md_are_the_shipped_routes() {
+    let table = alert_table(&read(repo().join("docs/alerts.md")));
+    assert!(!table.is_empty(), "docs/alerts.md has no alert table");
+    for rule in alert_rules() {
+        let cells = table
+            .get(&rule.alert)
+            .unwrap_or_else(|| panic!("docs/alerts.md lacks {}", rule.alert));
+        let documented = cells.get(1).map(String::as_str).unwrap_or_default();
+        let mut labels = vec![
+            ("alertname", rule.alert.as_str()),
+            ("job", "nuki-exporter"),
+            ("severity", rule.label("severity").unwrap_or_default()),
+        ];
+        if documented.contains("per lock") {
+            labels.push(("smartlock_id", "123456789"));
+        }
+        let receivers = route(&labels).join(", ");
+        assert!(
+            documented.starts_with(&receivers),
+            "{}: docs/alerts.md says {documented:?}, amtool routes it to {receivers}",
+            rule.alert
+        );
+    }
+}
+
+/// The runbook's test page mutes nothing: every shipped alert (in the job the inhibitions use and
+/// in the test page's own job) has the same state in an Alertmanager that holds the test page
+/// (the runbook's `amtool ... alert add` line, its labels as written) as in one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runbook_test_page_mutes_no_other_alert() {
+    let runbook = read(repo().join("docs/runbook.md"));
+    let command = runbook
+        .lines()
+        .find(|l| l.contains(" alert add "))
+        .expect("docs/runbook.md has an `amtool ... alert add` test page");
+    let words: Vec<&str> = command
+        .split(" alert add ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .take_while(|w| !w.starts_with('\\'))
+        .collect();
+    let mut test_page = vec![("alertname", words[0])];
+    test_page.extend(words[1..].iter().filter_map(|w| w.split_once('=')));
+    assert!(
+        test_page.contains(&("severity", "critical")),
+        "{test_page:?}"
+    );
+    let page_job = test_page
+        .iter()
+        .find(|(k, _)| *k == "job")
+        .map_or("", |(_, v)| *v);
+
+    let shipped: Vec<Value> = ["nuki-exporter", page_job]
+        .iter()
+        .flat_map(|job| {
+            alert_rules().into_iter().map(move |rule| {
+                alert(&[
+                    ("alertname", rule.alert.as_str()),
+                    ("job", job),
+                    ("smartlock_id", "123456789"),
+                    ("severity", rule.label("severity").unwrap_or_default()),
+                ])
+            })
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let mut outcomes = Vec::new();
+    for with_page in [false, true] {
+        let am = common::Alertmanager::start(&read(config()), &[]).await;
+        if with_page {
+            post(&client, &am, vec![alert(&test_page)]).await;
+        }
+        post(&client, &am, shipped.clone()).await;
+        // Alertmanager's inhibitor takes alerts in the order they were posted: once an alert
+        // posted last is muted by its pair, it has seen every earlier one.
+        let barrier = |name: &str, severity: &str| {
+            alert(&[
+                ("alertname", name),
+                ("job", "barrier"),
+                ("smartlock_id", "1"),
+                ("severity", severity),
+            ])
+        };
+        post(
+            &client,
+            &am,
+            vec![
+                barrier("NukiSmartlockOffline", "critical"),
+                barrier("NukiSmartlockUnreachable", "warning"),
+            ],
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let settled = loop {
+            let got = states(&client, &am).await;
+            let barrier_muted = got
+                .iter()
+                .any(|(k, v)| k == "NukiSmartlockUnreachable/barrier/1" && v == "suppressed");
+            if barrier_muted {
+                break got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the barrier was never muted: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let page_key = format!("{}/{page_job}/", words[0]);
+        outcomes.push(
+            settled
+                .into_iter()
+                .filter(|(k, _)| !k.contains("/barrier/") && *k != page_key)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(outcomes[0].len(), 2 * alert_rules().len());
+    assert!(outcomes[0].iter().any(|(_, v)| v == "suppressed"));
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "the test page changed other alerts' states"
+    );
+}
+
 #[test]
 fn the_pager_is_pagerduty_events_v2_with_a_key_file_and_groups_per_lock_or_per_alert() {
     let doc = yaml(config());

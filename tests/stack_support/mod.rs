@@ -153,6 +153,31 @@ pub fn alert_rules() -> Vec<AlertRule> {
     out
 }
 
+/// The rows of the alert tables of a document (`| [NukiAlert](...) | severity | ... |`): alert
+/// name -> its cells after the first, in order; a name listed twice panics.
+pub fn alert_table(doc: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in doc.lines() {
+        let Some(rest) = line.strip_prefix("| [") else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(']') else {
+            continue;
+        };
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split(" | ")
+            .skip(1)
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert!(
+            out.insert(name.to_string(), cells).is_none(),
+            "{name} is listed twice in a table"
+        );
+    }
+    out
+}
+
 /// A recording rule of alerts/*.yml: the series it records and the expression it records.
 pub struct RecordingRule {
     pub record: String,
