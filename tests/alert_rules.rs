@@ -588,3 +588,64 @@ fn periodic_failure_tests_catch_a_rule_without_keep_firing_for() {
     });
     assert!(output.contains("ALERTS_FOR_STATE"), "{output}");
 }
+
+/// Replaces `from` (which must occur) in the rules.
+fn replaced(rules: String, from: &str, to: &str) -> String {
+    assert!(rules.contains(from), "the rules no longer contain {from}");
+    rules.replace(from, to)
+}
+
+/// The battery alert of before, the worst view over replicas (max): a stale "critical" on one
+/// replica outvotes a newer "fine" on another, and a replica gone for good speaks for its 15
+/// minutes only through the freshness records.
+#[test]
+fn replica_tests_catch_the_battery_alert_that_takes_the_max_over_replicas() {
+    let output = promtool_fails_with_changed_rules("replicas.test.yml", |rules| {
+        replaced(
+            rules,
+            "(smartlock:nuki_smartlock_battery_critical:freshest{job=\"nuki-exporter\"})",
+            "(nuki_smartlock_battery_critical{job=\"nuki-exporter\"})",
+        )
+    });
+    assert!(
+        output.contains("stale vs fresh") && output.contains("dies for longer than 15 minutes"),
+        "{output}"
+    );
+}
+
+/// The offline alert of before, serverState with max over replicas.
+#[test]
+fn replica_tests_catch_the_offline_alert_that_takes_the_max_over_replicas() {
+    let output = promtool_fails_with_changed_rules("replicas.test.yml", |rules| {
+        replaced(
+            rules,
+            "smartlock:nuki_smartlock_server_state:freshest{job=\"nuki-exporter\"}",
+            "nuki_smartlock_server_state{job=\"nuki-exporter\"}",
+        )
+    });
+    assert!(output.contains("stale vs fresh"), "{output}");
+}
+
+/// The counter guard of before, which only trusted a series' own instance: a new replica's first
+/// error, and a restart Prometheus did not see, never alerted. Without the process-start count the
+/// replica tests must fail.
+#[test]
+fn replica_tests_catch_a_counter_guard_without_the_process_start() {
+    let output = promtool_fails_with_changed_rules("replicas.test.yml", |rules| {
+        let windows = ["900", "1800", "3600", "21600"];
+        windows.iter().fold(rules, |rules, seconds| {
+            replaced(
+                rules,
+                &format!(
+                    "process_start_time_seconds{{job=\"nuki-exporter\"}} > time() - {seconds}"
+                ),
+                "process_start_time_seconds{job=\"nuki-exporter\"} > time()",
+            )
+        })
+    });
+    assert!(
+        output.contains("a first error on a new replica")
+            && output.contains("a counter reset Prometheus cannot see"),
+        "{output}"
+    );
+}
