@@ -10,6 +10,9 @@ use std::process::Command;
 use stack_support::*;
 
 const SEVERITIES: &[&str] = &["critical", "warning", "info"];
+/// The link of a per-lock alert to that lock's dashboard; the Grafana base URL is the external
+/// label grafana_url of deploy/prometheus/prometheus.yml.
+const DASHBOARD_URL: &str = "{{ $externalLabels.grafana_url }}/d/nuki-smartlock?var-job={{ $labels.job }}&var-smartlock_id={{ $labels.smartlock_id }}";
 /// The always-firing alert, the only one with severity none.
 const WATCHDOG: &str = "NukiWatchdog";
 
@@ -238,6 +241,13 @@ fn alert_rules_follow_the_conventions() {
                 }
             }
         }
+        if grouping.contains("smartlock_id")
+            && rule.annotation("dashboard_url") != Some(DASHBOARD_URL)
+        {
+            problem(format!(
+                "a per-lock alert links its lock's dashboard: dashboard_url {DASHBOARD_URL}"
+            ));
+        }
         let expected_url = format!("{RUNBOOK_URL}#{}", name.to_lowercase());
         match rule.annotation("runbook_url") {
             Some(url) if url == expected_url => {}
@@ -251,7 +261,7 @@ fn alert_rules_follow_the_conventions() {
         }
         for key in rule.annotations.keys() {
             let key = key.as_str().unwrap_or_default();
-            if !["summary", "description", "runbook_url"].contains(&key) {
+            if !["summary", "description", "runbook_url", "dashboard_url"].contains(&key) {
                 problem(format!("unexpected annotation {key}"));
             }
         }
