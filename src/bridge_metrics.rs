@@ -2,6 +2,9 @@
 //! Nuki server, holding this exporter's callback. Kept apart from the per-lock series, which a
 //! bridge feeds through [`crate::metrics::Metrics::observe`] like every other source.
 
+use std::collections::BTreeSet;
+use std::sync::PoisonError;
+
 use prometheus::core::Collector;
 use prometheus::{
     Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -18,10 +21,15 @@ pub struct BridgeMetrics {
     callbacks_registered: IntGaugeVec,
     callbacks_stale: IntGaugeVec,
     info: IntGaugeVec,
+    smartlocks: IntGaugeVec,
     requests: IntCounterVec,
     last_success: GaugeVec,
     callbacks_received: IntCounterVec,
 }
+
+/// The most devices one bridge's `nuki_bridge_smartlock_info` names: a Nuki Bridge pairs a
+/// handful, so this only bounds a bridge (or an impostor at its address) that lists thousands.
+pub const MAX_LOCKS_PER_BRIDGE: usize = 32;
 
 impl BridgeMetrics {
     /// Registers the families in the exporter's registry.
@@ -78,6 +86,16 @@ impl BridgeMetrics {
                     &["bridge", "bridge_type", "firmware_version"],
                 ),
             ),
+            smartlocks: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_smartlock_info",
+                        "Always 1: a smart lock (or Opener) the last successful /list of a Nuki Bridge named, at most 32 per bridge; joins the per-lock series on smartlock_id.",
+                    ),
+                    &["bridge", "smartlock_id"],
+                ),
+            ),
             requests: registered(
                 registry,
                 IntCounterVec::new(
@@ -121,6 +139,8 @@ impl BridgeMetrics {
             callbacks_stale: self.callbacks_stale.with_label_values(&[name]),
             info: self.info.clone(),
             info_labels: std::sync::Arc::default(),
+            smartlocks: self.smartlocks.clone(),
+            named: std::sync::Arc::default(),
             requests: self.requests.clone(),
             last_success: self.last_success.with_label_values(&[name]),
             callbacks_received: self.callbacks_received.with_label_values(&[name]),
@@ -152,6 +172,9 @@ pub struct BridgeSeries {
     info: IntGaugeVec,
     /// The `bridge_type` and `firmware_version` of the current info series.
     info_labels: std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>,
+    smartlocks: IntGaugeVec,
+    /// The devices named in `nuki_bridge_smartlock_info` now.
+    named: std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>>,
     requests: IntCounterVec,
     last_success: Gauge,
     callbacks_received: IntCounter,
@@ -220,6 +243,24 @@ impl BridgeSeries {
         *current = Some(labels);
     }
 
+    /// Names the devices of a successful `/list` (the first [`MAX_LOCKS_PER_BRIDGE`] by id) in
+    /// `nuki_bridge_smartlock_info`, dropping those named before that it no longer names.
+    pub fn listed(&self, listed: &BTreeSet<u64>) {
+        let listed: BTreeSet<u64> = listed.iter().copied().take(MAX_LOCKS_PER_BRIDGE).collect();
+        let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
+        for gone in named.difference(&listed) {
+            let _ = self
+                .smartlocks
+                .remove_label_values(&[&self.name, &gone.to_string()]);
+        }
+        for id in &listed {
+            self.smartlocks
+                .with_label_values(&[&self.name, &id.to_string()])
+                .set(1);
+        }
+        *named = listed;
+    }
+
     /// Sets whether this exporter's callback is registered with the bridge.
     pub fn callback_registered(&self, registered: bool) {
         self.callbacks_registered
@@ -245,6 +286,23 @@ mod tests {
     use crate::metrics::registry_text as exposition;
 
     #[test]
+    fn a_bridge_names_at_most_its_cap_of_locks() {
+        let registry = Registry::new();
+        let series = BridgeMetrics::new(&registry).bridge("hall");
+        let many: BTreeSet<u64> = (1..=1000).collect();
+        series.listed(&many);
+        series.listed(&many);
+        let text = exposition(&registry);
+        let named = text
+            .lines()
+            .filter(|l| l.starts_with("nuki_bridge_smartlock_info{"))
+            .count();
+        assert_eq!(named, MAX_LOCKS_PER_BRIDGE, "{text}");
+        series.listed(&BTreeSet::new());
+        assert!(!exposition(&registry).contains("nuki_bridge_smartlock_info{"));
+    }
+
+    #[test]
     fn a_new_bridge_is_down_until_polled_and_info_is_replaced() {
         let registry = Registry::new();
         let series = BridgeMetrics::new(&registry).bridge("hall");
@@ -260,6 +318,8 @@ mod tests {
             firmware_version: Some("2.18.0".into()),
             server_connected: Some(true),
         });
+        series.listed(&BTreeSet::from([11, 12]));
+        series.listed(&BTreeSet::from([12, 13]));
         series.request("list", Some(503));
         series.request("list", None);
         let text = exposition(&registry);
@@ -276,6 +336,12 @@ mod tests {
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"503\",endpoint=\"list\"} 1"
         ));
+        for id in ["12", "13"] {
+            assert!(text.contains(&format!(
+                "nuki_bridge_smartlock_info{{bridge=\"hall\",smartlock_id=\"{id}\"}} 1"
+            )));
+        }
+        assert!(!text.contains("smartlock_id=\"11\""), "{text}");
         assert!(text.contains(
             "nuki_bridge_requests_total{bridge=\"hall\",code=\"error\",endpoint=\"list\"} 1"
         ));

@@ -10,7 +10,7 @@
 //! those and no other lock. The work of one cycle is bounded: extra copies of the callback
 //! are removed a few per cycle, so that `/list` is polled every cycle whatever the bridge holds.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -217,13 +217,14 @@ impl BridgePoller {
         if std::mem::take(&mut self.failing) {
             tracing::info!(bridge = %self.series.name(), "/list poll succeeded again");
         }
-        let listed: HashSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
+        let listed: BTreeSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
         for report in &reports {
             self.metrics
                 .observe(report.smartlock_id, &report.events, now);
         }
+        self.series.listed(&listed);
         // A device unpaired from the bridge: its series go, and its callbacks are refused.
-        for gone in self.roster.replace(listed) {
+        for gone in self.roster.replace(listed.into_iter().collect()) {
             self.metrics.observe(gone, &[LockEvent::Removed], now);
         }
         self.series.polled(true, now);

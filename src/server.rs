@@ -122,11 +122,11 @@ impl Exporter {
             None => None,
         };
         let state_writer = config.state.file.as_ref().map(|path| {
-            let writer = StateWriter {
-                path: path.clone(),
-                metrics: Arc::clone(&metrics),
-                interval: config.state.write_interval,
-            };
+            let writer = StateWriter::new(
+                path.clone(),
+                Arc::clone(&metrics),
+                config.state.write_interval,
+            );
             spawn_stoppable(|stop| writer.run(stop))
         });
         let mut reloader = Reloader::new(metrics.registry());

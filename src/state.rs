@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
@@ -331,14 +332,40 @@ pub fn restore(path: &Path, metrics: &Metrics, max_smartlocks: usize) -> Vec<u64
 }
 
 /// Writes the state file every `interval` while the locks' state changed, and once more when
-/// stopped.
+/// stopped. Each write attempt is counted in `nuki_exporter_state_file_writes_total{result}`: a
+/// failing file is otherwise only a log line, and the next restart loses the last-known state.
 pub struct StateWriter {
-    pub path: PathBuf,
-    pub metrics: Arc<Metrics>,
-    pub interval: Duration,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    succeeded: IntCounter,
+    failed: IntCounter,
 }
 
 impl StateWriter {
+    /// A writer of `path`; registers its counter in the registry of `metrics`, both results at 0.
+    pub fn new(path: PathBuf, metrics: Arc<Metrics>, interval: Duration) -> Self {
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "nuki_exporter_state_file_writes_total",
+                "Attempts to write the state file (state.file), by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
+        metrics
+            .registry()
+            .register(Box::new(writes.clone()))
+            .expect("one state writer per registry");
+        Self {
+            path,
+            metrics,
+            interval,
+            succeeded: writes.with_label_values(&["success"]),
+            failed: writes.with_label_values(&["failure"]),
+        }
+    }
+
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut written: Option<Vec<u8>> = None;
         let mut tick = tokio::time::interval(self.interval);
@@ -359,6 +386,7 @@ impl StateWriter {
     /// now holds (as far as this writer knows).
     async fn write_if_changed(&self, written: Option<Vec<u8>>) -> Option<Vec<u8>> {
         let (path, metrics) = (self.path.clone(), Arc::clone(&self.metrics));
+        let (succeeded, failed) = (self.succeeded.clone(), self.failed.clone());
         let task = tokio::task::spawn_blocking(move || {
             let known = metrics.known_locks();
             if known.is_empty() && written.is_none() {
@@ -369,8 +397,12 @@ impl StateWriter {
                 return written;
             }
             match write_atomically(&path, &bytes) {
-                Ok(()) => Some(bytes),
+                Ok(()) => {
+                    succeeded.inc();
+                    Some(bytes)
+                }
                 Err(error) => {
+                    failed.inc();
                     tracing::warn!(file = %path.display(), %error, "cannot write the state file");
                     written
                 }
@@ -471,6 +503,55 @@ mod tests {
             ),
             Err(StateError::Damaged(_))
         ));
+    }
+
+    /// `(success, failure)` of `nuki_exporter_state_file_writes_total` in `metrics`.
+    fn writes(metrics: &Metrics) -> (String, String) {
+        let text = crate::metrics::registry_text(metrics.registry());
+        let count = |result: &str| {
+            let prefix = format!("nuki_exporter_state_file_writes_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+                .to_owned()
+        };
+        (count("success"), count("failure"))
+    }
+
+    #[tokio::test]
+    async fn each_write_attempt_is_counted_by_result_from_zero() {
+        let metrics = Arc::new(Metrics::new(
+            crate::config::Config::default().metric_limits(),
+        ));
+        // procfs takes no new file, not even from root, whom a chmod 0555 directory lets write.
+        let unwritable = StateWriter::new(
+            PathBuf::from("/proc/self/nuki-exporter-state.json"),
+            Arc::clone(&metrics),
+            Duration::from_secs(60),
+        );
+        assert_eq!(writes(&metrics), ("0".into(), "0".into()));
+        // nothing known and nothing written yet: no attempt
+        assert_eq!(unwritable.write_if_changed(None).await, None);
+        assert_eq!(writes(&metrics), ("0".into(), "0".into()));
+
+        metrics.observe(7, &[LockEvent::Status(lock(7).status)], 1_700_000_000.0);
+        assert_eq!(unwritable.write_if_changed(None).await, None);
+        assert_eq!(writes(&metrics), ("0".into(), "1".into()));
+        // still failing: every retry counts
+        assert_eq!(unwritable.write_if_changed(None).await, None);
+        assert_eq!(writes(&metrics), ("0".into(), "2".into()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let writable = StateWriter {
+            path: dir.path().join("state.json"),
+            ..unwritable
+        };
+        let written = writable.write_if_changed(None).await;
+        assert!(written.is_some());
+        assert_eq!(writes(&metrics), ("1".into(), "2".into()));
+        // unchanged content is not written again, and not counted
+        assert_eq!(writable.write_if_changed(written.clone()).await, written);
+        assert_eq!(writes(&metrics), ("1".into(), "2".into()));
     }
 
     #[test]

@@ -10,6 +10,11 @@ use std::process::Command;
 use stack_support::*;
 
 const SEVERITIES: &[&str] = &["critical", "warning", "info"];
+/// The link of a per-lock alert to that lock's dashboard; the Grafana base URL is the external
+/// label grafana_url of deploy/prometheus/prometheus.yml.
+const DASHBOARD_URL: &str = "{{ $externalLabels.grafana_url }}/d/nuki-smartlock?var-job={{ $labels.job }}&var-smartlock_id={{ $labels.smartlock_id }}";
+/// The always-firing alert, the only one with severity none.
+const WATCHDOG: &str = "NukiWatchdog";
 
 /// Alerts on a state whose expression uses a counter window only as a condition (NukiWebhooksStalled:
 /// "did Nuki record deliveries in the last hour"), so they resolve with the state, without
@@ -189,6 +194,8 @@ fn alert_rules_follow_the_conventions() {
         // labels
         match rule.label("severity") {
             Some(s) if SEVERITIES.contains(&s) => {}
+            // kube-prometheus' convention for an always-firing alert, routed to a dead man's switch
+            Some("none") if name == WATCHDOG => {}
             other => problem(format!(
                 "severity must be one of {SEVERITIES:?}, is {other:?}"
             )),
@@ -234,6 +241,13 @@ fn alert_rules_follow_the_conventions() {
                 }
             }
         }
+        if grouping.contains("smartlock_id")
+            && rule.annotation("dashboard_url") != Some(DASHBOARD_URL)
+        {
+            problem(format!(
+                "a per-lock alert links its lock's dashboard: dashboard_url {DASHBOARD_URL}"
+            ));
+        }
         let expected_url = format!("{RUNBOOK_URL}#{}", name.to_lowercase());
         match rule.annotation("runbook_url") {
             Some(url) if url == expected_url => {}
@@ -247,7 +261,7 @@ fn alert_rules_follow_the_conventions() {
         }
         for key in rule.annotations.keys() {
             let key = key.as_str().unwrap_or_default();
-            if !["summary", "description", "runbook_url"].contains(&key) {
+            if !["summary", "description", "runbook_url", "dashboard_url"].contains(&key) {
                 problem(format!("unexpected annotation {key}"));
             }
         }
@@ -487,6 +501,29 @@ fn runbook_has_one_section_per_alert_and_no_stale_ones() {
                 "runbook section {alert} lacks a part containing {part:?}"
             );
         }
+    }
+}
+
+/// The alert tables of docs/runbook.md and docs/alerts.md list every alert once, with the
+/// severity of its rule, and no alert the rules do not have.
+#[test]
+fn the_alert_tables_match_the_rule_file() {
+    let rules: BTreeMap<String, String> = alert_rules()
+        .iter()
+        .map(|r| {
+            let severity = r.label("severity").unwrap_or_default().to_string();
+            (r.alert.clone(), severity)
+        })
+        .collect();
+    for doc in ["docs/runbook.md", "docs/alerts.md"] {
+        let table: BTreeMap<String, String> = alert_table(&read(repo().join(doc)))
+            .into_iter()
+            .map(|(alert, cells)| (alert, cells.first().cloned().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            table, rules,
+            "{doc}: its table of alerts (name, severity) differs from the rule file"
+        );
     }
 }
 

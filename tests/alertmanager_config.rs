@@ -60,6 +60,13 @@ fn critical_alerts_page_and_warnings_do_not() {
         let receivers = route(&labels);
         match severity {
             "critical" => assert_eq!(receivers, [PAGER], "{} must page", rule.alert),
+            "none" => assert_eq!(
+                receivers,
+                ["deadmansswitch"],
+                "{} goes to the dead man's switch only",
+                rule.alert
+            ),
+            "info" => assert_eq!(receivers, ["null"], "{} notifies nobody", rule.alert),
             _ => assert!(
                 !receivers.iter().any(|r| r == PAGER),
                 "{} ({severity}) must not page, goes to {receivers:?}",
@@ -67,6 +74,133 @@ fn critical_alerts_page_and_warnings_do_not() {
             ),
         }
     }
+}
+
+/// docs/alerts.md says where each alert goes: its Route column starts with the receiver amtool
+/// finds for the alert's labels.
+#[test]
+fn the_routes_in_docs_alerts_md_are_the_shipped_routes() {
+    let table = alert_table(&read(repo().join("docs/alerts.md")));
+    assert!(!table.is_empty(), "docs/alerts.md has no alert table");
+    for rule in alert_rules() {
+        let cells = table
+            .get(&rule.alert)
+            .unwrap_or_else(|| panic!("docs/alerts.md lacks {}", rule.alert));
+        let documented = cells.get(1).map(String::as_str).unwrap_or_default();
+        let mut labels = vec![
+            ("alertname", rule.alert.as_str()),
+            ("job", "nuki-exporter"),
+            ("severity", rule.label("severity").unwrap_or_default()),
+        ];
+        if documented.contains("per lock") {
+            labels.push(("smartlock_id", "123456789"));
+        }
+        let receivers = route(&labels).join(", ");
+        assert!(
+            documented.starts_with(&receivers),
+            "{}: docs/alerts.md says {documented:?}, amtool routes it to {receivers}",
+            rule.alert
+        );
+    }
+}
+
+/// The runbook's test page mutes nothing: every shipped alert (in the job the inhibitions use and
+/// in the test page's own job) has the same state in an Alertmanager that holds the test page
+/// (the runbook's `amtool ... alert add` line, its labels as written) as in one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runbook_test_page_mutes_no_other_alert() {
+    let runbook = read(repo().join("docs/runbook.md"));
+    let command = runbook
+        .lines()
+        .find(|l| l.contains(" alert add "))
+        .expect("docs/runbook.md has an `amtool ... alert add` test page");
+    let words: Vec<&str> = command
+        .split(" alert add ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .take_while(|w| !w.starts_with('\\'))
+        .collect();
+    let mut test_page = vec![("alertname", words[0])];
+    test_page.extend(words[1..].iter().filter_map(|w| w.split_once('=')));
+    assert!(
+        test_page.contains(&("severity", "critical")),
+        "{test_page:?}"
+    );
+    let page_job = test_page
+        .iter()
+        .find(|(k, _)| *k == "job")
+        .map_or("", |(_, v)| *v);
+
+    let shipped: Vec<Value> = ["nuki-exporter", page_job]
+        .iter()
+        .flat_map(|job| {
+            alert_rules().into_iter().map(move |rule| {
+                alert(&[
+                    ("alertname", rule.alert.as_str()),
+                    ("job", job),
+                    ("smartlock_id", "123456789"),
+                    ("severity", rule.label("severity").unwrap_or_default()),
+                ])
+            })
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let mut outcomes = Vec::new();
+    for with_page in [false, true] {
+        let am = common::Alertmanager::start(&read(config()), &[]).await;
+        if with_page {
+            post(&client, &am, vec![alert(&test_page)]).await;
+        }
+        post(&client, &am, shipped.clone()).await;
+        // Alertmanager's inhibitor takes alerts in the order they were posted: once an alert
+        // posted last is muted by its pair, it has seen every earlier one.
+        let barrier = |name: &str, severity: &str| {
+            alert(&[
+                ("alertname", name),
+                ("job", "barrier"),
+                ("smartlock_id", "1"),
+                ("severity", severity),
+            ])
+        };
+        post(
+            &client,
+            &am,
+            vec![
+                barrier("NukiSmartlockOffline", "critical"),
+                barrier("NukiSmartlockUnreachable", "warning"),
+            ],
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let settled = loop {
+            let got = states(&client, &am).await;
+            let barrier_muted = got
+                .iter()
+                .any(|(k, v)| k == "NukiSmartlockUnreachable/barrier/1" && v == "suppressed");
+            if barrier_muted {
+                break got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the barrier was never muted: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let page_key = format!("{}/{page_job}/", words[0]);
+        outcomes.push(
+            settled
+                .into_iter()
+                .filter(|(k, _)| !k.contains("/barrier/") && *k != page_key)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(outcomes[0].len(), 2 * alert_rules().len());
+    assert!(outcomes[0].iter().any(|(_, v)| v == "suppressed"));
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "the test page changed other alerts' states"
+    );
 }
 
 #[test]
@@ -338,6 +472,78 @@ fn alertnames(body: &Value) -> Vec<String> {
     }
 }
 
+/// Posts `alerts` to `am` and returns once every notification they cause has reached `sink`:
+/// after they are grouped, a marker (a per-lock alert, whose group waits longest) is posted in a
+/// group of its own; when it arrives, every earlier group's group_wait has ended, and the sink
+/// then holds every notification Alertmanager counted.
+async fn deliver(
+    client: &reqwest::Client,
+    am: &common::Alertmanager,
+    sink: &Sink,
+    alerts: Vec<Value>,
+) {
+    let posted = alerts.len();
+    post(client, am, alerts).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let groups: Value = client
+            .get(format!("{}/api/v2/alerts/groups", am.url()))
+            .send()
+            .await
+            .expect("GET groups")
+            .json()
+            .await
+            .expect("groups JSON");
+        let grouped: usize = groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["alerts"].as_array().map_or(0, Vec::len))
+            .sum();
+        if grouped == posted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts never grouped: {grouped} of {posted}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    post(
+        client,
+        am,
+        vec![alert(&[
+            ("alertname", "NukiTestMarker"),
+            ("job", "nuki-exporter"),
+            ("smartlock_id", "marker"),
+            ("severity", "warning"),
+        ])],
+    )
+    .await;
+    sink.wait_for(
+        "/alertmanager",
+        &["NukiTestMarker"],
+        Duration::from_secs(90),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = notifications_sent(client, am).await;
+        let received = (
+            (sink.bodies("/alertmanager").len() + sink.bodies("/deadmansswitch").len()) as u64,
+            sink.bodies("/pagerduty").len() as u64,
+        );
+        if sent == received {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager sent {sent:?} (webhook, pagerduty), the sink received {received:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
     let client = reqwest::Client::new();
@@ -346,7 +552,7 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
     let routing_key_file = keys.path().join("routing_key");
     std::fs::write(&routing_key_file, "routing-key").unwrap();
     let am = common::Alertmanager::start(
-        &shipped_alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &quick_alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
         &[],
     )
     .await;
@@ -452,66 +658,7 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
             ("severity", "warning"),
         ]),
     ];
-    let posted = problems.len();
-    post(&client, &am, problems).await;
-    // every alert sits in its aggregation group, whose group_wait runs from now
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let groups: Value = client
-            .get(format!("{}/api/v2/alerts/groups", am.url()))
-            .send()
-            .await
-            .expect("GET groups")
-            .json()
-            .await
-            .expect("groups JSON");
-        let grouped: usize = groups
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["alerts"].as_array().map_or(0, Vec::len))
-            .sum();
-        if grouped == posted {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alerts never grouped: {groups}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A marker in a group of its own, created after every other group: when its notification
-    // arrives, every earlier group's group_wait has ended and each has sent what it sends.
-    post(
-        &client,
-        &am,
-        vec![alert(&[
-            ("alertname", "NukiTestMarker"),
-            job,
-            ("severity", "warning"),
-        ])],
-    )
-    .await;
-    sink.wait_for(
-        "/alertmanager",
-        &["NukiTestMarker"],
-        Duration::from_secs(90),
-    )
-    .await;
-    // and nothing is still on its way: the sink has every notification Alertmanager counted
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sent = notifications_sent(&client, &am).await;
-        let received = (
-            sink.bodies("/alertmanager").len() as u64,
-            sink.bodies("/pagerduty").len() as u64,
-        );
-        if sent == received {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Alertmanager sent {sent:?} (webhook, pagerduty), the sink received {received:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deliver(&client, &am, &sink, problems).await;
 
     let mut chat: Vec<Vec<String>> = sink
         .bodies("/alertmanager")
@@ -550,4 +697,183 @@ async fn the_alerts_of_one_lock_problem_reach_the_sink_as_one_notification() {
         .filter_map(|p| p["dedup_key"].as_str())
         .collect();
     assert_eq!(dedup.len(), 3, "three incidents, not one: {pages:?}");
+}
+
+/// The shipped configuration pointed at the sink, its dead man's switch enabled at
+/// `/deadmansswitch` of the sink (as a user enables it: uncommented, with a URL).
+fn with_deadmansswitch(config: &str, sink: &Sink) -> String {
+    rewrite(
+        config,
+        "    # webhook_configs:\n    #   - url: https://hc-ping.com/your-check-uuid\n    #     send_resolved: false",
+        &format!(
+            "    webhook_configs:\n      - url: {}/deadmansswitch\n        send_resolved: false",
+            sink.url
+        ),
+        1,
+    )
+}
+
+/// Pages (PagerDuty summaries) and chat notifications (their alert names) the sink received,
+/// sorted; the marker's notification left out.
+fn received(sink: &Sink) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut pages: Vec<String> = sink
+        .bodies("/pagerduty")
+        .iter()
+        .map(|p| p["payload"]["summary"].as_str().unwrap_or("").to_string())
+        .collect();
+    pages.sort();
+    let mut chat: Vec<Vec<String>> = sink
+        .bodies("/alertmanager")
+        .iter()
+        .map(alertnames)
+        .filter(|names| names != &["NukiTestMarker"])
+        .collect();
+    chat.sort();
+    (pages, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_locks_down_together_reach_people_as_at_most_three_notifications() {
+    let client = reqwest::Client::new();
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, "routing-key").unwrap();
+    let config = quick_alertmanager_config(&sink, routing_key_file.to_str().unwrap());
+    let am = common::Alertmanager::start(&with_deadmansswitch(&config, &sink), &[]).await;
+    let job = ("job", "nuki-exporter");
+    let berlin = ("site", "berlin");
+    // What the shipped rules raise when site berlin's 500 locks behind 100 bridges go down: per
+    // lock Offline (critical) and Unreachable (warning), and NukiSmartlockInFleetOutage (info);
+    // per bridge NukiBridgeOutage; NukiFleetOutage for the site; the fleet's failure ratio; and
+    // the watchdog, always.
+    let mut alerts = Vec::new();
+    for lock in 0..500 {
+        let id = (70_000 + lock).to_string();
+        let id = ("smartlock_id", id.as_str());
+        alerts.push(alert(&[
+            ("alertname", "NukiSmartlockOffline"),
+            job,
+            berlin,
+            id,
+            ("severity", "critical"),
+        ]));
+        alerts.push(alert(&[
+            ("alertname", "NukiSmartlockUnreachable"),
+            job,
+            berlin,
+            id,
+            ("severity", "warning"),
+        ]));
+        alerts.push(alert(&[
+            ("alertname", "NukiSmartlockInFleetOutage"),
+            job,
+            berlin,
+            id,
+            ("severity", "info"),
+        ]));
+    }
+    for bridge in 0..100 {
+        let name = format!("bridge-{bridge}");
+        alerts.push(alert(&[
+            ("alertname", "NukiBridgeOutage"),
+            job,
+            berlin,
+            ("bridge", &name),
+            ("severity", "critical"),
+        ]));
+    }
+    alerts.push(alert(&[
+        ("alertname", "NukiFleetOutage"),
+        job,
+        berlin,
+        ("severity", "critical"),
+    ]));
+    alerts.push(alert(&[
+        ("alertname", "NukiOperationsFailing"),
+        job,
+        ("operation", "UnlockAction"),
+        ("severity", "warning"),
+    ]));
+    alerts.push(alert(&[
+        ("alertname", "NukiWatchdog"),
+        job,
+        ("severity", "none"),
+    ]));
+    // A lock of another site, offline on its own: still its own page.
+    alerts.push(alert(&[
+        ("alertname", "NukiSmartlockOffline"),
+        job,
+        ("site", "munich"),
+        ("smartlock_id", "80001"),
+        ("severity", "critical"),
+    ]));
+    deliver(&client, &am, &sink, alerts).await;
+
+    let (pages, chat) = received(&sink);
+    assert_eq!(
+        pages,
+        [
+            "Site berlin: NukiFleetOutage: test. (1 firing)",
+            "Site munich: Smart lock 80001: NukiSmartlockOffline: test. (1 firing)",
+        ],
+        "the site outage pages once, the lone lock elsewhere once"
+    );
+    assert_eq!(chat, Vec::<Vec<String>>::new(), "no chat notification");
+    let about_berlin = pages.iter().filter(|p| p.contains("berlin")).count() + chat.len();
+    assert!(
+        about_berlin <= 3,
+        "{about_berlin} notifications for one outage"
+    );
+    let watchdog = sink.bodies("/deadmansswitch");
+    assert_eq!(
+        watchdog.len(),
+        1,
+        "the watchdog reaches the dead man's switch: {watchdog:?}"
+    );
+    assert_eq!(alertnames(&watchdog[0]), ["NukiWatchdog"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lock_offline_is_one_notification_and_the_watchdog_goes_nowhere_while_disabled() {
+    let client = reqwest::Client::new();
+    let sink = Sink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let routing_key_file = keys.path().join("routing_key");
+    std::fs::write(&routing_key_file, "routing-key").unwrap();
+    let am = common::Alertmanager::start(
+        &quick_alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &[],
+    )
+    .await;
+    let job = ("job", "nuki-exporter");
+    let lock = ("smartlock_id", "70001");
+    deliver(
+        &client,
+        &am,
+        &sink,
+        vec![
+            alert(&[
+                ("alertname", "NukiSmartlockOffline"),
+                job,
+                lock,
+                ("severity", "critical"),
+            ]),
+            alert(&[
+                ("alertname", "NukiSmartlockUnreachable"),
+                job,
+                lock,
+                ("severity", "warning"),
+            ]),
+            alert(&[("alertname", "NukiWatchdog"), job, ("severity", "none")]),
+        ],
+    )
+    .await;
+    let (pages, chat) = received(&sink);
+    assert_eq!(
+        pages,
+        ["Smart lock 70001: NukiSmartlockOffline: test. (1 firing)"]
+    );
+    assert_eq!(chat, Vec::<Vec<String>>::new());
+    assert!(sink.bodies("/deadmansswitch").is_empty());
 }

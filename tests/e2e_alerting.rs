@@ -13,7 +13,7 @@ use stack_support::common::bridge_stub::{BridgeStub, exporter_polling};
 use stack_support::common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
 use stack_support::common::{Alertmanager, Prometheus, TestExporter, test_config};
 use stack_support::{
-    Sink, rewrite, runnable_queries, shipped_alertmanager_config, without_zero_fallback,
+    Sink, quick_alertmanager_config, rewrite, runnable_queries, without_zero_fallback,
 };
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -70,19 +70,11 @@ async fn alert_path() -> (Sink, tempfile::TempDir, Alertmanager) {
     let routing_key_file = keys.path().join("routing_key");
     std::fs::write(&routing_key_file, ROUTING_KEY).unwrap();
     let alertmanager = Alertmanager::start(
-        &alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
+        &quick_alertmanager_config(&sink, routing_key_file.to_str().unwrap()),
         &[],
     )
     .await;
     (sink, keys, alertmanager)
-}
-
-/// The shipped Alertmanager configuration pointed at the sink, with the grouping delays shortened;
-/// routes, receivers and inhibitions stay as shipped.
-fn alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
-    let config = shipped_alertmanager_config(sink, routing_key_file);
-    let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
-    rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
 /// The shipped Prometheus configuration, pointed at `targets`, this test's Alertmanager and the

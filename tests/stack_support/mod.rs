@@ -153,6 +153,31 @@ pub fn alert_rules() -> Vec<AlertRule> {
     out
 }
 
+/// The rows of the alert tables of a document (`| [NukiAlert](...) | severity | ... |`): alert
+/// name -> its cells after the first, in order; a name listed twice panics.
+pub fn alert_table(doc: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in doc.lines() {
+        let Some(rest) = line.strip_prefix("| [") else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(']') else {
+            continue;
+        };
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split(" | ")
+            .skip(1)
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert!(
+            out.insert(name.to_string(), cells).is_none(),
+            "{name} is listed twice in a table"
+        );
+    }
+    out
+}
+
 /// A recording rule of alerts/*.yml: the series it records and the expression it records.
 pub struct RecordingRule {
     pub record: String,
@@ -286,6 +311,16 @@ pub fn shipped_alertmanager_config(sink: &Sink, routing_key_file: &str) -> Strin
         &format!("{}/alertmanager", sink.url),
         1,
     )
+}
+
+/// [`shipped_alertmanager_config`] with its waits shortened in proportion (fleet groups 1 s,
+/// per-lock groups 2 s, so a lock's notification still waits longer than a fleet alert's;
+/// group_interval 2 s); routes, receivers and inhibitions stay as shipped.
+pub fn quick_alertmanager_config(sink: &Sink, routing_key_file: &str) -> String {
+    let config = shipped_alertmanager_config(sink, routing_key_file);
+    let config = rewrite(&config, "group_wait: 30s", "group_wait: 1s", 1);
+    let config = rewrite(&config, "group_wait: 1m", "group_wait: 2s", 1);
+    rewrite(&config, "group_interval: 5m", "group_interval: 2s", 1)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -703,18 +738,13 @@ impl Promql {
     }
 }
 
-/// Whether `metric` is a recording rule that aggregates over exporter replicas: the per-lock
-/// (`smartlock:`) and per-job (`job:`) levels keep job, site and smartlock_id, never instance.
-pub fn aggregates_replicas(metric: &str) -> bool {
-    metric.starts_with("smartlock:") || metric.starts_with("job:")
-}
-
 fn keeps_label(expr: &Expr, label: &str) -> bool {
     let listed = |labels: &Labels| labels.labels.iter().any(|l| l == label);
-    let selected = |vs: &VectorSelector| label != "instance" || !aggregates_replicas(vs.metric());
     match expr {
-        Expr::VectorSelector(vs) => selected(vs),
-        Expr::MatrixSelector(ms) => selected(&ms.vs),
+        // A recording rule's series keeps the labels its level names (`instance_smartlock:...`
+        // keeps instance, `job_site:...` does not); other labels: see above, "yes".
+        Expr::VectorSelector(vs) => record_keeps_label(vs, label),
+        Expr::MatrixSelector(ms) => record_keeps_label(&ms.vs, label),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => false,
         Expr::Paren(ParenExpr { expr })
         | Expr::Unary(UnaryExpr { expr })
@@ -775,6 +805,13 @@ fn keeps_label(expr: &Expr, label: &str) -> bool {
             }
         }
         Expr::Extension(_) => true,
+    }
+}
+
+fn record_keeps_label(vs: &VectorSelector, label: &str) -> bool {
+    match vs.metric().split_once(':') {
+        Some((level, _)) if label == "instance" => level.split('_').any(|l| l == "instance"),
+        _ => true,
     }
 }
 
