@@ -2,13 +2,14 @@
 //! (coordination.k8s.io/v1), one Lease per bridge, so that each bridge is asked by exactly one
 //! process at a time (it serves one request at a time and has three callback slots).
 //!
-//! The Lease protocol is kubert's `LeaseManager` (the Linkerd maintainers' runtime helpers on
-//! kube-rs, used by Linkerd's policy controller): every write it makes (acquire, renew, vacate)
-//! carries the `resourceVersion` it last read, so a replica acting on a stale view gets
-//! 409 Conflict instead of a second holder. kube-lease-manager tracks a newer kube, but it takes
-//! an expired Lease over by clearing the holder without that precondition, which lets two
-//! replicas both think they hold it when three contend; kube-leader-election merge-patches
-//! the holder without any precondition.
+//! The Lease protocol is kubert's `LeaseManager` (the Linkerd maintainers' Kubernetes runtime
+//! helpers on kube-rs): every write it makes (claim, renewal, release) carries the
+//! `resourceVersion` it last read, so a replica acting on a stale view gets 409 Conflict instead
+//! of becoming a second holder. Of the crates built for this, it is the one whose protocol is
+//! exclusive: kube-lease-manager (which follows kube's releases more closely; kubert is on
+//! kube-client 1.1) takes an expired Lease over by clearing its holder without that
+//! precondition, which lets two replicas both hold it when three contend, and
+//! kube-leader-election merge-patches the holder without any precondition.
 //!
 //! One Lease per bridge rather than one for all: bridges spread over the replicas, and a replica
 //! whose bridge hangs does not hold up the others.
