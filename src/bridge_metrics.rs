@@ -17,6 +17,7 @@ use crate::source::bridge::BridgeInfo;
 #[derive(Clone)]
 pub struct BridgeMetrics {
     up: IntGaugeVec,
+    poller_leader: IntGaugeVec,
     server_connected: IntGaugeVec,
     callbacks_registered: IntGaugeVec,
     callbacks_stale: IntGaugeVec,
@@ -42,6 +43,16 @@ impl BridgeMetrics {
                     Opts::new(
                         "nuki_bridge_up",
                         "1 when the last /list poll of a Nuki Bridge succeeded, 0 when it failed.",
+                    ),
+                    bridge,
+                ),
+            ),
+            poller_leader: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "nuki_bridge_poller_leader",
+                        "1 on the one replica that polls a Nuki Bridge (it holds the bridge's Lease, or runs without [bridge_lease]), 0 on the others; only the poller exposes nuki_bridge_up, nuki_bridge_server_connected and nuki_bridge_callbacks_registered.",
                     ),
                     bridge,
                 ),
@@ -129,11 +140,13 @@ impl BridgeMetrics {
         }
     }
 
-    /// The handles of one bridge's series. `up` starts at 0: no poll has succeeded yet.
+    /// The handles of one bridge's series; `nuki_bridge_poller_leader` starts at 0, and
+    /// [`BridgeSeries::leading`] says when this replica polls.
     pub fn bridge(&self, name: &str) -> BridgeSeries {
-        let series = BridgeSeries {
+        BridgeSeries {
             name: name.to_owned(),
-            up: self.up.with_label_values(&[name]),
+            up: self.up.clone(),
+            poller_leader: self.poller_leader.with_label_values(&[name]),
             server_connected: self.server_connected.clone(),
             callbacks_registered: self.callbacks_registered.clone(),
             callbacks_stale: self.callbacks_stale.with_label_values(&[name]),
@@ -144,9 +157,7 @@ impl BridgeMetrics {
             requests: self.requests.clone(),
             last_success: self.last_success.with_label_values(&[name]),
             callbacks_received: self.callbacks_received.with_label_values(&[name]),
-        };
-        series.up.set(0);
-        series
+        }
     }
 }
 
@@ -165,7 +176,8 @@ fn registered<C: Collector + Clone + 'static>(
 #[derive(Clone)]
 pub struct BridgeSeries {
     name: String,
-    up: IntGauge,
+    up: IntGaugeVec,
+    poller_leader: IntGauge,
     server_connected: IntGaugeVec,
     callbacks_registered: IntGaugeVec,
     callbacks_stale: IntGauge,
@@ -204,9 +216,26 @@ impl BridgeSeries {
 
     /// Records the outcome of a `/list` poll at `now` (Unix seconds).
     pub fn polled(&self, succeeded: bool, now: f64) {
-        self.up.set(i64::from(succeeded));
+        self.up
+            .with_label_values(&[&self.name])
+            .set(i64::from(succeeded));
         if succeeded {
             self.last_success.set(now);
+        }
+    }
+
+    /// Sets whether this replica polls the bridge. A replica that does not has no
+    /// `nuki_bridge_up`, `nuki_bridge_server_connected` or `nuki_bridge_callbacks_registered`:
+    /// what it knew of the bridge is stale, and rules must not read it as the bridge's state.
+    /// A new poller starts with `up` at 0 until its first poll.
+    pub fn leading(&self, leading: bool) {
+        self.poller_leader.set(i64::from(leading));
+        if leading {
+            self.up.with_label_values(&[&self.name]).set(0);
+        } else {
+            for family in [&self.up, &self.server_connected, &self.callbacks_registered] {
+                let _ = family.remove_label_values(&[&self.name]);
+            }
         }
     }
 
@@ -303,9 +332,11 @@ mod tests {
     }
 
     #[test]
-    fn a_new_bridge_is_down_until_polled_and_info_is_replaced() {
+    fn a_new_poller_is_down_until_it_polls_and_info_is_replaced() {
         let registry = Registry::new();
         let series = BridgeMetrics::new(&registry).bridge("hall");
+        assert!(!exposition(&registry).contains("nuki_bridge_up{"));
+        series.leading(true);
         assert!(exposition(&registry).contains("nuki_bridge_up{bridge=\"hall\"} 0"));
         series.polled(true, 1_700_000_000.0);
         series.info(&BridgeInfo {
@@ -369,5 +400,39 @@ mod tests {
             "{} bytes",
             firmware.len()
         );
+    }
+
+    #[test]
+    fn a_replica_that_stops_polling_drops_the_poll_state_and_a_new_poller_starts_down() {
+        let registry = Registry::new();
+        let series = BridgeMetrics::new(&registry).bridge("hall");
+        series.leading(true);
+        series.polled(true, 1_700_000_000.0);
+        series.callback_registered(true);
+        series.info(&BridgeInfo {
+            bridge_type: Some("hardware".into()),
+            firmware_version: Some("2.18.0".into()),
+            server_connected: Some(true),
+        });
+        series.leading(false);
+        let text = exposition(&registry);
+        assert!(
+            text.contains("nuki_bridge_poller_leader{bridge=\"hall\"} 0"),
+            "{text}"
+        );
+        for gone in [
+            "nuki_bridge_up{",
+            "nuki_bridge_server_connected{",
+            "nuki_bridge_callbacks_registered{",
+        ] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        series.leading(true);
+        let text = exposition(&registry);
+        assert!(
+            text.contains("nuki_bridge_poller_leader{bridge=\"hall\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("nuki_bridge_up{bridge=\"hall\"} 0"), "{text}");
     }
 }

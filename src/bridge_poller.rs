@@ -9,6 +9,9 @@
 //! A bridge owns the devices its last `/list` listed (its [`Roster`]): its callbacks may change
 //! those and no other lock. The work of one cycle is bounded: extra copies of the callback
 //! are removed a few per cycle, so that `/list` is polled every cycle whatever the bridge holds.
+//!
+//! With several replicas, only the one that holds the bridge's Lease polls
+//! ([`crate::bridge_lease`]); a callback is taken by whichever replica it reaches.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bridge_client::{BridgeClient, BridgeError, Endpoint};
+use crate::bridge_lease::Leadership;
 use crate::bridge_metrics::{BridgeMetrics, BridgeSeries};
 use crate::config::{BridgeConfig, ConfigError};
 use crate::http::unix_now;
@@ -164,32 +168,59 @@ impl BridgePoller {
         }
     }
 
-    /// Polls until `stop` turns true; a request in flight is abandoned then.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut next_info = Instant::now();
+    /// Polls while `leadership` says this replica is the bridge's poller, until `stop` turns
+    /// true; a request in flight is abandoned when either ends. While another replica polls,
+    /// the bridge is left alone, but its host is still resolved every `info_interval`: its
+    /// callbacks may reach any replica.
+    pub async fn run(mut self, mut leadership: Leadership, mut stop: watch::Receiver<bool>) {
         // Resolved at start-up; until it resolves (a bridge host not yet in DNS), every cycle.
         let mut resolved = !self.senders.addresses_of(&self.series).is_empty();
         loop {
-            let cycle = async {
-                self.poll_list().await;
-                if Instant::now() >= next_info {
-                    self.poll_info().await;
-                    if let Some(url) = self.callback_url.clone() {
-                        self.keep_registered(&url).await;
+            let leading = *leadership.borrow_and_update();
+            self.series.leading(leading);
+            if !leading {
+                tokio::select! {
+                    changed = leadership.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(self.info_interval) => {
+                        self.resolve_sender().await;
                     }
-                    resolved = false;
-                    next_info = Instant::now() + self.info_interval;
+                    _ = stop.changed() => return,
                 }
-                self.remove_stale_callbacks().await;
-                if !resolved {
-                    resolved = self.resolve_sender().await;
+                continue;
+            }
+            let lost = async {
+                if leadership.wait_for(|leading| !*leading).await.is_err() {
+                    // Without [bridge_lease] the value never changes: this replica polls for good.
+                    std::future::pending::<()>().await;
                 }
-                tokio::time::sleep(self.poll_interval).await;
             };
             tokio::select! {
-                () = cycle => {}
+                () = self.poll(&mut resolved) => {}
+                () = lost => {}
                 _ = stop.changed() => return,
             }
+        }
+    }
+
+    /// Polls `/list` every `poll_interval`, and `/info` and the callback registration every
+    /// `info_interval`, starting with both; never returns.
+    async fn poll(&mut self, resolved: &mut bool) {
+        let mut next_info = Instant::now();
+        loop {
+            self.poll_list().await;
+            if Instant::now() >= next_info {
+                self.poll_info().await;
+                if let Some(url) = self.callback_url.clone() {
+                    self.keep_registered(&url).await;
+                }
+                *resolved = false;
+                next_info = Instant::now() + self.info_interval;
+            }
+            self.remove_stale_callbacks().await;
+            if !*resolved {
+                *resolved = self.resolve_sender().await;
+            }
+            tokio::time::sleep(self.poll_interval).await;
         }
     }
 

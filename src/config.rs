@@ -27,6 +27,9 @@ pub struct Config {
     pub state: StateConfig,
     /// Nuki Bridges to poll (`[[bridges]]` tables); none by default.
     pub bridges: Vec<BridgeConfig>,
+    /// With several replicas: each bridge is polled only by the holder of its Kubernetes Lease.
+    /// Unset (one process, compose): every configured bridge is polled by this process.
+    pub bridge_lease: Option<BridgeLeaseConfig>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +340,129 @@ impl BridgeConfig {
     }
 }
 
+/// `[bridge_lease]`: one Kubernetes Lease (coordination.k8s.io/v1) per bridge, named
+/// `<name_prefix>-<bridge name>`; its holder polls the bridge and keeps the callback registered,
+/// the other replicas leave the bridge alone and only take its callbacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeLeaseConfig {
+    /// This replica's name in `holderIdentity`: the pod name (downward API), unique per replica.
+    pub identity: String,
+    /// The namespace of the Leases: the pod's own (downward API).
+    pub namespace: String,
+    /// Lease names are this prefix, a dash and the bridge's name.
+    pub name_prefix: String,
+    /// `leaseDurationSeconds`: how long a holder that stopped renewing keeps the bridge; the
+    /// longest time a bridge goes unpolled after its poller dies.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// How often the holder renews, and how often the others look whether the Lease expired.
+    /// A holder that cannot renew stops polling this long before its Lease expires, so that its
+    /// last request is over before another replica may start.
+    #[serde(with = "humantime_serde")]
+    pub renew_period: Duration,
+    /// The Kubernetes API server; unset: in-cluster (the pod's service account and
+    /// `KUBERNETES_SERVICE_HOST`).
+    pub api_url: Option<String>,
+    /// PEM CA certificate(s) of `api_url`; unset: the in-cluster CA, or the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// File holding the bearer token for `api_url` (read at start-up, trailing newline
+    /// ignored); unset: the in-cluster service-account token, re-read as it rotates.
+    pub token_file: Option<PathBuf>,
+    /// Time one request to the Kubernetes API may take; a slower one counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for BridgeLeaseConfig {
+    fn default() -> Self {
+        Self {
+            identity: String::new(),
+            namespace: String::new(),
+            name_prefix: "nuki-exporter-bridge".into(),
+            duration: Duration::from_secs(15),
+            renew_period: Duration::from_secs(5),
+            api_url: None,
+            ca_file: None,
+            token_file: None,
+            timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+impl BridgeLeaseConfig {
+    /// The name of the Lease of the bridge called `bridge`.
+    pub fn lease_name(&self, bridge: &str) -> String {
+        format!("{}-{bridge}", self.name_prefix)
+    }
+
+    fn validate(&self, bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
+        let key_error = |key, reason: String| Err(ConfigError::Key { key, reason });
+        if self.identity.is_empty() {
+            return key_error(
+                "bridge_lease.identity",
+                "must be set, to the pod name (NUKI_EXPORTER_BRIDGE_LEASE__IDENTITY from the downward API)".into(),
+            );
+        }
+        if !is_dns_subdomain(&self.namespace) {
+            return key_error(
+                "bridge_lease.namespace",
+                "must be the pod's namespace (NUKI_EXPORTER_BRIDGE_LEASE__NAMESPACE from the downward API)".into(),
+            );
+        }
+        if self.duration < Duration::from_secs(2) || self.duration.subsec_nanos() != 0 {
+            return key_error(
+                "bridge_lease.duration",
+                "must be whole seconds, at least 2s (leaseDurationSeconds)".into(),
+            );
+        }
+        if self.renew_period.is_zero() || self.renew_period * 2 > self.duration {
+            return key_error(
+                "bridge_lease.renew_period",
+                "must be longer than 0s and at most half of bridge_lease.duration".into(),
+            );
+        }
+        if self.timeout.is_zero() || self.timeout > self.renew_period {
+            return key_error(
+                "bridge_lease.timeout",
+                "must be longer than 0s and at most bridge_lease.renew_period".into(),
+            );
+        }
+        let scheme_ok = |url: &String| url.starts_with("https://") || url.starts_with("http://");
+        if !self.api_url.iter().all(scheme_ok) {
+            return key_error(
+                "bridge_lease.api_url",
+                "must be an http:// or https:// URL".into(),
+            );
+        }
+        for bridge in bridges {
+            if !is_dns_subdomain(&self.lease_name(&bridge.name)) {
+                return Err(ConfigError::Bridge {
+                    bridge: bridge.name.clone(),
+                    reason: format!(
+                        "with [bridge_lease], the name must make a valid Lease name ({:?} is not: lower-case letters, digits, '-' and '.', at most 253 characters)",
+                        self.lease_name(&bridge.name)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): lower-case alphanumerics, '-' and '.',
+/// starting and ending alphanumeric, at most 253 characters.
+fn is_dns_subdomain(name: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name
+            .chars()
+            .all(|c| alphanumeric(c) || c == '-' || c == '.')
+}
+
 /// The Nuki Web API source: polled only when `token_file` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -570,6 +696,9 @@ impl Config {
                     reason: "two bridges have this name".into(),
                 });
             }
+        }
+        if let Some(lease) = &self.bridge_lease {
+            lease.validate(&self.bridges)?;
         }
         Ok(())
     }
@@ -1090,6 +1219,80 @@ mod tests {
                 .unwrap();
         assert!(allowed.api.allow_insecure_http);
         assert!(!Config::default().api.allow_insecure_http);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn bridge_lease_comes_from_the_downward_api_and_names_a_lease_per_bridge() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[[bridges]]\nname = \"hall\"\nurl = \"http://b:8080\"\ntoken_file = \"t\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(config.bridge_lease, None, "no section: one process polls");
+            jail.set_env("NUKI_EXPORTER_BRIDGE_LEASE__IDENTITY", "nuki-exporter-1");
+            let missing = Config::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(
+                missing.to_string().contains("bridge_lease.namespace"),
+                "{missing}"
+            );
+            jail.set_env("NUKI_EXPORTER_BRIDGE_LEASE__NAMESPACE", "monitoring");
+            let lease = Config::load(Some(Path::new("c.toml")))
+                .unwrap()
+                .bridge_lease
+                .unwrap();
+            assert_eq!(lease.identity, "nuki-exporter-1");
+            assert_eq!(lease.duration, Duration::from_secs(15));
+            assert_eq!(lease.renew_period, Duration::from_secs(5));
+            assert_eq!(lease.api_url, None, "in-cluster by default");
+            assert_eq!(lease.lease_name("hall"), "nuki-exporter-bridge-hall");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bridge_lease_timings_and_lease_names_are_checked() {
+        let section = |extra: &str| {
+            let namespace = if extra.contains("namespace") {
+                ""
+            } else {
+                "namespace = \"ns\"\n"
+            };
+            format!("[bridge_lease]\nidentity = \"p-0\"\n{namespace}{extra}")
+        };
+        for (extra, key) in [
+            ("duration = \"1s\"\n", "bridge_lease.duration"),
+            ("duration = \"2500ms\"\n", "bridge_lease.duration"),
+            ("renew_period = \"10s\"\n", "bridge_lease.renew_period"),
+            ("renew_period = \"0s\"\n", "bridge_lease.renew_period"),
+            ("timeout = \"6s\"\n", "bridge_lease.timeout"),
+            ("api_url = \"kubernetes:443\"\n", "bridge_lease.api_url"),
+            (
+                "namespace = \"Not_A_Namespace\"\n",
+                "bridge_lease.namespace",
+            ),
+        ] {
+            let error = load_toml(&section(extra)).unwrap_err().to_string();
+            assert!(error.contains(key), "{extra}: {error}");
+        }
+        let identity = load_toml("[bridge_lease]\nnamespace = \"ns\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(identity.contains("bridge_lease.identity"), "{identity}");
+        let bridge = load_toml(&section(
+            "[[bridges]]\nname = \"Hall_1\"\nurl = \"http://b:8080\"\ntoken_file = \"t\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bridge.contains("Hall_1") && bridge.contains("Lease name"),
+            "{bridge}"
+        );
+        load_toml(&section(
+            "duration = \"10s\"\nrenew_period = \"5s\"\ntimeout = \"5s\"\n",
+        ))
+        .unwrap();
     }
 
     #[test]

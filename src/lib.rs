@@ -6,6 +6,7 @@
 
 pub mod background;
 pub mod bridge_client;
+pub mod bridge_lease;
 pub mod bridge_metrics;
 pub mod bridge_poller;
 pub mod catalogue;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge_lease::{self, LeaseClient};
 use crate::bridge_metrics::BridgeMetrics;
 use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
@@ -54,6 +55,9 @@ pub struct Exporter {
     acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
     /// Each bridge poller's stop signal and task.
     bridges: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// With `[bridge_lease]`, each bridge's Lease keeper: stopped after the pollers, it
+    /// vacates a held Lease.
+    leases: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The Web API poller's stop signal and task.
     poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The state file writer's: stopped last, it writes once more.
@@ -203,11 +207,24 @@ impl Exporter {
                 spawn_stoppable(|stopped| acceptor.run(stopped))
             })
             .collect();
-        let mut bridges = Vec::with_capacity(pollers.len());
-        for poller in pollers {
+        // Without bridges, [bridge_lease] (set by the Kubernetes base for every pod) asks nothing.
+        let lease_client = config
+            .bridge_lease
+            .as_ref()
+            .filter(|_| !config.bridges.is_empty())
+            .map(LeaseClient::new)
+            .transpose()?;
+        let (mut bridges, mut leases) = (Vec::new(), Vec::new());
+        for (poller, bridge) in pollers.into_iter().zip(&config.bridges) {
             // Before polling starts: the bridge's callbacks are accepted from the first one.
             poller.resolve_sender().await;
-            bridges.push(spawn_stoppable(|stop| poller.run(stop)));
+            // Without [bridge_lease], this process is every bridge's poller for good.
+            let (leading, leadership) = watch::channel(lease_client.is_none());
+            if let Some(client) = &lease_client {
+                let lease = client.lease(&bridge.name);
+                leases.push(spawn_stoppable(|stop| lease.run(leading, stop)));
+            }
+            bridges.push(spawn_stoppable(|stop| poller.run(leadership, stop)));
         }
         Ok(Self {
             webhook_addr,
@@ -215,6 +232,7 @@ impl Exporter {
             app,
             acceptors,
             bridges,
+            leases,
             poller,
             state_writer,
             shutdown_delay: config.server.shutdown_delay,
@@ -243,8 +261,8 @@ impl Exporter {
         tracing::info!("shutting down");
         self.app.set_not_ready();
         stop(self.poller).await;
-        for bridge in self.bridges {
-            stop(Some(bridge)).await;
+        for task in self.bridges.into_iter().chain(self.leases) {
+            stop(Some(task)).await;
         }
         for (stop, acceptor) in self.acceptors {
             tokio::time::sleep(self.shutdown_delay).await;
@@ -431,6 +449,9 @@ pub struct Loaded {
 pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
     for bridge in &config.bridges {
         bridge.read_token()?;
+    }
+    if let Some(lease) = &config.bridge_lease {
+        bridge_lease::check_files(lease)?;
     }
     let webhook = config.clone();
     let verifier = FileBacked::load(

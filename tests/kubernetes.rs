@@ -340,9 +340,9 @@ fn every_dashboard_is_a_configmap_for_the_grafana_sidecar() {
     );
 }
 
-/// The pod template of a rendered Deployment.
-fn pod_spec<'a>(objects: &'a [Value], deployment: &str) -> &'a Value {
-    &find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+/// The pod template of a rendered workload (`Deployment`, `StatefulSet`).
+fn pod_spec<'a>(objects: &'a [Value], workload: &str, name: &str) -> &'a Value {
+    &find(objects, workload, name)["spec"]["template"]["spec"]
 }
 
 fn container<'a>(pod: &'a Value, container: &str) -> &'a Value {
@@ -425,9 +425,9 @@ fn assert_hardened(pod: &Value, exporter: &Value) {
 #[test]
 fn the_base_runs_two_hardened_replicas_that_shut_down_in_time() {
     let objects = render("base");
-    let deployment = find(&objects, "Deployment", "nuki-exporter");
-    assert_eq!(deployment["spec"]["replicas"], 2);
-    let pod = pod_spec(&objects, "nuki-exporter");
+    let statefulset = find(&objects, "StatefulSet", "nuki-exporter");
+    assert_eq!(statefulset["spec"]["replicas"], 2);
+    let pod = pod_spec(&objects, "StatefulSet", "nuki-exporter");
     let exporter = container(pod, "nuki-exporter");
     assert_hardened(pod, exporter);
     let config = mounted_config(&objects);
@@ -453,12 +453,15 @@ fn the_base_runs_two_hardened_replicas_that_shut_down_in_time() {
 #[test]
 fn the_sidecar_relays_to_the_application_on_loopback_with_the_base_container() {
     let objects = render("overlays/sidecar");
-    let pod = pod_spec(&objects, "webhook-app");
+    let pod = pod_spec(&objects, "Deployment", "webhook-app");
     let exporter = container(pod, "nuki-exporter");
     container(pod, "app");
     assert_hardened(pod, exporter);
     let base_objects = render("base");
-    let base = container(pod_spec(&base_objects, "nuki-exporter"), "nuki-exporter");
+    let base = container(
+        pod_spec(&base_objects, "StatefulSet", "nuki-exporter"),
+        "nuki-exporter",
+    );
     for key in [
         "image",
         "args",
@@ -469,7 +472,7 @@ fn the_sidecar_relays_to_the_application_on_loopback_with_the_base_container() {
     ] {
         assert_eq!(
             exporter[key], base[key],
-            "the sidecar's {key} differs from the base Deployment's"
+            "the sidecar's {key} differs from the base StatefulSet's"
         );
     }
     let config = mounted_config(&objects);
@@ -520,5 +523,130 @@ fn the_service_monitor_scrapes_every_replica_as_job_nuki_exporter() {
             endpoint["relabelings"][0]["replacement"],
             ALERT_JOB_MATCHER.2
         );
+        // A stable instance: the pod name, which a StatefulSet's replica keeps.
+        let instance = endpoint["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"] == "instance")
+            .unwrap_or_else(|| panic!("{kustomization}: instance is not relabelled"));
+        assert_eq!(instance["sourceLabels"][0], "__meta_kubernetes_pod_name");
+        assert_eq!(instance["action"], "replace");
     }
+}
+
+/// The state file of each replica is on its own volume claim, mounted where state.file is.
+#[test]
+fn each_replica_keeps_its_state_file_on_a_claim_of_its_own_and_a_stable_name() {
+    let objects = render("base");
+    let statefulset = find(&objects, "StatefulSet", "nuki-exporter");
+    let claims = statefulset["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .expect("volumeClaimTemplates");
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
+    assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+    assert!(claim["spec"]["resources"]["requests"]["storage"].is_string());
+    let claim_name = name(claim);
+    let pod = pod_spec(&objects, "StatefulSet", "nuki-exporter");
+    assert!(
+        !pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == claim_name),
+        "a pod volume named {claim_name} would shadow the claim"
+    );
+    let mount = container(pod, "nuki-exporter")["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == claim_name)
+        .expect("the claim is mounted");
+    let config = mounted_config(&objects);
+    let state_file = config.state.file.expect("state.file is set");
+    assert_eq!(
+        state_file.parent().unwrap(),
+        PathBuf::from(mount["mountPath"].as_str().unwrap()),
+        "state.file is on the claim"
+    );
+    assert_eq!(
+        statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Retain"
+    );
+    // The Service the StatefulSet names exists.
+    find(
+        &objects,
+        "Service",
+        statefulset["spec"]["serviceName"].as_str().unwrap(),
+    );
+}
+
+/// The bridges' Leases: the pod's name and namespace reach [bridge_lease] through the downward
+/// API, and its service account may get, create and patch Leases in its namespace, nothing else.
+#[test]
+fn the_replicas_may_only_read_create_and_renew_leases_as_their_pod_name() {
+    let objects = render("base");
+    let pod = pod_spec(&objects, "StatefulSet", "nuki-exporter");
+    let env = container(pod, "nuki-exporter")["env"]
+        .as_sequence()
+        .expect("env");
+    for (variable, field) in [
+        ("NUKI_EXPORTER_BRIDGE_LEASE__IDENTITY", "metadata.name"),
+        (
+            "NUKI_EXPORTER_BRIDGE_LEASE__NAMESPACE",
+            "metadata.namespace",
+        ),
+    ] {
+        let entry = env
+            .iter()
+            .find(|e| e["name"] == variable)
+            .unwrap_or_else(|| panic!("no {variable}"));
+        assert_eq!(entry["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    let account = pod["serviceAccountName"]
+        .as_str()
+        .expect("a service account");
+    find(&objects, "ServiceAccount", account);
+    assert_eq!(pod["automountServiceAccountToken"], true);
+
+    let bindings: Vec<&Value> = objects
+        .iter()
+        .filter(|o| kind(o) == "RoleBinding" || kind(o) == "ClusterRoleBinding")
+        .filter(|b| {
+            b["subjects"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == account)
+        })
+        .collect();
+    assert_eq!(bindings.len(), 1, "one binding of {account}");
+    assert_eq!(
+        kind(bindings[0]),
+        "RoleBinding",
+        "namespaced, never cluster-wide"
+    );
+    assert_eq!(bindings[0]["roleRef"]["kind"], "Role");
+    let role = find(
+        &objects,
+        "Role",
+        bindings[0]["roleRef"]["name"].as_str().unwrap(),
+    );
+    let rules = role["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let strings = |value: &Value| -> Vec<String> {
+        let mut items: Vec<String> = value
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        items.sort();
+        items
+    };
+    assert_eq!(strings(&rules[0]["apiGroups"]), ["coordination.k8s.io"]);
+    assert_eq!(strings(&rules[0]["resources"]), ["leases"]);
+    assert_eq!(strings(&rules[0]["verbs"]), ["create", "get", "patch"]);
+    assert!(!objects.iter().any(|o| kind(o) == "ClusterRole"));
 }

@@ -125,13 +125,13 @@ impl WebApiMetrics {
             deliveries: counter_vec(
                 r,
                 "nuki_webhook_deliveries_total",
-                "Webhook deliveries in Nuki's webhook log of the key, each counted once, by result (success, failure).",
+                "Webhook deliveries in Nuki's webhook log of the key, each counted once, by result (success, failure). Every replica reads the same log and counts the same deliveries: take max, not sum, across replicas.",
                 &["api_key_id", "result"],
             ),
             delivery_responses: counter_vec(
                 r,
                 "nuki_webhook_delivery_responses_total",
-                "Webhook deliveries in Nuki's webhook log, by the HTTP status Nuki got from the endpoint (none: no answer); 401 means the webhook secret is wrong.",
+                "Webhook deliveries in Nuki's webhook log, by the HTTP status Nuki got from the endpoint (none: no answer); 401 means the webhook secret is wrong. Every replica reads the same log and counts the same deliveries: take max, not sum, across replicas.",
                 &["api_key_id", "code"],
             ),
         };

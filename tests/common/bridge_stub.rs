@@ -99,6 +99,15 @@ struct State {
     flood: Vec<(u64, String)>,
 }
 
+/// One request in flight, until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct BridgeStub {
     pub address: SocketAddr,
     state: Arc<Mutex<State>>,
@@ -146,6 +155,9 @@ impl BridgeStub {
                     let (state, in_flight, max) = (state.clone(), in_flight.clone(), max.clone());
                     async move {
                         let before = in_flight.fetch_add(1, Ordering::SeqCst);
+                        // Counted down also when the client hangs up mid-request and hyper
+                        // drops this future.
+                        let _done = InFlight(in_flight);
                         max.fetch_max(before + 1, Ordering::SeqCst);
                         let response = if before > 0 {
                             record(&state, &request, StatusCode::SERVICE_UNAVAILABLE, None)
@@ -153,7 +165,6 @@ impl BridgeStub {
                             tokio::time::sleep(SERVICE_TIME).await;
                             answer(&state, &request)
                         };
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
