@@ -190,17 +190,44 @@ pub fn round(number: u64, locks: u64) -> Vec<Value> {
     webhooks
 }
 
-/// Plays rounds until `options.rounds` is reached (or forever): sends each round's webhooks to
-/// the target, and serves the fleet's state as a simulated Web API.
-pub async fn run(options: &DemoOptions) -> Result<(), String> {
-    let account = Arc::new(simulated_api::SimulatedAccount::new(options.locks));
-    if let Some(address) = options.api_listen {
+/// The simulated Web API account (always kept: its round and webhook log) and, when served,
+/// the simulated Bridge.
+pub struct Simulations {
+    account: Arc<simulated_api::SimulatedAccount>,
+    bridge: Option<Arc<bridge::SimulatedBridge>>,
+}
+
+/// Binds and serves the simulated Web API and Bridge at the addresses given.
+pub async fn serve_simulations(
+    api_listen: Option<SocketAddr>,
+    bridge_listen: Option<SocketAddr>,
+    locks: u64,
+) -> Result<Simulations, String> {
+    let account = Arc::new(simulated_api::SimulatedAccount::new(locks));
+    if let Some(address) = api_listen {
         simulated_api::serve(address, Arc::clone(&account)).await?;
     }
-    let simulated_bridge = match options.bridge_listen {
+    let bridge = match bridge_listen {
         Some(address) => Some(bridge::serve(address).await?),
         None => None,
     };
+    Ok(Simulations { account, bridge })
+}
+
+/// Serves the simulations `options` asks for and plays the fleet's rounds.
+pub async fn run(options: &DemoOptions) -> Result<(), String> {
+    let simulations =
+        serve_simulations(options.api_listen, options.bridge_listen, options.locks).await?;
+    play(options, &simulations).await
+}
+
+/// Plays rounds until `options.rounds` is reached (or forever): sends each round's webhooks to
+/// the target, and moves the simulations to the round.
+pub async fn play(options: &DemoOptions, simulations: &Simulations) -> Result<(), String> {
+    let Simulations {
+        account,
+        bridge: simulated_bridge,
+    } = simulations;
     let client = crate::client::new();
     let mut number = 0;
     loop {
@@ -215,7 +242,7 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
                 options.secret.as_deref(),
                 number,
                 options.locks,
-                &account,
+                account,
             )
             .await?;
         }

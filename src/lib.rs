@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nuki_api;
 pub mod poller;
+pub mod quickstart;
 pub mod reload;
 mod request_progress;
 pub mod scrape;
