@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod decentral_webhook;
 pub mod demo;
+pub mod doctor;
 pub mod forward;
 pub mod http;
 pub mod lock;

@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use nuki_exporter::config::LogConfig;
 use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::nuki_api::NukiApi;
-use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, quickstart, server};
+use nuki_exporter::{
+    Config, Exporter, catalogue, client, demo, doctor, logging, quickstart, server,
+};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
 /// their error codes, battery and lock state as metrics.
@@ -98,6 +100,16 @@ enum Command {
     Webhook {
         #[command(subcommand)]
         action: WebhookAction,
+    },
+    /// Check the whole path a webhook takes and say which hop fails: the configuration, the
+    /// secret, the Web API token and its scopes, Nuki's delivery status and recent log, a
+    /// signed test webhook through the public URL, the bridges, the listeners and the metrics
+    /// auth. One line per check, with what to do; exits 1 when a check fails.
+    Doctor {
+        /// The webhook URL registered with Nuki (https://…/webhook): a signed test webhook is
+        /// sent through it, as Nuki would.
+        #[arg(long = "public-url", value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Exit 0 when the exporter at URL answers 200, 1 otherwise: the container health check of
     /// an image that has no shell or curl.
@@ -194,6 +206,18 @@ fn main() -> ExitCode {
             match done {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
+            }
+        }
+        Some(Command::Doctor { public_url }) => {
+            let options = doctor::DoctorOptions { public_url };
+            let checks = runtime().block_on(doctor::run(cli.config_file.as_deref(), &options));
+            for check in &checks {
+                println!("{check}");
+            }
+            if doctor::passed(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Some(Command::Webhook { action }) => run_webhook(cli.config_file, action),

@@ -129,14 +129,7 @@ impl NukiApi {
         metrics: Option<WebApiMetrics>,
     ) -> Result<Self, TokenError> {
         let token = ApiToken::read(token_file)?;
-        // webpki roots: the trust store is built into the binary, so TLS works the same in the
-        // distroless image, in a scratch image and on a host without CA certificates.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring offers the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::client::webpki_https();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
