@@ -442,6 +442,19 @@ impl Config {
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let config: Config = Self::layers(file, env)?
+            .extract()
+            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layers [`Config::load`] reads, each value tagged with where it came from.
+    pub fn sources(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        Self::layers(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn layers(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             // figment treats a missing file as empty; a named file must exist and be readable.
@@ -451,12 +464,7 @@ impl Config {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment
-            .merge(env.filter(|key| !is_service_link(key.as_str())))
-            .extract()
-            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
-        config.validate()?;
-        Ok(config)
+        Ok(figment.merge(env.filter(|key| !is_service_link(key.as_str()))))
     }
 
     /// What the metrics facade may hold.

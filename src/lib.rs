@@ -11,6 +11,7 @@ pub mod bridge_poller;
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod config_show;
 pub mod decentral_webhook;
 pub mod demo;
 pub mod doctor;

@@ -7,7 +7,7 @@ use nuki_exporter::config::LogConfig;
 use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::nuki_api::NukiApi;
 use nuki_exporter::{
-    Config, Exporter, catalogue, client, demo, doctor, logging, quickstart, server,
+    Config, Exporter, catalogue, client, config_show, demo, doctor, logging, quickstart, server,
 };
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         action: WebhookAction,
     },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Check the whole path a webhook takes and say which hop fails: the configuration, the
     /// secret, the Web API token and its scopes, Nuki's delivery status and recent log, a
     /// signed test webhook through the public URL, the bridges, the listeners and the metrics
@@ -122,6 +127,13 @@ enum Command {
         )]
         url: hyper::Uri,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print every key with its value and where it came from (default, file, environment
+    /// variable); webhook secrets are redacted, token files shown by path only.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -208,6 +220,17 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
+        Some(Command::Config {
+            action: ConfigAction::Show,
+        }) => match config_show::entries(cli.config_file.as_deref()) {
+            Ok(entries) => {
+                for entry in entries {
+                    println!("{entry}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error),
+        },
         Some(Command::Doctor { public_url }) => {
             let options = doctor::DoctorOptions { public_url };
             let checks = runtime().block_on(doctor::run(cli.config_file.as_deref(), &options));
