@@ -74,8 +74,13 @@ pub enum ApiError {
         endpoint: Endpoint,
         timeout: Duration,
     },
-    #[error("{}: cannot reach the Nuki Web API: {reason}", .endpoint.label())]
-    Unreachable { endpoint: Endpoint, reason: String },
+    #[error("{}: cannot reach the Nuki Web API at {url}: {reason}", .endpoint.label())]
+    Unreachable {
+        endpoint: Endpoint,
+        /// `api.url`, so that the message says where it looked.
+        url: String,
+        reason: String,
+    },
     #[error("{}: Nuki answered {status}{detail}", .endpoint.label())]
     Status {
         endpoint: Endpoint,
@@ -219,6 +224,7 @@ impl NukiApi {
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ApiError::Unreachable {
                 endpoint,
+                url: self.base.clone(),
                 reason: format!("invalid request: {e}"),
             })?;
         let started = Instant::now();
@@ -242,6 +248,7 @@ impl NukiApi {
                 self.count(endpoint, None, elapsed);
                 return Err(ApiError::Unreachable {
                     endpoint,
+                    url: self.base.clone(),
                     reason: error_chain(error.as_ref()),
                 });
             }
@@ -251,6 +258,7 @@ impl NukiApi {
         let body = body
             .map_err(|error| ApiError::Unreachable {
                 endpoint,
+                url: self.base.clone(),
                 reason: format!("reading the answer: {}", error_chain(error.as_ref())),
             })?
             .to_bytes();
