@@ -64,10 +64,15 @@ fn low_voltage(index: u64) -> bool {
     index == 2
 }
 
+/// Whether a device of the fleet is an Opener (device type 2) rather than a smart lock.
+fn opener(index: u64) -> bool {
+    index % 5 == 4
+}
+
 /// A lock's master data: kind, name, firmware.
 fn masterdata(index: u64) -> Value {
     json!({
-        "type": if index % 5 == 4 { 2 } else { 4 },
+        "type": if opener(index) { 2 } else { 4 },
         "name": NAMES[(index as usize) % NAMES.len()], "firmwareVersion": 199175 + (index % 3),
         "serverState": 0, "adminPinState": 0,
     })
@@ -80,12 +85,21 @@ fn state(number: u64, index: u64) -> Value {
     } else {
         100 - (number * 2 + index * 7) % 60
     };
-    json!({
+    let mut state = json!({
         "mode": 2, "state": if number % 2 == 0 { 1 } else { 3 }, "trigger": 0,
         "batteryCritical": low_voltage(index) && number >= 2, "batteryCharge": battery,
         "keypadBatteryCritical": false, "doorsensorBatteryCritical": false,
         "doorState": if number % 2 == 0 { 2 } else { 3 },
-    })
+    });
+    if opener(index) {
+        // An Opener has no battery level, door sensor or door state of its own: Nuki reports none.
+        if let Some(fields) = state.as_object_mut() {
+            for field in ["batteryCharge", "doorState", "doorsensorBatteryCritical"] {
+                fields.remove(field);
+            }
+        }
+    }
+    state
 }
 
 fn server_state(number: u64, index: u64, locks: u64) -> u8 {
@@ -346,6 +360,28 @@ mod tests {
         ids.sort();
         ids.dedup();
         ids
+    }
+
+    #[test]
+    fn the_opener_reports_only_what_an_opener_has() {
+        let status_of = |id: u64| {
+            round(1, 10)
+                .into_iter()
+                .find(|w| w["feature"] == "DEVICE_STATUS" && w["smartlockId"] == id)
+                .expect("a DEVICE_STATUS webhook")["state"]
+                .clone()
+        };
+        let (opener, lock) = (status_of(lock_id(4)), status_of(lock_id(0)));
+        for field in ["batteryCharge", "doorState", "doorsensorBatteryCritical"] {
+            assert!(
+                opener.get(field).is_none(),
+                "the Opener got {field}: {opener}"
+            );
+            assert!(lock.get(field).is_some(), "the lock lacks {field}: {lock}");
+        }
+        assert_eq!(masterdata(4)["type"], 2);
+        let listed = &smartlocks(1, 10)[4];
+        assert!(listed["state"].get("batteryCharge").is_none(), "{listed}");
     }
 
     #[test]
