@@ -23,6 +23,8 @@ pub mod logging;
 pub mod metrics;
 pub mod nuki_api;
 pub mod poller;
+#[cfg(target_os = "linux")]
+pub mod process_metrics;
 pub mod quickstart;
 pub mod reload;
 mod request_progress;
