@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -206,15 +207,30 @@ impl BridgePoller {
     /// `info_interval`, starting with both; never returns.
     async fn poll(&mut self, resolved: &mut bool) {
         let mut next_info = Instant::now();
+        // A failed /info is retried from the next poll on, each time twice as late, up to
+        // info_interval: a bridge that comes up after the exporter has its /info metrics (and
+        // NukiBridgeCloudDisconnected its input) within a poll or two, not after info_interval.
+        let info_retries = ExponentialBuilder::new()
+            .with_min_delay(self.poll_interval)
+            .with_max_delay(self.info_interval.max(self.poll_interval))
+            .with_jitter()
+            .without_max_times();
+        let mut info_backoff = info_retries.build();
         loop {
             self.poll_list().await;
             if Instant::now() >= next_info {
-                self.poll_info().await;
+                let info_read = self.poll_info().await;
                 if let Some(url) = self.callback_url.clone() {
                     self.keep_registered(&url).await;
                 }
                 *resolved = false;
-                next_info = Instant::now() + self.info_interval;
+                let wait = if info_read {
+                    info_backoff = info_retries.build();
+                    self.info_interval
+                } else {
+                    info_backoff.next().unwrap_or(self.info_interval)
+                };
+                next_info = Instant::now() + wait;
             }
             self.remove_stale_callbacks().await;
             if !*resolved {
@@ -261,15 +277,23 @@ impl BridgePoller {
         self.series.polled(true, now);
     }
 
-    async fn poll_info(&self) {
+    /// Reads `/info` into the bridge's series; whether that worked.
+    async fn poll_info(&self) -> bool {
         match self.client.get(Endpoint::Info, &[]).await {
             Ok(body) => match bridge::parse_info(&body) {
-                Ok(info) => self.series.info(&info),
+                Ok(info) => {
+                    self.series.info(&info);
+                    true
+                }
                 Err(error) => {
                     tracing::warn!(bridge = %self.series.name(), %error, "/info answer unreadable");
+                    false
                 }
             },
-            Err(error) => tracing::warn!(bridge = %self.series.name(), %error, "/info failed"),
+            Err(error) => {
+                tracing::warn!(bridge = %self.series.name(), %error, "/info failed; retrying with backoff");
+                false
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! The exporter's own HTTP clients: the demo fleet's sender, the container health check and the
-//! Nuki Bridge poller.
+//! The exporter's own HTTP clients: the demo fleet's sender, the container health check, the
+//! Nuki Bridge poller, and the Nuki Web API's HTTPS connector.
 
 use std::time::Duration;
 
@@ -23,6 +23,18 @@ pub fn without_keep_alive() -> PlainClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http()
+}
+
+/// An HTTPS (and plain HTTP) connector trusting the webpki roots: the trust store is built
+/// into the binary, so TLS works the same in the distroless image, in a scratch image and on a
+/// host without CA certificates.
+pub fn webpki_https() -> hyper_rustls::HttpsConnector<HttpConnector> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .expect("ring offers the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .build()
 }
 
 /// Asks `url` once, within five seconds: `Ok` for a 200.

@@ -569,6 +569,19 @@ impl Config {
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let config: Config = Self::layers(file, env)?
+            .extract()
+            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layers [`Config::load`] reads, each value tagged with where it came from.
+    pub fn sources(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        Self::layers(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn layers(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             // figment treats a missing file as empty; a named file must exist and be readable.
@@ -578,12 +591,7 @@ impl Config {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment
-            .merge(env.filter(|key| !is_service_link(key.as_str())))
-            .extract()
-            .map_err(|e| ConfigError::Invalid(one_line(&e)))?;
-        config.validate()?;
-        Ok(config)
+        Ok(figment.merge(env.filter(|key| !is_service_link(key.as_str()))))
     }
 
     /// What the metrics facade may hold.
@@ -807,7 +815,7 @@ fn one_line(error: &figment::Error) -> String {
                     .unwrap_or_default(),
                 None => String::new(),
             };
-            let kind = without_snippets(&e.kind.to_string());
+            let kind = readable(&without_snippets(&e.kind.to_string()));
             if key.is_empty() {
                 format!("{kind}{origin}")
             } else {
@@ -816,6 +824,25 @@ fn one_line(error: &figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// serde's words for what a key takes, in the words of the documentation: Rust type names
+/// become what to write, a list of choices loses its doubled backticks, and an address that is
+/// not `IP:port` says so.
+fn readable(kind: &str) -> String {
+    const WHOLE_NUMBER: &str = "expected a whole number of 0 or more";
+    let mut text = kind.to_owned();
+    for rust_type in ["usize", "u64", "u32", "u16", "u8"] {
+        text = text.replace(&format!("expected {rust_type}"), WHOLE_NUMBER);
+    }
+    // figment quotes a list of variants as a whole: ``text` or `json``.
+    text = text.replace("``", "`");
+    if text.contains("socket address") {
+        text.push_str(
+            ": expected IP:port, such as 0.0.0.0:10180 or 127.0.0.1:10180 (an IP address: a host name such as localhost is not accepted)",
+        );
+    }
+    text
 }
 
 /// A TOML syntax error quotes the offending line under a gutter (`1 | [webhook`, `  |    ^`);
@@ -836,6 +863,39 @@ fn without_snippets(message: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The error of a configuration file that sets `key` (in `[section]`) to `value` (TOML).
+    fn error_of(section: &str, key: &str, value: &str) -> String {
+        load_toml(&format!("[{section}]\n{key} = {value}\n"))
+            .expect_err("an invalid value")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_say_what_to_write_not_the_rust_type() {
+        let number = error_of("limits", "max_body_bytes", "\"lots\"");
+        assert!(
+            number.contains("expected a whole number of 0 or more"),
+            "{number}"
+        );
+        assert!(!number.contains("usize"), "{number}");
+        let negative = error_of("limits", "max_body_bytes", "-1");
+        assert!(
+            negative.contains("expected a whole number of 0 or more"),
+            "{negative}"
+        );
+        let choice = error_of("log", "format", "\"xml\"");
+        assert!(
+            choice.contains("found `xml`, expected `text` or `json` ("),
+            "{choice}"
+        );
+        assert!(!choice.contains("``"), "{choice}");
+        let host = error_of("webhook", "listen", "\"localhost:10180\"");
+        assert!(
+            host.contains("an IP address: a host name such as localhost is not accepted"),
+            "{host}"
+        );
+    }
 
     fn load_toml(toml: &str) -> Result<Config, ConfigError> {
         let mut file = tempfile::NamedTempFile::new().unwrap();

@@ -45,7 +45,11 @@ struct Registered {
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error(transparent)]
-    Api(#[from] ApiError),
+    Api(ApiError),
+    #[error(
+        "{0}: the token lacks the `webhook.decentral` scope; registering, listing and deleting decentral webhooks need a token with it (usually an OAuth token of an Advanced API key)"
+    )]
+    Forbidden(ApiError),
     #[error("--url must be an https:// URL: Nuki delivers webhooks over HTTPS only")]
     NotHttps,
     #[error("--secret-file {path}: {error}")]
@@ -70,6 +74,18 @@ pub enum WebhookError {
     Incomplete(&'static str),
     #[error("Nuki's answer is not the documented JSON: {0}")]
     Malformed(serde_json::Error),
+}
+
+impl From<ApiError> for WebhookError {
+    /// Nuki answers 403 to a token without the scope these endpoints need: say which.
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::Status { status, .. } if status == hyper::StatusCode::FORBIDDEN => {
+                Self::Forbidden(error)
+            }
+            error => Self::Api(error),
+        }
+    }
 }
 
 /// Registers a webhook for `url` and `features` and writes its secret to `secret_file` (mode

@@ -69,10 +69,15 @@ fn low_voltage(index: u64) -> bool {
     index == 2
 }
 
+/// Whether a device of the fleet is an Opener (device type 2) rather than a smart lock.
+fn opener(index: u64) -> bool {
+    index % 5 == 4
+}
+
 /// A lock's master data: kind, name, firmware.
 fn masterdata(index: u64) -> Value {
     json!({
-        "type": if index % 5 == 4 { 2 } else { 4 },
+        "type": if opener(index) { 2 } else { 4 },
         "name": NAMES[(index as usize) % NAMES.len()], "firmwareVersion": 199175 + (index % 3),
         "serverState": 0, "adminPinState": 0,
     })
@@ -90,12 +95,21 @@ fn state(number: u64, index: u64) -> Value {
     } else {
         100 - (number * 2 + index * 7) % 60
     };
-    json!({
+    let mut state = json!({
         "mode": 2, "state": if number % 2 == 0 { 1 } else { 3 }, "trigger": 0,
         "batteryCritical": low_voltage(index) && number >= 2, "batteryCharge": battery,
         "keypadBatteryCritical": false, "doorsensorBatteryCritical": false,
         "doorState": if number % 2 == 0 { 2 } else { 3 },
-    })
+    });
+    if opener(index) {
+        // An Opener has no battery level, door sensor or door state of its own: Nuki reports none.
+        if let Some(fields) = state.as_object_mut() {
+            for field in ["batteryCharge", "doorState", "doorsensorBatteryCritical"] {
+                fields.remove(field);
+            }
+        }
+    }
+    state
 }
 
 fn server_state(number: u64, index: u64, locks: u64) -> u8 {
@@ -200,17 +214,44 @@ pub fn round(number: u64, locks: u64) -> Vec<Value> {
     webhooks
 }
 
-/// Plays rounds until `options.rounds` is reached (or forever): sends each round's webhooks to
-/// the target, and serves the fleet's state as a simulated Web API.
-pub async fn run(options: &DemoOptions) -> Result<(), String> {
-    let account = Arc::new(simulated_api::SimulatedAccount::new(options.locks));
-    if let Some(address) = options.api_listen {
+/// The simulated Web API account (always kept: its round and webhook log) and, when served,
+/// the simulated Bridge.
+pub struct Simulations {
+    account: Arc<simulated_api::SimulatedAccount>,
+    bridge: Option<Arc<bridge::SimulatedBridge>>,
+}
+
+/// Binds and serves the simulated Web API and Bridge at the addresses given.
+pub async fn serve_simulations(
+    api_listen: Option<SocketAddr>,
+    bridge_listen: Option<SocketAddr>,
+    locks: u64,
+) -> Result<Simulations, String> {
+    let account = Arc::new(simulated_api::SimulatedAccount::new(locks));
+    if let Some(address) = api_listen {
         simulated_api::serve(address, Arc::clone(&account)).await?;
     }
-    let simulated_bridge = match options.bridge_listen {
+    let bridge = match bridge_listen {
         Some(address) => Some(bridge::serve(address).await?),
         None => None,
     };
+    Ok(Simulations { account, bridge })
+}
+
+/// Serves the simulations `options` asks for and plays the fleet's rounds.
+pub async fn run(options: &DemoOptions) -> Result<(), String> {
+    let simulations =
+        serve_simulations(options.api_listen, options.bridge_listen, options.locks).await?;
+    play(options, &simulations).await
+}
+
+/// Plays rounds until `options.rounds` is reached (or forever): sends each round's webhooks to
+/// the target, and moves the simulations to the round.
+pub async fn play(options: &DemoOptions, simulations: &Simulations) -> Result<(), String> {
+    let Simulations {
+        account,
+        bridge: simulated_bridge,
+    } = simulations;
     let client = crate::client::new();
     let mut number = 0;
     loop {
@@ -225,7 +266,7 @@ pub async fn run(options: &DemoOptions) -> Result<(), String> {
                 options.secret.as_deref(),
                 number,
                 options.locks,
-                &account,
+                account,
             )
             .await?;
         }
@@ -329,6 +370,28 @@ mod tests {
         ids.sort();
         ids.dedup();
         ids
+    }
+
+    #[test]
+    fn the_opener_reports_only_what_an_opener_has() {
+        let status_of = |id: u64| {
+            round(1, 10)
+                .into_iter()
+                .find(|w| w["feature"] == "DEVICE_STATUS" && w["smartlockId"] == id)
+                .expect("a DEVICE_STATUS webhook")["state"]
+                .clone()
+        };
+        let (opener, lock) = (status_of(lock_id(4)), status_of(lock_id(0)));
+        for field in ["batteryCharge", "doorState", "doorsensorBatteryCritical"] {
+            assert!(
+                opener.get(field).is_none(),
+                "the Opener got {field}: {opener}"
+            );
+            assert!(lock.get(field).is_some(), "the lock lacks {field}: {lock}");
+        }
+        assert_eq!(masterdata(4)["type"], 2);
+        let listed = &smartlocks(1, 10)[4];
+        assert!(listed["state"].get("batteryCharge").is_none(), "{listed}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use nuki_exporter::config::LogConfig;
 use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::nuki_api::NukiApi;
 use nuki_exporter::upstream_text::escape;
-use nuki_exporter::{Config, Exporter, catalogue, client, demo, logging, server};
+use nuki_exporter::{
+    Config, Exporter, catalogue, client, config_show, demo, doctor, logging, quickstart, server,
+};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
 /// their error codes, battery and lock state as metrics.
@@ -39,7 +41,8 @@ enum Command {
     /// locks going unreachable (0xFF) and one reporting low voltage (0x4C); with --api-listen,
     /// also answer as a SIMULATED Nuki Web API (for the demo only) that the exporter can poll.
     Demo {
-        /// Webhook URL of the exporter, e.g. http://127.0.0.1:10180/webhook.
+        /// Webhook URL of the exporter, e.g. http://127.0.0.1:10180/webhook. Required unless
+        /// --api-listen or --bridge-listen is given (then only the simulations are served).
         #[arg(
             long,
             value_name = "URL",
@@ -67,11 +70,52 @@ enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// First metrics and a firing alert on this machine, without Docker: runs the exporter and
+    /// a SIMULATED fleet (webhooks, Web API, Bridge) on loopback, writes ready-to-use
+    /// Prometheus and Alertmanager configurations into --dir, and prints the alerts
+    /// Alertmanager sends.
+    Quickstart {
+        /// Directory for the configurations, secrets and the servers' data.
+        #[arg(long, value_name = "DIR", default_value = "quickstart")]
+        dir: PathBuf,
+        /// Directory of the alert rule files Prometheus loads.
+        #[arg(long, value_name = "DIR", default_value = "alerts")]
+        rules: PathBuf,
+        /// First port of the quickstart's listeners: webhooks on it, /metrics on +1, the
+        /// simulated Web API on +10, the simulated Bridge on +11, the alert receiver on +12.
+        #[arg(long = "port-base", value_name = "PORT", default_value_t = 10180)]
+        port_base: u16,
+        /// Port Prometheus is to listen on.
+        #[arg(long = "prometheus-port", value_name = "PORT", default_value_t = 9090)]
+        prometheus_port: u16,
+        /// Port Alertmanager is to listen on.
+        #[arg(
+            long = "alertmanager-port",
+            value_name = "PORT",
+            default_value_t = 9093
+        )]
+        alertmanager_port: u16,
+    },
     /// Register, list or delete Nuki decentral webhooks through the Nuki Web API (api.url, with
     /// the token of api.token_file).
     Webhook {
         #[command(subcommand)]
         action: WebhookAction,
+    },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Check the whole path a webhook takes and say which hop fails: the configuration, the
+    /// secret, the Web API token and its scopes, Nuki's delivery status and recent log, a
+    /// signed test webhook through the public URL, the bridges, the listeners and the metrics
+    /// auth. One line per check, with what to do; exits 1 when a check fails.
+    Doctor {
+        /// The webhook URL registered with Nuki (https://…/webhook): a signed test webhook is
+        /// sent through it, as Nuki would.
+        #[arg(long = "public-url", value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Exit 0 when the exporter at URL answers 200, 1 otherwise: the container health check of
     /// an image that has no shell or curl.
@@ -84,6 +128,13 @@ enum Command {
         )]
         url: hyper::Uri,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print every key with its value and where it came from (default, file, environment
+    /// variable); webhook secrets are redacted, token files shown by path only.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -110,7 +161,10 @@ enum WebhookAction {
     /// List the account's decentral webhooks: id, URL and features.
     List,
     /// Delete the decentral webhook with this id.
-    Delete { id: u32 },
+    Delete {
+        /// The webhook's id, as `webhook list` prints it.
+        id: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -154,6 +208,50 @@ fn main() -> ExitCode {
                 bridge_listen,
             };
             run_demo(&options)
+        }
+        Some(Command::Quickstart {
+            dir,
+            rules,
+            port_base,
+            prometheus_port,
+            alertmanager_port,
+        }) => {
+            let options = quickstart::QuickstartOptions {
+                dir,
+                rules,
+                port_base,
+                prometheus_port,
+                alertmanager_port,
+            };
+            let done = runtime()
+                .block_on(async { quickstart::run(&options, server::termination_signal()).await });
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
+        Some(Command::Config {
+            action: ConfigAction::Show,
+        }) => match config_show::entries(cli.config_file.as_deref()) {
+            Ok(entries) => {
+                for entry in entries {
+                    println!("{entry}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error),
+        },
+        Some(Command::Doctor { public_url }) => {
+            let options = doctor::DoctorOptions { public_url };
+            let checks = runtime().block_on(doctor::run(cli.config_file.as_deref(), &options));
+            for check in &checks {
+                println!("{check}");
+            }
+            if doctor::passed(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Some(Command::Webhook { action }) => run_webhook(cli.config_file, action),
         Some(Command::Healthcheck { url }) => match runtime().block_on(client::probe(&url)) {

@@ -267,9 +267,7 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         metrics
             .registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(crate::process_metrics::ProcessMetrics::for_self()))
             .expect("metric registered once");
         metrics
     }

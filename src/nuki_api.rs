@@ -75,8 +75,13 @@ pub enum ApiError {
         endpoint: Endpoint,
         timeout: Duration,
     },
-    #[error("{}: cannot reach the Nuki Web API: {reason}", .endpoint.label())]
-    Unreachable { endpoint: Endpoint, reason: String },
+    #[error("{}: cannot reach the Nuki Web API at {url}: {reason}", .endpoint.label())]
+    Unreachable {
+        endpoint: Endpoint,
+        /// `api.url`, so that the message says where it looked.
+        url: String,
+        reason: String,
+    },
     #[error("{}: Nuki answered {status}{detail}", .endpoint.label())]
     Status {
         endpoint: Endpoint,
@@ -131,14 +136,7 @@ impl NukiApi {
         metrics: Option<WebApiMetrics>,
     ) -> Result<Self, TokenError> {
         let token = ApiToken::read(token_file)?;
-        // webpki roots: the trust store is built into the binary, so TLS works the same in the
-        // distroless image, in a scratch image and on a host without CA certificates.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring offers the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::client::webpki_https();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
@@ -236,6 +234,7 @@ impl NukiApi {
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ApiError::Unreachable {
                 endpoint,
+                url: self.base.clone(),
                 reason: format!("invalid request: {e}"),
             })?;
         let started = Instant::now();
@@ -259,6 +258,7 @@ impl NukiApi {
                 self.count(endpoint, None, elapsed);
                 return Err(ApiError::Unreachable {
                     endpoint,
+                    url: self.base.clone(),
                     reason: error_chain(error.as_ref()),
                 });
             }
@@ -267,6 +267,7 @@ impl NukiApi {
         self.count(endpoint, Some(parts.status.as_u16()), elapsed);
         let body = body.map_err(|error| ApiError::Unreachable {
             endpoint,
+            url: self.base.clone(),
             reason: format!("reading the answer: {}", error_chain(error.as_ref())),
         })?;
         if parts.status.is_success() {

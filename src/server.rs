@@ -138,7 +138,10 @@ impl Exporter {
         reloader.add(Arc::clone(&guard));
         if let Some(relay) = &relay {
             relay.register(metrics.registry());
-            tracing::info!(upstream = ?config.forward.url, "relaying webhooks to the application");
+            tracing::info!(
+                upstream = %config.forward.url.as_deref().unwrap_or_default(),
+                "relaying webhooks to the application"
+            );
         }
         let app = Arc::new(
             App::new(

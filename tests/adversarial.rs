@@ -1,6 +1,6 @@
 //! Hostile input against the real binary with default limits: a cardinality attack, 65 KB
 //! lock names, clients that ask for `/metrics` and never read, and requests hyper refuses
-//! itself. Memory is read from `/proc`, against the bound the README states.
+//! itself. Memory is read from `/proc`, against the bound docs/deployment.md states (Scaling).
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Running, SECRET, Scrape, TestExporter, exporter_command};
 use nuki_exporter::signature::{HEADER, sign};
 
-/// The README's bound on the exporter's resident memory with default limits.
+/// The bound docs/deployment.md states for the exporter's resident memory with default limits.
 const RSS_BOUND_KIB: u64 = 256 * 1024;
 /// A scrape that takes longer hangs. How fast scrapes answer under attack is bench/'s business:
 /// here, that they answer while the attack is still going on.

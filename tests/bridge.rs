@@ -608,3 +608,31 @@ async fn thousands_of_stale_callback_copies_do_not_hold_up_list_polling() {
     answers_500_and_is_down(&stub, &exporter).await;
     exporter.shutdown().await;
 }
+
+/// A bridge that comes up after the exporter: its failed `/info` is retried with backoff from
+/// the next poll on, not `info_interval` (5 minutes by default) later.
+#[tokio::test]
+async fn a_failed_info_is_retried_within_polls_not_after_the_info_interval() {
+    let stub = BridgeStub::start(LOCALHOST).await;
+    stub.set_failing(Some(hyper::StatusCode::INTERNAL_SERVER_ERROR));
+    let exporter = exporter_for(&stub, |bridge| {
+        bridge.poll_interval = Duration::from_millis(500);
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while !stub.paths().iter().any(|path| path.starts_with("/info")) {
+        assert!(
+            Instant::now() < deadline,
+            "no /info asked: {:?}",
+            stub.paths()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stub.set_failing(None);
+    exporter
+        .scrape_until(WAIT, |s| {
+            s.value("nuki_bridge_server_connected", &[("bridge", "hall")]) == Some(1.0)
+        })
+        .await;
+    exporter.shutdown().await;
+}

@@ -174,9 +174,10 @@ fn dashboards_follow_the_linter_rules() {
                 ));
             }
             let query = variable_query(v).unwrap_or_default();
-            let Some(selector) = label_values_selector(&query) else {
+            let selector = label_values_selector(&query).or_else(|| query_result_expr(&query));
+            let Some(selector) = selector else {
                 problem(format!(
-                    "variable {name}: query {query:?} is not label_values(...)"
+                    "variable {name}: query {query:?} is not label_values(...) or query_result(...)"
                 ));
                 continue;
             };
@@ -797,5 +798,37 @@ async fn the_replacement_queue_lists_the_demo_fleets_fast_draining_lock_first() 
     assert_eq!(
         listed[0]["metric"]["name"], "Apartment 3",
         "the queue names the lock: {listed:?}"
+    );
+}
+
+/// The expression inside a variable's `query_result(<expr>)`.
+fn query_result_expr(query: &str) -> Option<String> {
+    let inner = query
+        .trim()
+        .strip_prefix("query_result(")?
+        .strip_suffix(')')?;
+    Some(inner.trim().to_owned())
+}
+
+#[test]
+fn the_lock_picker_lists_every_known_lock_by_name() {
+    let (_, dashboard) = dashboards()
+        .into_iter()
+        .find(|(file, _)| file.ends_with("nuki-smartlock.json"))
+        .expect("the smart-lock dashboard");
+    let picker = variables(&dashboard)
+        .into_iter()
+        .find(|v| v["name"] == "smartlock_id")
+        .expect("the smartlock_id variable");
+    // Every lock any source reported info for (webhook, Web API, Bridge, state file), one per
+    // lock whatever the replicas, and not only those that sent a webhook.
+    assert_eq!(
+        variable_query(picker).as_deref(),
+        Some(r#"query_result(smartlock:nuki_smartlock_info:freshest{job=~"$job"})"#)
+    );
+    // Grafana shows the name and keeps the id as the value the panels select by.
+    assert_eq!(
+        picker["regex"],
+        r#"/name="(?<text>[^"]*)".*smartlock_id="(?<value>[^"]+)"/"#
     );
 }

@@ -1,5 +1,5 @@
 //! The metrics listener behind TLS, basic auth and bearer tokens: checked by promtool, scraped by
-//! a real Prometheus with the scrape configuration the README shows.
+//! a real Prometheus with the scrape configuration docs/security.md shows.
 
 mod common;
 
@@ -249,7 +249,7 @@ async fn prometheus_scrapes_over_tls_with_basic_auth() {
     );
     let target = exporter.metrics_address();
     let ca = std::fs::read(dir.path().join("cert.pem")).unwrap();
-    // The scrape configuration the README shows, pointed at the test's exporter.
+    // The scrape configuration docs/security.md shows, pointed at the test's exporter.
     let prometheus_config = format!(
         r#"global:
   scrape_interval: 1s

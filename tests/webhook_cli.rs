@@ -120,6 +120,24 @@ async fn register_writes_the_secret_0600_and_list_and_delete_see_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_web_api_is_named_by_its_url() {
+    let (_stub, _dir, token_file) = setup().await;
+    let (_held, refused) = common::refused_address();
+    let url = format!("http://{refused}");
+    let ran = run(exporter_command()
+        .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
+        .env("NUKI_EXPORTER_API__URL", &url)
+        .args(["webhook", "list"]));
+    assert!(!ran.ok);
+    assert!(
+        ran.stderr
+            .contains(&format!("cannot reach the Nuki Web API at {url}: ")),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_clear_and_leave_no_secret_file() {
     let (stub, dir, token_file) = setup().await;
     let secret_file = dir.path().join("secret");
@@ -158,6 +176,10 @@ async fn refusals_are_clear_and_leave_no_secret_file() {
     assert!(!ok);
     assert!(
         stderr.contains("403") && stderr.contains("Forbidden"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the token lacks the `webhook.decentral` scope"),
         "{stderr}"
     );
     assert!(!stderr.contains(TOKEN));
