@@ -98,12 +98,10 @@ fn prometheus_configuration_loads_every_rule_file_and_targets_the_stack() {
             "promtool check config did not load {name}:\n{output}"
         );
     }
+    let expected = alert_rules().len() + recording_rules().len();
     assert!(
-        output.contains(&format!(
-            "SUCCESS: {} rules found",
-            alert_rules().len() + recording_rules().len()
-        )),
-        "{output}"
+        output.contains(&format!("SUCCESS: {expected} rules found")),
+        "promtool check config did not find the {expected} alerting and recording rules:\n{output}"
     );
 
     let doc = yaml(repo().join("deploy/prometheus/prometheus.yml"));
