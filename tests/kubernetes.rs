@@ -216,11 +216,12 @@ fn checkov_finds_nothing_but_the_documented_choices_in_any_kustomization() {
 fn every_pod_has_a_network_policy_that_admits_only_the_ingress_and_prometheus() {
     for kustomization in ["base", "overlays/prometheus-operator", "overlays/sidecar"] {
         let objects = render(kustomization);
-        let deployment = objects
+        // The exporter's StatefulSet, or in the sidecar overlay the application's Deployment.
+        let workload = objects
             .iter()
-            .find(|o| kind(o) == "Deployment")
-            .unwrap_or_else(|| panic!("{kustomization}: no Deployment"));
-        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+            .find(|o| matches!(kind(o), "StatefulSet" | "Deployment"))
+            .unwrap_or_else(|| panic!("{kustomization}: no workload"));
+        let pod_labels = &workload["spec"]["template"]["metadata"]["labels"];
         let policy = objects
             .iter()
             .find(|o| {

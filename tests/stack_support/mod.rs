@@ -518,6 +518,7 @@ pub fn exported_metrics() -> ExportedMetrics {
         config.api.poll_interval = Duration::from_millis(100);
         config.api.advanced_key_id = Some(812);
         config.forward.url = Some(format!("{}/application", api.url));
+        config.state.file = Some(dir.path().join("state.json"));
         let bridge = common::bridge_stub::BridgeStub::start([127, 0, 0, 1].into()).await;
         let exporter = common::bridge_stub::exporter_polling(&bridge, config, |_| {}).await;
         exporter
@@ -587,9 +588,10 @@ pub fn nuki_metric_mentions(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = text[i..].find("nuki_") {
         let start = i + pos;
+        // Inside a recorded name (`job_site:nuki_smartlocks:count`) is no metric mention.
         let boundary = start == 0 || {
             let c = bytes[start - 1];
-            !(c.is_ascii_alphanumeric() || c == b'_')
+            !(c.is_ascii_alphanumeric() || c == b'_' || c == b':')
         };
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
