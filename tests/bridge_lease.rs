@@ -190,26 +190,32 @@ async fn two_replicas_one_poller_callbacks_anywhere_and_a_handover_on_shutdown()
         }
     );
 
-    // A callback that reaches the replica that does not poll still counts there.
-    let url = format!("http://{}/bridge/callback", other.webhook_address());
+    // A callback counts on the replica that polls: its last /list says which locks the bridge
+    // owns (docs/upstreams.md). One that reaches the other replica is refused and counted, and
+    // the holder's next /list brings the state (docs/replicas.md).
+    let url = format!("http://{}/bridge/callback", poller.webhook_address());
     assert_eq!(
         post_from(BRIDGE_IP, &url, &fixture("callback-lock")).await,
         200
     );
-    let lock = [("smartlock_id", "17618910285")];
-    let scrape = other
-        .scrape_until(Duration::from_secs(2), |s| {
-            s.value("nuki_smartlock_lock_state", &lock) == Some(3.0)
+    poller
+        .scrape_until(Duration::from_secs(60), |s| {
+            s.value("nuki_bridge_callbacks_received_total", &HALL) == Some(1.0)
         })
         .await;
+    let url = format!("http://{}/bridge/callback", other.webhook_address());
     assert_eq!(
-        scrape.value("nuki_smartlock_battery_charge_percent", &lock),
-        Some(84.0)
+        post_from(BRIDGE_IP, &url, &fixture("callback-lock")).await,
+        403
     );
-    assert_eq!(
-        scrape.value("nuki_bridge_callbacks_received_total", &HALL),
-        Some(1.0)
-    );
+    let scrape = other
+        .scrape_until(Duration::from_secs(60), |s| {
+            s.value(
+                "nuki_exporter_webhooks_rejected_total",
+                &[("reason", "forbidden")],
+            ) == Some(1.0)
+        })
+        .await;
     assert_leaves_the_bridge_alone(&scrape);
 
     // The poller shuts down (a rollout): it vacates the Lease and the other takes over at

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use nuki_exporter::Config;
-use nuki_exporter::config::BridgeConfig;
+use nuki_exporter::config::{BridgeConfig, BridgeLeaseConfig};
 use serde_json::Value;
 
 const EXAMPLE: &str = concat!(
@@ -46,7 +46,7 @@ fn uncommented(text: &str) -> String {
             let is_key = rest.split_once(" = ").is_some_and(|(key, _)| {
                 !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             });
-            if is_key || rest == "[[bridges]]" {
+            if is_key || rest == "[[bridges]]" || rest == "[bridge_lease]" {
                 rest
             } else {
                 line
@@ -75,6 +75,8 @@ fn the_example_configuration_has_every_key_and_each_commented_one_is_valid() {
         "http://192.168.1.20:8080",
         "/t".into()
     )]);
+    // An optional section: unset by default, its keys are those of a set one.
+    config["bridge_lease"] = serde_json::to_value(BridgeLeaseConfig::default()).unwrap();
     let mut in_struct = BTreeSet::new();
     keys("", &config, &mut in_struct);
 

@@ -67,6 +67,7 @@ listen = "{metrics}"
 {extra}
 [api]
 url = "{api}"
+allow_insecure_http = true
 token_file = "{token}"
 advanced_key_id = {API_KEY_ID}
 [[bridges]]
