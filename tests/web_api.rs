@@ -663,6 +663,7 @@ fn polling_binary(stub: &NukiApiStub, dir: &Path, interval: &str) -> Running {
             .env("NUKI_EXPORTER_METRICS__LISTEN", "127.0.0.2:0")
             .env("NUKI_EXPORTER_LOG__FORMAT", "json")
             .env("NUKI_EXPORTER_API__URL", &stub.url)
+            .env("NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP", "true")
             .env("NUKI_EXPORTER_API__TOKEN_FILE", token_file)
             .env("NUKI_EXPORTER_API__TIMEOUT", "60s")
             .env("NUKI_EXPORTER_API__POLL_INTERVAL", interval),

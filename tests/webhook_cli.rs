@@ -127,6 +127,7 @@ async fn an_unreachable_web_api_is_named_by_its_url() {
     let ran = run(exporter_command()
         .env("NUKI_EXPORTER_API__TOKEN_FILE", &token_file)
         .env("NUKI_EXPORTER_API__URL", &url)
+        .env("NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP", "true")
         .args(["webhook", "list"]));
     assert!(!ran.ok);
     assert!(
