@@ -109,7 +109,10 @@ pub const BATTERY_REPLACED_MARGIN: i64 = 20;
 pub fn battery_replaced(known: &LockStatus, report: &LockStatus) -> bool {
     let charging = known.battery_charging == Some(true) || report.battery_charging == Some(true);
     match (known.battery_charge_percent, report.battery_charge_percent) {
-        (Some(before), Some(after)) => !charging && after - before >= BATTERY_REPLACED_MARGIN,
+        // Saturating: a sender may report any i64 as the charge.
+        (Some(before), Some(after)) => {
+            !charging && after.saturating_sub(before) >= BATTERY_REPLACED_MARGIN
+        }
         _ => false,
     }
 }
@@ -176,6 +179,9 @@ mod tests {
         // Nothing to compare: the first report, or one without the charge.
         assert!(!replaced(LockStatus::default(), charge(100, None)));
         assert!(!replaced(charge(12, None), LockStatus::default()));
+        // Any i64 a sender reports compares without overflowing.
+        assert!(replaced(charge(i64::MIN, None), charge(i64::MAX, None)));
+        assert!(!replaced(charge(i64::MAX, None), charge(i64::MIN, None)));
     }
 
     #[test]
