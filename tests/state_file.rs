@@ -221,7 +221,10 @@ async fn upstream_text_cannot_forge_a_log_line() {
             .env("NUKI_EXPORTER_API__POLL_INTERVAL", "50ms");
         let mut running = Running::spawn(&mut command);
         running.wait_for("listening");
-        wait_until("a poll", || stub.count("/smartlock") > requests_before).await;
+        // The failed poll's log line itself, not the stand-in's count of the request: the
+        // line is written after the answer arrives.
+        running.wait_for("FORGED");
+        assert!(stub.count("/smartlock") > requests_before);
         let (clean, lines) = running.terminate();
         assert!(clean, "{format}: {lines:#?}");
         let reported: Vec<&String> = lines.iter().filter(|l| l.contains("FORGED")).collect();
