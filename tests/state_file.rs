@@ -8,20 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet};
-use common::{Running, SECRET, Scrape, exporter_command, exporter_with_state_file, run};
+use common::{
+    Running, SECRET, Scrape, exporter_command, exporter_with_state_file, run, scrape_address,
+};
 use nuki_exporter::signature::{HEADER, sign};
 
 const CRITICAL: &str = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":true,"batteryCharge":4,"state":1}}"#;
-
-async fn scrape(metrics: &str) -> Scrape {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape(body)
-}
 
 fn lock_battery_critical(scrape: &Scrape) -> Option<f64> {
     scrape.value(
@@ -67,7 +59,7 @@ async fn after_kill_9_a_battery_critical_lock_is_critical_from_the_first_scrape(
 
     let mut second = Running::spawn(&mut exporter_with_state_file(&state_file));
     let metrics = second.address_of("metrics");
-    let scrape = scrape(&metrics).await;
+    let scrape = scrape_address(&metrics).await;
     assert_eq!(lock_battery_critical(&scrape), Some(1.0), "{}", scrape.0);
     assert_eq!(
         scrape.value(
@@ -102,7 +94,8 @@ async fn a_battery_change_is_restored_unchanged_after_kill_9() {
             &[("smartlock_id", "42")],
         )
     };
-    let seen = replaced(&scrape(&first.address_of("metrics")).await).expect("a battery change");
+    let seen =
+        replaced(&scrape_address(&first.address_of("metrics")).await).expect("a battery change");
     wait_until("the state file keeps the battery change", || {
         std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("battery_replaced_at"))
     })
@@ -110,7 +103,7 @@ async fn a_battery_change_is_restored_unchanged_after_kill_9() {
     first.kill();
 
     let mut second = Running::spawn(&mut exporter_with_state_file(&state_file));
-    let scrape = scrape(&second.address_of("metrics")).await;
+    let scrape = scrape_address(&second.address_of("metrics")).await;
     assert_eq!(replaced(&scrape), Some(seen), "{}", scrape.0);
     assert!(second.terminate().0);
 }
@@ -127,7 +120,7 @@ async fn a_truncated_or_foreign_state_file_is_reported_in_one_line_and_ignored()
         std::fs::write(&state_file, damaged).unwrap();
         let mut running = Running::spawn(&mut exporter_with_state_file(&state_file));
         let metrics = running.address_of("metrics");
-        let scrape = scrape(&metrics).await;
+        let scrape = scrape_address(&metrics).await;
         assert_eq!(lock_battery_critical(&scrape), None);
         let (clean, lines) = running.terminate();
         assert!(clean, "{lines:#?}");
@@ -258,7 +251,7 @@ async fn peak_after_start(state_file: &Path, max_smartlocks: &str) -> (u64, Vec<
             .env("NUKI_EXPORTER_LIMITS__MAX_SMARTLOCKS", max_smartlocks),
     );
     let metrics = running.address_of("metrics");
-    scrape(&metrics).await;
+    scrape_address(&metrics).await;
     let peak = peak_rss(&running);
     let (clean, lines) = running.terminate();
     assert!(clean, "{lines:#?}");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet, web_api_fixture};
-use common::{Running, Scrape, TestExporter, exporter_command, test_config};
+use common::{Running, Scrape, TestExporter, exporter_command, scrape_address, test_config};
 use nuki_exporter::Config;
 
 const TOKEN: &str = "stub-token-0123456789";
@@ -670,21 +670,11 @@ fn polling_binary(stub: &NukiApiStub, dir: &Path, interval: &str) -> Running {
     )
 }
 
-async fn scrape_at(metrics: &str) -> Scrape {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape(body)
-}
-
 /// Scrapes the binary's metrics listener until `ready` holds, for at most a minute.
 async fn scrape_binary_until(metrics: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let scrape = scrape_at(metrics).await;
+        let scrape = scrape_address(metrics).await;
         if ready(&scrape) {
             return scrape;
         }

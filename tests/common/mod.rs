@@ -161,6 +161,17 @@ fn host_and_port(url: &str) -> String {
 /// A `/metrics` exposition, with exact series lookups independent of label order.
 pub struct Scrape(pub String);
 
+/// One scrape of the `/metrics` of a process listening at `metrics` (`host:port`).
+pub async fn scrape_address(metrics: &str) -> Scrape {
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Scrape(body)
+}
+
 impl Scrape {
     /// The value of the series with exactly these labels, if present.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
