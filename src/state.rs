@@ -463,6 +463,25 @@ mod tests {
         );
     }
 
+    /// Times with every bit of an f64 in use come back bit for bit: serde_json's default float
+    /// parser may be one unit in the last place off (it reads 1726538529.5917735 for 1726538529.5917737).
+    #[test]
+    fn times_read_back_bit_for_bit() {
+        let at = 1_726_538_529.591_773_7_f64;
+        let mut kept = lock(5);
+        kept.updated_at = Some(at);
+        kept.battery_replaced_at = Some(at);
+        let restored = parse(&encode(vec![kept])[..], usize::MAX).unwrap().locks;
+        assert_eq!(restored[0].updated_at.map(f64::to_bits), Some(at.to_bits()));
+        assert!(
+            restored[0]
+                .events
+                .contains(&LockEvent::BatteryReplaced { at }),
+            "{:?}",
+            restored[0].events
+        );
+    }
+
     #[test]
     fn truncated_foreign_and_other_version_files_are_told_apart() {
         let bytes = encode(vec![lock(1)]);
