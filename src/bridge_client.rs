@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::bridge_metrics::BridgeSeries;
 use crate::client::PlainClient;
 use crate::config::{BridgeConfig, TokenMode};
-use crate::nuki_api::error_chain;
+use crate::util::error_chain;
 
 /// Largest answer read from a bridge; `/list` of a full bridge is a few kilobytes.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;

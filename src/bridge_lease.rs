@@ -112,13 +112,8 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
         key: "bridge_lease.token_file",
         reason: format!("cannot read {}: {reason}", path.display()),
     };
-    let content = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
-    let token = std::str::from_utf8(content.trim_ascii())
-        .map_err(|_| unreadable("the token is not UTF-8 text".into()))?;
-    if token.is_empty() {
-        return Err(unreadable("the file is empty".into()));
-    }
-    Ok(token.to_owned())
+    let token = crate::util::secret_file::read(path).map_err(|e| unreadable(e.to_string()))?;
+    String::from_utf8(token).map_err(|_| unreadable("the token is not UTF-8 text".into()))
 }
 
 fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {

@@ -26,11 +26,11 @@ use crate::bridge_client::{BridgeClient, BridgeError, Endpoint};
 use crate::bridge_lease::Leadership;
 use crate::bridge_metrics::{BridgeMetrics, BridgeSeries};
 use crate::config::{BridgeConfig, ConfigError};
-use crate::http::unix_now;
 use crate::lock::LockEvent;
 use crate::metrics::Metrics;
 use crate::roster::Roster;
 use crate::source::bridge;
+use crate::util::unix_now;
 
 /// Extra copies of the callback removed per poll cycle: all that a bridge's three slots can
 /// hold, and no more, so that a bridge listing thousands never holds `/list` polling up.

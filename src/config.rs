@@ -11,6 +11,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Where the webhook listener takes Nuki Bridge callbacks; no `webhook.path` may take it.
+pub const BRIDGE_CALLBACK_PATH: &str = "/bridge/callback";
+
 /// Prefix of the environment variables that configure the exporter.
 pub const ENV_PREFIX: &str = "NUKI_EXPORTER_";
 
@@ -287,15 +290,15 @@ impl BridgeConfig {
         }
     }
 
-    /// The token, from `token_file` (read as [`crate::secret_file::read`] reads).
+    /// The token, from `token_file` (read as [`crate::util::secret_file::read`] reads).
     pub fn read_token(&self) -> Result<String, ConfigError> {
         let unreadable = |reason: String| ConfigError::BridgeTokenFile {
             bridge: self.name.clone(),
             path: self.token_file.clone(),
             reason,
         };
-        let token =
-            crate::secret_file::read(&self.token_file).map_err(|e| unreadable(e.to_string()))?;
+        let token = crate::util::secret_file::read(&self.token_file)
+            .map_err(|e| unreadable(e.to_string()))?;
         String::from_utf8(token).map_err(|_| unreadable("the token is not UTF-8 text".into()))
     }
 
@@ -539,6 +542,14 @@ impl Default for StateConfig {
     }
 }
 
+/// A token file that cannot be used; names the file, never its content.
+#[derive(Debug, thiserror::Error)]
+#[error("api.token_file: {path}: {reason}")]
+pub struct TokenError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 /// A configuration that cannot be used, with the key or file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -559,7 +570,7 @@ pub enum ConfigError {
         reason: String,
     },
     #[error(transparent)]
-    ApiToken(#[from] crate::nuki_api::TokenError),
+    ApiToken(#[from] TokenError),
 }
 
 impl Config {
@@ -594,16 +605,6 @@ impl Config {
         Ok(figment.merge(env.filter(|key| !is_service_link(key.as_str()))))
     }
 
-    /// What the metrics facade may hold.
-    pub fn metric_limits(&self) -> crate::metrics::Limits {
-        crate::metrics::Limits {
-            max_smartlocks: self.limits.max_smartlocks,
-            max_operations: self.limits.max_operations,
-            max_series: self.limits.max_series,
-            max_series_per_lock: self.limits.max_series_per_lock,
-        }
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         let key_error = |key, reason: &str| ConfigError::Key {
             key,
@@ -623,7 +624,7 @@ impl Config {
             "/",
             "/-/healthy",
             "/-/ready",
-            crate::http::BRIDGE_CALLBACK_PATH,
+            BRIDGE_CALLBACK_PATH,
         ]
         .contains(&self.webhook.path.as_str())
         {
@@ -724,8 +725,8 @@ impl Config {
                 path: path.clone(),
                 reason,
             };
-            let secret = crate::secret_file::read(path).map_err(|error| match error {
-                crate::secret_file::SecretFileError::Empty => unreadable(
+            let secret = crate::util::secret_file::read(path).map_err(|error| match error {
+                crate::util::secret_file::SecretFileError::Empty => unreadable(
                     "the file is empty; an empty secret would accept forged webhooks".into(),
                 ),
                 error => unreadable(error.to_string()),

@@ -27,7 +27,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{ConfigError, ForwardConfig};
-use crate::nuki_api::error_chain;
+use crate::util::error_chain;
 
 /// Largest application answer relayed back to the sender; Nuki only logs a short body.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -13,16 +13,15 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::bridge_poller::CallbackSenders;
+use crate::config::BRIDGE_CALLBACK_PATH;
 use crate::forward::Relay;
 use crate::metrics::{CONTENT_TYPE, Metrics, RejectReason};
 use crate::reload::FileBacked;
 use crate::scrape::{self, EncoderThread};
 use crate::signature::{self, Verifier};
 use crate::source::{bridge, webhook};
+use crate::util::unix_now;
 use crate::web::{Access, MetricsGuard};
-
-/// Where Nuki Bridges POST their lock-state callbacks, on the webhook listener.
-pub const BRIDGE_CALLBACK_PATH: &str = "/bridge/callback";
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,13 +378,6 @@ impl App {
         self.metrics.reject(reason);
         text(status, message)
     }
-}
-
-/// Now, in Unix seconds: the time the metrics facade stamps events with.
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {

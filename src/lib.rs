@@ -32,13 +32,12 @@ pub mod reload;
 mod request_progress;
 pub mod roster;
 pub mod scrape;
-pub mod secret_file;
 mod seen_ids;
 pub mod server;
 pub mod signature;
 pub mod source;
 pub mod state;
-pub mod upstream_text;
+pub mod util;
 pub mod web;
 pub mod write_deadline;
 

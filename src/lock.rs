@@ -7,7 +7,128 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::source::webhook::{DeviceType, FirmwareVersion};
+/// Defines a closed set of Nuki codes with a label name each and `Other(code)` for the rest.
+macro_rules! code_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $code:literal => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)+
+            /// A code the table does not list.
+            Other(i64),
+        }
+
+        impl $name {
+            pub fn from_code(code: i64) -> Self {
+                match code {
+                    $($code => Self::$variant,)+
+                    other => Self::Other(other),
+                }
+            }
+
+            /// Bounded label value: the code's name, `other` for codes the table lacks.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)+
+                    Self::Other(_) => "other",
+                }
+            }
+
+            /// Every label value, `other` included.
+            pub const LABELS: &'static [&'static str] = &[$($label,)+ "other"];
+        }
+    };
+}
+
+code_enum!(
+    /// DEVICE_MASTERDATA `type`: the kind of device.
+    DeviceType {
+        SmartLock12 = 0 => "smartlock_1_2",
+        Box = 1 => "box",
+        Opener = 2 => "opener",
+        SmartDoor = 3 => "smartdoor",
+        SmartLock34 = 4 => "smartlock_3_4",
+        SmartLock5 = 5 => "smartlock_5",
+    }
+);
+
+/// DEVICE_MASTERDATA `firmwareVersion`: an integer that packs one byte per version part
+/// (199175 = 0x030A07 = 3.10.7). Nuki does not document the packing; it matches every
+/// version seen in the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirmwareVersion(pub u64);
+
+impl std::fmt::Display for FirmwareVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        write!(f, "{}.{}.{}", (v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF)
+    }
+}
+
+/// An `errorCode` as Nuki spelled it, normalised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A hex byte (`ff`, `FF`, `0xff`, `0xFF`, or a JSON number 0–255).
+    Code(u8),
+    /// Present, but not a hex byte.
+    Invalid,
+    /// Absent (or `null`) on a failed entity.
+    Missing,
+}
+
+/// DEVICE_LOGS: the activity-log entry under `smartlockLog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub action: Option<LogAction>,
+    pub completion_state: Option<CompletionState>,
+}
+
+code_enum!(
+    /// `smartlockLog.action`.
+    LogAction {
+        Unlock = 1 => "unlock",
+        Lock = 2 => "lock",
+        Unlatch = 3 => "unlatch",
+        LockNGo = 4 => "lock_n_go",
+        LockNGoUnlatch = 5 => "lock_n_go_unlatch",
+        Restore = 11 => "restore",
+        DoorAjar = 208 => "door_ajar",
+        DoorStatusMismatch = 209 => "door_status_mismatch",
+        DoorbellRecognition = 224 => "doorbell_recognition",
+        DoorOpened = 240 => "door_opened",
+        DoorClosed = 241 => "door_closed",
+        DoorSensorJammed = 242 => "door_sensor_jammed",
+        FirmwareUpdate = 243 => "firmware_update",
+        DoorLogEnabled = 250 => "door_log_enabled",
+        DoorLogDisabled = 251 => "door_log_disabled",
+        Initialization = 252 => "initialization",
+        Calibration = 253 => "calibration",
+        LogEnabled = 254 => "log_enabled",
+        LogDisabled = 255 => "log_disabled",
+    }
+);
+
+code_enum!(
+    /// `smartlockLog.state`: how the logged action completed.
+    CompletionState {
+        Success = 0 => "success",
+        MotorBlocked = 1 => "motor_blocked",
+        Canceled = 2 => "canceled",
+        TooRecent = 3 => "too_recent",
+        Busy = 4 => "busy",
+        LowMotorVoltage = 5 => "low_motor_voltage",
+        ClutchFailure = 6 => "clutch_failure",
+        MotorPowerFailure = 7 => "motor_power_failure",
+        Incomplete = 8 => "incomplete",
+        Rejected = 9 => "rejected",
+        RejectedNightMode = 10 => "rejected_night_mode",
+        InvalidCode = 224 => "invalid_code",
+        InvalidFingerprint = 225 => "invalid_fingerprint",
+        InvalidNfcTag = 226 => "invalid_nfc_tag",
+        OtherError = 254 => "other_error",
+        UnknownError = 255 => "unknown_error",
+    }
+);
 
 /// A lock's state as one source reported it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

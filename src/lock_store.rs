@@ -16,8 +16,9 @@ use prometheus::{IntCounter, IntGauge};
 use smallvec::SmallVec;
 
 use crate::catalogue;
+use crate::config::LimitsConfig;
+use crate::lock::{CompletionState, ErrorCode, LogAction, LogEntry};
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus, battery_replaced};
-use crate::source::webhook::{CompletionState, ErrorCode, LogAction, LogEntry};
 
 /// `smartlock_id` of counters for ids beyond `limits.max_smartlocks`, and label value of
 /// operations beyond `limits.max_operations`.
@@ -40,6 +41,17 @@ pub struct Limits {
     pub max_operations: usize,
     pub max_series: usize,
     pub max_series_per_lock: usize,
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(limits: &LimitsConfig) -> Self {
+        Self {
+            max_smartlocks: limits.max_smartlocks,
+            max_operations: limits.max_operations,
+            max_series: limits.max_series,
+            max_series_per_lock: limits.max_series_per_lock,
+        }
+    }
 }
 
 /// The registry counters the store moves when it refuses something.

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use nuki_exporter::config::LogConfig;
 use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::nuki_api::NukiApi;
-use nuki_exporter::upstream_text::escape;
+use nuki_exporter::util::upstream_text::escape;
 use nuki_exporter::{
     Config, Exporter, catalogue, client, config_show, demo, doctor, logging, quickstart, server,
 };
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         }) => {
             let secret = match secret_file
                 .as_deref()
-                .map(nuki_exporter::secret_file::read)
+                .map(nuki_exporter::util::secret_file::read)
                 .transpose()
             {
                 Ok(secret) => secret,

@@ -20,10 +20,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, TokenError};
 use crate::metrics::{Endpoint, WebApiMetrics};
 use crate::off_thread::{FILE_READ_DEADLINE, Reader, Stalled};
 use crate::source::web_api::ParseError;
+use crate::util::error_chain;
 
 /// Largest answer read: `/smartlock` of a 10,000-lock account is about 20 MB.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -40,22 +41,14 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
-/// A token file that cannot be used; names the file, never its content.
-#[derive(Debug, thiserror::Error)]
-#[error("api.token_file: {path}: {reason}")]
-pub struct TokenError {
-    path: PathBuf,
-    reason: String,
-}
-
 impl ApiToken {
-    /// Reads a token file (as [`crate::secret_file::read`] reads).
+    /// Reads a token file (as [`crate::util::secret_file::read`] reads).
     pub fn read(path: &Path) -> Result<Self, TokenError> {
         let error = |reason: String| TokenError {
             path: path.to_owned(),
             reason,
         };
-        let token = crate::secret_file::read(path).map_err(|e| error(e.to_string()))?;
+        let token = crate::util::secret_file::read(path).map_err(|e| error(e.to_string()))?;
         let mut value = HeaderValue::from_bytes(&[b"Bearer ", token.as_slice()].concat())
             .map_err(|_| error("the token holds characters an HTTP header cannot carry".into()))?;
         value.set_sensitive(true);
@@ -311,19 +304,6 @@ where
     Ok(buffer.into())
 }
 
-/// An error and its causes on one line (hyper's own message is only "client error (Connect)"),
-/// escaped: a cause may quote what the peer sent.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    crate::upstream_text::escape(&text).into_owned()
-}
-
 /// What an error body says, for the log line: Nuki's `detailMessage` (escaped), or that it is
 /// HTML.
 fn error_detail(body: &[u8]) -> String {
@@ -334,7 +314,7 @@ fn error_detail(body: &[u8]) -> String {
     }
     if let Ok(error) = serde_json::from_slice::<NukiError>(body) {
         let message: String = error.detail_message.chars().take(200).collect();
-        return format!(" ({})", crate::upstream_text::escape(&message));
+        return format!(" ({})", crate::util::upstream_text::escape(&message));
     }
     let start = body.trim_ascii_start();
     if start.starts_with(b"<") {

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
@@ -22,6 +22,7 @@ use crate::nuki_api::{ApiError, NukiApi};
 use crate::roster::Roster;
 use crate::seen_ids::SeenIds;
 use crate::source::web_api::{self, ParseError, PolledLocks};
+use crate::util::unix_now;
 
 /// Webhook log entries asked for per page: Nuki's maximum.
 const LOG_PAGE: usize = 100;
@@ -320,11 +321,4 @@ fn log_page_path(key: &str, from: Option<&str>) -> String {
         query.append_pair("id", id);
     }
     format!("/api/key/{key}/webhook/logs?{}", query.finish())
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }

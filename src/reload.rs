@@ -11,13 +11,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
 use crate::off_thread::{FILE_READ_DEADLINE, Reader};
+use crate::util::unix_now;
 
 /// One part of a reload: reads its files and returns how to install what it read.
 pub trait Reloadable: Send + Sync {
@@ -246,12 +246,6 @@ impl Reloader {
             }
         }
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::bridge_poller::{BridgePoller, CallbackSenders};
 use crate::config::Config;
 use crate::forward::{ClientConnection, Relay};
 use crate::http::{App, Role};
+use crate::lock_store::Limits;
 use crate::metrics::{ConnectionLimit, Metrics, RejectReason};
 use crate::nuki_api::{ApiToken, NukiApi};
 use crate::poller::Poller;
@@ -88,7 +89,7 @@ impl Exporter {
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
             );
         }
-        let metrics = Arc::new(Metrics::new(config.metric_limits()));
+        let metrics = Arc::new(Metrics::new(Limits::from(&config.limits)));
         let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
         let bridge_metrics = BridgeMetrics::new(metrics.registry());
         let pollers = config

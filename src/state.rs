@@ -539,9 +539,9 @@ mod tests {
 
     #[tokio::test]
     async fn each_write_attempt_is_counted_by_result_from_zero() {
-        let metrics = Arc::new(Metrics::new(
-            crate::config::Config::default().metric_limits(),
-        ));
+        let metrics = Arc::new(Metrics::new(crate::lock_store::Limits::from(
+            &crate::config::Config::default().limits,
+        )));
         // procfs takes no new file, not even from root, whom a chmod 0555 directory lets write.
         let unwritable = StateWriter::new(
             PathBuf::from("/proc/self/nuki-exporter-state.json"),
@@ -634,7 +634,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let metrics = Metrics::new(crate::metrics::Limits {
             max_smartlocks: 10,
-            ..crate::config::Config::default().metric_limits()
+            ..crate::lock_store::Limits::from(&crate::config::Config::default().limits)
         });
         std::fs::write(&path, encode((1..=3).map(lock).collect())).unwrap();
         assert_eq!(restore(&path, &metrics, 2), [1, 2]);

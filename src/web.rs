@@ -100,7 +100,7 @@ impl MetricsGuard {
             .transpose()?;
         let mut tokens = Vec::new();
         for path in &config.bearer_token_files {
-            let token = crate::secret_file::read(path)
+            let token = crate::util::secret_file::read(path)
                 .map_err(|e| file_error("metrics.bearer_token_files", path, e))?;
             tokens.push(token);
         }

@@ -13,8 +13,8 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 
 use super::lenient::{self, Lenient, lenient_object};
+use crate::lock::DeviceType;
 use crate::lock::{LockEvent, LockInfo, LockStatus};
-use crate::source::webhook::DeviceType;
 
 /// A bridge body that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ pub fn parse_outcome(body: &[u8]) -> Result<Result<(), String>, ParseError> {
         Some(true) => Ok(()),
         _ => Err(outcome.message.0.map_or_else(
             || "no message".to_owned(),
-            |message| crate::upstream_text::escape(&message).into_owned(),
+            |message| crate::util::upstream_text::escape(&message).into_owned(),
         )),
     })
 }

@@ -19,7 +19,8 @@ use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::lenient::{self, Lenient};
-use super::webhook::{DeviceType, FirmwareVersion, LockId, Masterdata, RawState, lock_status};
+use super::webhook::{LockId, Masterdata, RawState, lock_status};
+use crate::lock::{DeviceType, FirmwareVersion};
 use crate::lock::{LockEvent, LockInfo};
 
 /// A response that is not the JSON the endpoint documents (an HTML error page, a cut-off body).
