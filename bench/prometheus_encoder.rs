@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use nuki_exporter::catalogue;
-use nuki_exporter::lock_store::{ERRORS, LAST_SEEN, OPERATIONS};
-use nuki_exporter::metrics::{Limits, Metrics};
-use nuki_exporter::source::webhook;
+use nuki_exporter::source::webhook::parse as webhook;
+use nuki_exporter::store::lock_store::{ERRORS, LAST_SEEN, OPERATIONS};
+use nuki_exporter::store::{Limits, Metrics};
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// As bench/bench.py: 11-digit ids from here, one of these codes per lock.

@@ -1,45 +1,23 @@
 //! nuki-exporter: receives Nuki Web API webhooks, checks their signature, polls the Nuki Web
-//! API, and serves what they report (error codes per lock, battery, lock and server state,
-//! activity log, webhook delivery health) as Prometheus metrics.
+//! API and local Nuki Bridges, and serves what they report (error codes per lock, battery, lock
+//! and server state, activity log, webhook delivery health) as Prometheus metrics.
 //!
-//! The binary is a thin shell around [`server::Exporter`]; every piece is usable from tests.
+//! The layers, lowest first (a module imports only from the layers above it in this list):
+//! [`util`] (time, error chains, secret files, threads), [`lock`] and [`catalogue`] (the model),
+//! [`config`] (imports nothing but `util`), [`store`] (the per-lock table and its exposition),
+//! [`source`] (one folder per way in), [`http`] (the listeners), [`runtime`] (start, reload,
+//! shutdown) and [`cli`] (the subcommands). The binary is a thin shell around
+//! [`runtime::server::Exporter`]; every piece is usable from tests.
 
-pub mod background;
-pub mod bridge_client;
-pub mod bridge_lease;
-pub mod bridge_metrics;
-pub mod bridge_poller;
 pub mod catalogue;
-pub mod client;
+pub mod cli;
 pub mod config;
-pub mod config_show;
-pub mod decentral_webhook;
-pub mod demo;
-pub mod doctor;
-pub mod forward;
 pub mod http;
 pub mod lock;
-pub mod lock_store;
-pub mod logging;
-pub mod metrics;
-pub mod nuki_api;
-pub mod off_thread;
-pub mod poller;
-#[cfg(target_os = "linux")]
-pub mod process_metrics;
-pub mod quickstart;
-pub mod reload;
-mod request_progress;
-pub mod roster;
-pub mod scrape;
-mod seen_ids;
-pub mod server;
-pub mod signature;
+pub mod runtime;
 pub mod source;
-pub mod state;
+pub mod store;
 pub mod util;
-pub mod web;
-pub mod write_deadline;
 
 pub use config::Config;
-pub use server::Exporter;
+pub use runtime::server::Exporter;

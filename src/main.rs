@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nuki_exporter::cli::{config_show, demo, doctor, quickstart};
 use nuki_exporter::config::LogConfig;
-use nuki_exporter::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
-use nuki_exporter::nuki_api::NukiApi;
+use nuki_exporter::runtime::{logging, server};
+use nuki_exporter::source::web_api::client::NukiApi;
+use nuki_exporter::source::web_api::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
+use nuki_exporter::util::client;
 use nuki_exporter::util::upstream_text::escape;
-use nuki_exporter::{
-    Config, Exporter, catalogue, client, config_show, demo, doctor, logging, quickstart, server,
-};
+use nuki_exporter::{Config, Exporter, catalogue};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
 /// their error codes, battery and lock state as metrics.

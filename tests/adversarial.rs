@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Running, SECRET, Scrape, TestExporter, exporter_command};
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 
 /// The bound docs/deployment.md states for the exporter's resident memory with default limits.
 const RSS_BOUND_KIB: u64 = 256 * 1024;

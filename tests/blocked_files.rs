@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::nuki_api_stub::{NukiApiStub, Reply, fleet};
 use common::{Running, Scrape, exporter_command, fixture, run_ok};
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 
 /// Replaces `path` with a FIFO that nobody writes to: opening it for reading blocks.
 fn hang(path: &Path) {

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::{Ran, Running, SECRET, exporter_command, fixture, run};
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 
 #[test]
 fn version_and_help() {

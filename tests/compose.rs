@@ -499,7 +499,7 @@ async fn the_tls_front_passes_signed_webhooks_over_https_and_nothing_else() {
     let home = tempfile::tempdir().unwrap();
     let (mut proxy, base) = start_caddy(home.path(), &upstream).await;
     let body = fixture("device-status");
-    let signature = nuki_exporter::signature::sign(SECRET.as_bytes(), &body);
+    let signature = nuki_exporter::source::webhook::signature::sign(SECRET.as_bytes(), &body);
     let webhook = tokio::task::spawn_blocking({
         let (url, body, signature) = (format!("{base}/webhook"), body.clone(), signature.clone());
         move || curl_status(&url, Some((&body, &signature)))

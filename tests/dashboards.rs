@@ -754,9 +754,9 @@ async fn the_replacement_queue_lists_the_demo_fleets_fast_draining_lock_first() 
         exporter.metrics_address()
     );
     let prometheus = Prometheus::start(&config, &[]).await;
-    let fast = nuki_exporter::demo::FAST_DRAINING_LOCK.to_string();
+    let fast = nuki_exporter::cli::demo::FAST_DRAINING_LOCK.to_string();
     for round in 0..4 {
-        for webhook in nuki_exporter::demo::round(round, LOCKS) {
+        for webhook in nuki_exporter::cli::demo::round(round, LOCKS) {
             assert_eq!(
                 exporter.post(&serde_json::to_vec(&webhook).unwrap()).await,
                 204

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::bridge_stub::{self, BridgeStub};
 use common::nuki_api_stub::{NukiApiStub, Reply, web_api_fixture};
 use common::{SECRET, TestExporter, exporter_command, refused_address, run, test_config};
-use nuki_exporter::doctor::{self, Check, DoctorOptions, Outcome};
+use nuki_exporter::cli::doctor::{self, Check, DoctorOptions, Outcome};
 
 const API_KEY_ID: u32 = 812;
 

@@ -28,7 +28,7 @@ const API_KEY_ID: u32 = 812;
 /// The demo fleet in `round`, and one lock more, which never sends a webhook (a lock only the
 /// API knows), as the Web API lists it.
 fn demo_fleet(round: u64) -> Reply {
-    Reply::json(serde_json::to_vec(&nuki_exporter::demo::smartlocks(round, 9)).unwrap())
+    Reply::json(serde_json::to_vec(&nuki_exporter::cli::demo::smartlocks(round, 9)).unwrap())
 }
 
 /// A Web API stand-in listing the demo fleet as it starts (round 0), with the key's delivery
@@ -270,7 +270,7 @@ async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &Nuki
     for round in 0..3 {
         // The Web API reports what the webhooks do: the batteries drain over the rounds.
         api.route("GET", "/smartlock", demo_fleet(round));
-        for webhook in nuki_exporter::demo::round(round, 8) {
+        for webhook in nuki_exporter::cli::demo::round(round, 8) {
             assert_eq!(
                 exporter.post(&serde_json::to_vec(&webhook).unwrap()).await,
                 204

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::TokioIo;
 use nuki_exporter::Exporter;
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;

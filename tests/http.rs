@@ -3,7 +3,7 @@
 mod common;
 
 use common::{SECRET, TestExporter, fixture, test_config};
-use nuki_exporter::signature::sign;
+use nuki_exporter::source::webhook::signature::sign;
 
 const ERRORS: &str = "nuki_operation_errors_total";
 const REJECTED: &str = "nuki_exporter_webhooks_rejected_total";
@@ -177,7 +177,7 @@ async fn malformed_bodies_are_refused_and_change_nothing_else() {
         .client
         .post(&exporter.webhook_url)
         .header(
-            nuki_exporter::signature::HEADER,
+            nuki_exporter::source::webhook::signature::HEADER,
             sign(SECRET.as_bytes(), br#"{"type":"A","type":"B"}"#),
         )
         .body(r#"{"type":"A","type":"B"}"#)

@@ -20,12 +20,12 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use nuki_exporter::metrics::{Limits, Metrics};
-use nuki_exporter::signature::{SignatureError, Verifier, sign};
-use nuki_exporter::source::webhook::{
-    self, CompletionState, DeviceEvent, EntityResult, ErrorCode, Feature, LockStatus, LogAction,
-    Outcome, ParseError, Webhook,
+use nuki_exporter::source::webhook::parse::{
+    self as webhook, CompletionState, DeviceEvent, EntityResult, ErrorCode, Feature, LockStatus,
+    LogAction, Outcome, ParseError, Webhook,
 };
+use nuki_exporter::source::webhook::signature::{SignatureError, Verifier, sign};
+use nuki_exporter::store::{Limits, Metrics};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};

@@ -12,7 +12,7 @@ mod stack_support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 use serde_json::Value;
 use stack_support::common::{Prometheus, Running, SECRET, exporter_with_state_file};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Running, SECRET, Scrape, exporter_command, fixture};
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 
 const SENDERS: usize = 8;
 /// What a loaded machine may add to the exporter's own shutdown bound.

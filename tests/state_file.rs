@@ -11,7 +11,7 @@ use common::nuki_api_stub::{NukiApiStub, Reply, fleet};
 use common::{
     Running, SECRET, Scrape, exporter_command, exporter_with_state_file, run, scrape_address,
 };
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 
 const CRITICAL: &str = r#"{"feature":"DEVICE_STATUS","smartlockId":42,"state":{"batteryCritical":true,"batteryCharge":4,"state":1}}"#;
 

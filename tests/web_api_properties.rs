@@ -4,8 +4,10 @@
 
 use proptest::prelude::*;
 
-use nuki_exporter::source::web_api::{parse_delivery_active, parse_smartlocks, parse_webhook_logs};
-use nuki_exporter::state;
+use nuki_exporter::source::state_file as state;
+use nuki_exporter::source::web_api::parse::{
+    parse_delivery_active, parse_smartlocks, parse_webhook_logs,
+};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {

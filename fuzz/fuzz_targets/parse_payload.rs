@@ -13,8 +13,8 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use nuki_exporter::metrics::{Limits, Metrics};
-use nuki_exporter::source::webhook::{self, ParseError, Webhook};
+use nuki_exporter::store::{Limits, Metrics};
+use nuki_exporter::source::webhook::parse::{self as webhook, ParseError, Webhook};
 use serde::de::IgnoredAny;
 
 #[path = "../../tests/common/exposition.rs"]

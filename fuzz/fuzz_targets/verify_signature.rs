@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use nuki_exporter::signature::{SignatureError, Verifier, sign};
+use nuki_exporter::source::webhook::signature::{SignatureError, Verifier, sign};
 
 /// The fuzzer's bytes split into up to a few secrets, a header (or none) and a body.
 #[derive(Arbitrary, Debug)]

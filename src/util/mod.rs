@@ -1,5 +1,8 @@
 //! Small helpers every layer may use; they import nothing else of the crate.
 
+pub mod background;
+pub mod client;
+pub mod off_thread;
 pub mod secret_file;
 pub mod upstream_text;
 

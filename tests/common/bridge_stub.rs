@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use super::TestExporter;
 use nuki_exporter::Config;
+use nuki_exporter::cli::demo::bridge::CallbackSlots;
 use nuki_exporter::config::BridgeConfig;
-use nuki_exporter::demo::bridge::CallbackSlots;
 
 pub const TOKEN: &str = "bridge-token-4711";
 /// Time a request keeps the stand-in busy, so that a second concurrent one would overlap it.

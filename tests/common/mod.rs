@@ -19,7 +19,7 @@ pub mod nuki_api_stub;
 pub mod process;
 
 pub use exposition::parse_sample;
-use nuki_exporter::signature::{HEADER, sign};
+use nuki_exporter::source::webhook::signature::{HEADER, sign};
 use nuki_exporter::{Config, Exporter};
 pub use process::ChildGuard;
 

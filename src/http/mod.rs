@@ -1,0 +1,412 @@
+//! HTTP request handling: routes, status codes, the body limit, and the webhook pipeline
+//! (read the body, check the signature, parse, record).
+
+pub mod metrics_auth;
+pub mod relay;
+pub mod request_progress;
+pub mod write_deadline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::config::BRIDGE_CALLBACK_PATH;
+use crate::http::metrics_auth::{Access, MetricsGuard};
+use crate::http::relay::Relay;
+use crate::runtime::reload::FileBacked;
+use crate::source::bridge::parse as bridge;
+use crate::source::bridge::poller::CallbackSenders;
+use crate::source::webhook::parse as webhook;
+use crate::source::webhook::signature::{self, Verifier};
+use crate::store::scrape::{self, EncoderThread};
+use crate::store::{CONTENT_TYPE, Metrics, RejectReason};
+use crate::util::unix_now;
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub webhook: bool,
+    pub metrics: bool,
+}
+
+impl Role {
+    /// The `listener` label of the listener's own metrics.
+    pub fn name(self) -> &'static str {
+        match (self.webhook, self.metrics) {
+            (true, true) => "shared",
+            (true, false) => "webhook",
+            _ => "metrics",
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    /// Rebuilt from `webhook.secret_files` on SIGHUP.
+    pub verifier: Arc<FileBacked<Verifier>>,
+    pub webhook_path: String,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// Rebuilt from the metrics listener's files on SIGHUP.
+    pub guard: Arc<FileBacked<MetricsGuard>>,
+    /// The configured bridges' addresses: the callback route's guard.
+    pub bridges: Arc<CallbackSenders>,
+    encoder: EncoderThread,
+    ready: AtomicBool,
+    /// Relay mode: webhooks go on to the application, which answers the sender.
+    relay: Option<Relay>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+const LANDING_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n<html><head><title>nuki-exporter</title></head><body>\n",
+    "<h1>nuki-exporter ",
+    env!("CARGO_PKG_VERSION"),
+    "</h1>\n<p>Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and ",
+    "serves their error codes, battery and lock state as metrics.</p>\n",
+    "<ul><li><a href=\"/metrics\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>",
+    "<li><a href=\"/-/ready\">Readiness</a></li></ul>\n</body></html>\n"
+);
+
+impl App {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        verifier: Arc<FileBacked<Verifier>>,
+        webhook_path: String,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+        guard: Arc<FileBacked<MetricsGuard>>,
+        bridges: Arc<CallbackSenders>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            encoder: EncoderThread::spawn(Arc::clone(&metrics))?,
+            metrics,
+            verifier,
+            webhook_path,
+            max_body_bytes,
+            request_timeout,
+            guard,
+            bridges,
+            ready: AtomicBool::new(true),
+            relay: None,
+        })
+    }
+
+    /// Relays every webhook that passes the signature check (`forward.url`).
+    pub fn with_relay(self, relay: Option<Relay>) -> Self {
+        Self { relay, ..self }
+    }
+
+    /// Turns `/-/ready` to 503: the exporter is shutting down.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Answers one request from `peer` on a listener with the given role, within
+    /// `limits.request_timeout`.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        role: Role,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
+        // the application's answer.
+        let deadline =
+            self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
+        match tokio::time::timeout(deadline, self.route(role, peer, request)).await {
+            Ok(response) => response,
+            Err(_) => self.refuse(
+                RejectReason::Timeout,
+                StatusCode::REQUEST_TIMEOUT,
+                "Request took too long.\n",
+            ),
+        }
+    }
+
+    async fn route<B>(&self, role: Role, peer: SocketAddr, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = request.uri().path();
+        let method = request.method();
+        let readable = method == Method::GET || method == Method::HEAD;
+        if role.webhook && path == self.webhook_path {
+            if method == Method::POST {
+                return self.receive_webhook(request).await;
+            }
+            self.metrics.reject(RejectReason::Method);
+            return method_not_allowed("POST");
+        }
+        if role.webhook && path == BRIDGE_CALLBACK_PATH && self.bridges.accepts_callbacks() {
+            if method == Method::POST {
+                return self.receive_bridge_callback(peer, request).await;
+            }
+            self.metrics.reject(RejectReason::Method);
+            return method_not_allowed("POST");
+        }
+        match path {
+            "/-/healthy" | "/-/ready" | "/metrics" | "/" if !readable => {
+                method_not_allowed("GET, HEAD")
+            }
+            "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
+            "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
+            "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
+            "/metrics" | "/" if role.metrics => {
+                match self.guard.current().authorize(request.headers()).await {
+                    Access::Denied(challenge) => {
+                        let mut response = self.refuse(
+                            RejectReason::Unauthorized,
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized.\n",
+                        );
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                        response
+                    }
+                    Access::Granted if path == "/metrics" => {
+                        self.serve_metrics(scrape::accepts_gzip(request.headers()))
+                            .await
+                    }
+                    Access::Granted => html(LANDING_PAGE),
+                }
+            }
+            _ => {
+                if role.webhook {
+                    self.metrics.reject(RejectReason::NotFound);
+                }
+                text(StatusCode::NOT_FOUND, "Not found.\n")
+            }
+        }
+    }
+
+    async fn serve_metrics(&self, gzip: bool) -> HttpResponse {
+        match self.encoder.encode(gzip).await {
+            Some(exposition) => {
+                let compressed = exposition.gzip.filter(|_| gzip);
+                let mut response =
+                    Response::new(Full::new(compressed.clone().unwrap_or(exposition.text)));
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+                if compressed.is_some() {
+                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                response
+            }
+            None => {
+                tracing::error!("the metrics encoder thread is gone");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Encoding metrics failed.\n",
+                )
+            }
+        }
+    }
+
+    /// Reads a POST body within `limits.max_body_bytes`; the refusal to answer otherwise.
+    async fn read_body<B>(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: B,
+    ) -> Result<Bytes, HttpResponse>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(self.refuse(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large.\n",
+            ));
+        }
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<LengthLimitError>() => Err(self.refuse(
+                RejectReason::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large.\n",
+            )),
+            Err(error) => {
+                tracing::debug!(%error, "request body could not be read");
+                Err(self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Body could not be read.\n",
+                ))
+            }
+        }
+    }
+
+    /// A Nuki Bridge's lock-state callback. A bridge cannot sign what it sends: the sender's
+    /// address, which must be a configured bridge's, and the lock, which must be one that
+    /// bridge's last `/list` listed, are the only checks.
+    async fn receive_bridge_callback<B>(
+        &self,
+        peer: SocketAddr,
+        request: Request<B>,
+    ) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(bridge) = self.bridges.sender(peer.ip()) else {
+            tracing::debug!(%peer, "bridge callback from an address that is no configured bridge's");
+            return self.refuse(
+                RejectReason::Forbidden,
+                StatusCode::FORBIDDEN,
+                "Not a configured bridge's address.\n",
+            );
+        };
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        let report = match bridge::parse_callback(&body) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::debug!(bridge = %bridge.series.name(), %error, "bridge callback refused");
+                return self.refuse(
+                    RejectReason::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    "Not a bridge callback.\n",
+                );
+            }
+        };
+        let id = report.smartlock_id;
+        let recorded = bridge.roster.if_listed(id, || {
+            self.metrics.observe(id, &report.events, unix_now());
+        });
+        if recorded.is_none() {
+            tracing::debug!(bridge = %bridge.series.name(), smartlock_id = id, "bridge callback about a lock the bridge did not list: ignored");
+            return self.refuse(
+                RejectReason::Forbidden,
+                StatusCode::FORBIDDEN,
+                "Not a lock this bridge listed.\n",
+            );
+        }
+        bridge.series.callback_received();
+        text(StatusCode::OK, "OK.\n")
+    }
+
+    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        if self
+            .relay
+            .as_ref()
+            .is_some_and(|relay| relay.is_own_relay(&parts.headers))
+        {
+            tracing::warn!(
+                "a webhook this exporter relayed came back: forward.url leads back to it; refused"
+            );
+            return self.refuse(
+                RejectReason::Loop,
+                StatusCode::LOOP_DETECTED,
+                "Relay loop: forward.url leads back to this exporter.\n",
+            );
+        }
+        let body = match self.read_body(&parts, body).await {
+            Ok(body) => body,
+            Err(refusal) => return refusal,
+        };
+        let signature = parts
+            .headers
+            .get(signature::HEADER)
+            .map(HeaderValue::as_bytes);
+        if let Err(error) = self.verifier.current().verify(signature, &body) {
+            tracing::debug!(%error, "webhook signature refused");
+            return self.refuse(
+                RejectReason::Signature,
+                StatusCode::UNAUTHORIZED,
+                "Invalid signature.\n",
+            );
+        }
+        let parsed = webhook::parse(&body);
+        match &parsed {
+            Ok(webhook) => self.metrics.record(webhook, unix_now()),
+            Err(error) => {
+                // The parser's messages name a position or a field, never the body's content.
+                tracing::debug!(%error, "webhook refused");
+                self.metrics.reject(RejectReason::Malformed);
+            }
+        }
+        // A signed body the exporter cannot read is still Nuki's: the application decides.
+        if let Some(relay) = &self.relay {
+            return relay.forward(&parts, body).await;
+        }
+        match parsed {
+            Ok(_) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::default())
+                .expect("static response"),
+            Err(error) => {
+                let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                response
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        reason: RejectReason,
+        status: StatusCode,
+        message: &'static str,
+    ) -> HttpResponse {
+        self.metrics.reject(reason);
+        text(status, message)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> HttpResponse {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn html(body: &'static str) -> HttpResponse {
+    with_type(StatusCode::OK, body, "text/html; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: &'static str, content_type: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -1,0 +1,336 @@
+//! Reloading on SIGHUP: secret and token files are read again, so that they can be rotated
+//! without a restart. A reload installs every part or none: when one file cannot be used, every
+//! part keeps what it had, and the failure is logged and counted.
+//!
+//! A part is a [`FileBacked`] value (the webhook verifier, the metrics listener's credentials;
+//! any source with a token file can add its own) registered with the [`Reloader`].
+//!
+//! The files are read on a thread of their own with a deadline ([`crate::util::off_thread`]): a file
+//! on a hung mount fails the reload (and every later one until its read returns) instead of
+//! stopping the threads that serve requests.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+use crate::util::off_thread::{FILE_READ_DEADLINE, Reader};
+use crate::util::unix_now;
+
+/// One part of a reload: reads its files and returns how to install what it read.
+pub trait Reloadable: Send + Sync {
+    /// Reads the files again, installing nothing yet.
+    fn prepare(&self) -> Result<Prepared, ConfigError>;
+    /// The configuration key and files, for the error when reading them hangs.
+    fn describe(&self) -> String;
+}
+
+/// What a part read, ready to be installed.
+pub struct Prepared {
+    /// What changed, for the log: one entry per file whose content is new.
+    pub changes: Vec<String>,
+    install: Box<dyn FnOnce() + Send>,
+}
+
+type Build<T> = Box<dyn Fn() -> Result<T, ConfigError> + Send + Sync>;
+
+/// A value built from files (`build` reads them), rebuilt on reload.
+pub struct FileBacked<T> {
+    key: &'static str,
+    /// The files whose content changes are logged by name.
+    paths: Vec<PathBuf>,
+    build: Build<T>,
+    current: RwLock<Arc<T>>,
+    /// SHA-256 of each file in `paths` as last installed (`None`: unreadable).
+    fingerprints: Mutex<Vec<Option<[u8; 32]>>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for FileBacked<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBacked")
+            .field("key", &self.key)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> FileBacked<T> {
+    /// Builds the value once, as start-up needs it. `key` names the configuration key of the
+    /// files in log lines.
+    pub fn load(
+        key: &'static str,
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, ConfigError> + Send + Sync + 'static,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let value = build()?;
+        Ok(Arc::new(Self {
+            key,
+            fingerprints: Mutex::new(fingerprints(&paths)),
+            paths,
+            build: Box::new(build),
+            current: RwLock::new(Arc::new(value)),
+        }))
+    }
+
+    /// The value as last installed.
+    pub fn current(&self) -> Arc<T> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl<T: Send + Sync + 'static> Reloadable for Arc<FileBacked<T>> {
+    fn prepare(&self) -> Result<Prepared, ConfigError> {
+        let value = (self.build)()?;
+        let new = fingerprints(&self.paths);
+        let old = self
+            .fingerprints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let changes = self
+            .paths
+            .iter()
+            .zip(new.iter().zip(&old))
+            .filter(|(_, (new, old))| new != old)
+            .map(|(path, _)| format!("{} {} changed", self.key, path.display()))
+            .collect();
+        let this = Arc::clone(self);
+        Ok(Prepared {
+            changes,
+            install: Box::new(move || {
+                *this.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+                *this
+                    .fingerprints
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = new;
+            }),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let paths: Vec<String> = self
+            .paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        format!("{} {}", self.key, paths.join(", "))
+    }
+}
+
+fn fingerprints(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    paths
+        .iter()
+        .map(|path| std::fs::read(path).ok().map(|c| Sha256::digest(c).into()))
+        .collect()
+}
+
+/// The parts a SIGHUP reloads, and the reload metrics.
+pub struct Reloader {
+    parts: Vec<Arc<dyn Reloadable>>,
+    files: Reader,
+    reloads: IntCounterVec,
+    last_successful: IntGauge,
+    last_success_time: Gauge,
+}
+
+impl Reloader {
+    /// A reloader whose metrics are in `registry`; start-up counts as the first successful load.
+    pub fn new(registry: &Registry) -> Self {
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "nuki_exporter_config_reloads_total",
+                "Reloads of the secret and token files on SIGHUP, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric definition");
+        let last_successful = IntGauge::new(
+            "nuki_exporter_config_last_reload_successful",
+            "1 when the last reload of the secret and token files succeeded (or none was tried), 0 when it failed and the previous ones stay in use.",
+        )
+        .expect("valid metric definition");
+        let last_success_time = Gauge::new(
+            "nuki_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of the secret and token files (start-up or reload).",
+        )
+        .expect("valid metric definition");
+        for collector in [
+            Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(last_successful.clone()),
+            Box::new(last_success_time.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        last_successful.set(1);
+        last_success_time.set(unix_now());
+        Self {
+            parts: Vec::new(),
+            files: Reader::new("reload-files"),
+            reloads,
+            last_successful,
+            last_success_time,
+        }
+    }
+
+    /// Adds a part to every later reload.
+    pub fn add(&mut self, part: impl Reloadable + 'static) {
+        self.parts.push(Arc::new(part));
+    }
+
+    /// Reads every part's files again, within [`FILE_READ_DEADLINE`], and installs them all,
+    /// or none when one fails. Returns whether the reload succeeded.
+    pub async fn reload(&self) -> bool {
+        let parts = self.parts.clone();
+        let read = self
+            .files
+            .run(FILE_READ_DEADLINE, move |progress| {
+                parts
+                    .iter()
+                    .map(|part| {
+                        progress.reading(part.describe());
+                        part.prepare()
+                    })
+                    .collect::<Result<Vec<Prepared>, ConfigError>>()
+            })
+            .await;
+        let prepared = match read {
+            Ok(prepared) => prepared.map_err(|error| error.to_string()),
+            Err(stalled) => Err(stalled.to_string()),
+        };
+        match prepared {
+            Ok(prepared) => {
+                let mut changes = Vec::new();
+                for part in prepared {
+                    changes.extend(part.changes);
+                    (part.install)();
+                }
+                if changes.is_empty() {
+                    tracing::info!("reloaded the secret and token files: no content changed");
+                } else {
+                    tracing::info!(changes = %changes.join("; "), "reloaded the secret and token files");
+                }
+                self.reloads.with_label_values(&["success"]).inc();
+                self.last_successful.set(1);
+                self.last_success_time.set(unix_now());
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed: the previous secrets and tokens stay in use");
+                self.reloads.with_label_values(&["failure"]).inc();
+                self.last_successful.set(0);
+                false
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP until the task is dropped. The handler is installed when this is
+    /// called, so a SIGHUP right after start-up reloads instead of killing the process.
+    pub fn run_on_sighup(self) -> impl Future<Output = ()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups = signal(SignalKind::hangup());
+        async move {
+            let Ok(mut hangups) = hangups else {
+                tracing::warn!("cannot listen for SIGHUP: secrets are read at start-up only");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+                self.reload().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_secret(path: &std::path::Path) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
+            key: "test",
+            reason: e.to_string(),
+        })?;
+        Ok(text.trim().to_owned())
+    }
+
+    fn value(registry: &Registry, name: &str) -> String {
+        let text = crate::store::registry_text(registry);
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_reload_installs_every_part_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "a1\n").unwrap();
+        std::fs::write(&b, "b1\n").unwrap();
+        let load = |path: &PathBuf| {
+            let file = path.clone();
+            FileBacked::load("test.files", vec![path.clone()], move || read_secret(&file)).unwrap()
+        };
+        let (first, second) = (load(&a), load(&b));
+        let registry = Registry::new();
+        let mut reloader = Reloader::new(&registry);
+        reloader.add(Arc::clone(&first));
+        reloader.add(Arc::clone(&second));
+        assert_eq!(
+            value(&registry, "nuki_exporter_config_last_reload_successful"),
+            "1"
+        );
+
+        std::fs::write(&a, "a2\n").unwrap();
+        std::fs::remove_file(&b).unwrap();
+        assert!(!reloader.reload().await);
+        assert_eq!(*first.current(), "a1", "a failed reload installs nothing");
+        assert_eq!(*second.current(), "b1");
+        assert_eq!(
+            value(&registry, "nuki_exporter_config_last_reload_successful"),
+            "0"
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "nuki_exporter_config_reloads_total{result=\"failure\"}"
+            ),
+            "1"
+        );
+
+        std::fs::write(&b, "b1\n").unwrap();
+        let prepared = Arc::clone(&first).prepare().unwrap();
+        assert_eq!(
+            prepared.changes,
+            [format!("test.files {} changed", a.display())]
+        );
+        assert!(reloader.reload().await);
+        assert_eq!(*first.current(), "a2");
+        assert_eq!(*second.current(), "b1");
+        assert_eq!(
+            value(&registry, "nuki_exporter_config_last_reload_successful"),
+            "1"
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "nuki_exporter_config_reloads_total{result=\"success\"}"
+            ),
+            "1"
+        );
+        assert!(
+            Arc::clone(&first).prepare().unwrap().changes.is_empty(),
+            "installed content is the new reference"
+        );
+    }
+}

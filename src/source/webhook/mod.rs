@@ -1,0 +1,5 @@
+//! Webhooks, pushed by Nuki to the webhook listener: the signature check, the parser (bytes in,
+//! typed webhooks out) and the lock events a webhook becomes.
+
+pub mod parse;
+pub mod signature;
