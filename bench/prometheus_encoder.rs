@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use nuki_exporter::catalogue;
+use nuki_exporter::source::webhook::events::record;
 use nuki_exporter::source::webhook::parse as webhook;
 use nuki_exporter::store::lock_store::{ERRORS, LAST_SEEN, OPERATIONS};
 use nuki_exporter::store::{Limits, Metrics};
@@ -78,7 +79,11 @@ fn main() {
             ID_BASE + lock,
             ERROR_CODES[(lock % 8) as usize]
         );
-        exporter.record(&webhook::parse(body.as_bytes()).unwrap(), 1_764_000_000.0);
+        record(
+            &exporter,
+            &webhook::parse(body.as_bytes()).unwrap(),
+            1_764_000_000.0,
+        );
     }
 
     let time = |encode: &dyn Fn() -> usize| {

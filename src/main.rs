@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nuki_exporter::cli::{config_show, demo, doctor, quickstart};
 use nuki_exporter::config::LogConfig;
-use nuki_exporter::runtime::{logging, server};
+use nuki_exporter::runtime::{loader, logging, server};
 use nuki_exporter::source::web_api::client::NukiApi;
 use nuki_exporter::source::web_api::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::util::client;
@@ -269,7 +269,7 @@ fn run_exporter(config_file: Option<PathBuf>, check_only: bool) -> ExitCode {
         Err(error) => return fail(&error),
     };
     if check_only {
-        return match server::check(&config) {
+        return match loader::load(&config) {
             Ok(_) => {
                 println!("configuration OK");
                 ExitCode::SUCCESS

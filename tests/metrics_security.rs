@@ -236,7 +236,7 @@ fn promtool_and_the_exporter_accept_the_same_web_configuration() {
         );
         let mut config = test_config();
         config.metrics.web_config_file = Some(file.clone());
-        nuki_exporter::runtime::server::check(&config)
+        nuki_exporter::runtime::loader::load(&config)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
 }

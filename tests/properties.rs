@@ -20,6 +20,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
+use nuki_exporter::source::webhook::events::record;
 use nuki_exporter::source::webhook::parse::{
     self as webhook, CompletionState, DeviceEvent, EntityResult, ErrorCode, Feature, LockStatus,
     LogAction, Outcome, ParseError, Webhook,
@@ -439,7 +440,7 @@ proptest! {
                 if let Webhook::Device(device) = webhook {
                     prop_assert!(device.feature.as_str().len() <= body.len());
                 }
-                shared_metrics().record(webhook, NOW);
+                record(shared_metrics(), webhook, NOW);
             }
             Err(ParseError::Utf8(_)) => prop_assert!(!utf8),
             Err(ParseError::NotAnObject) => prop_assert!(utf8 && syntax && !object),
@@ -467,7 +468,7 @@ proptest! {
             Value::Object(root) => {
                 let webhook = parsed.map_err(|e| TestCaseError::fail(format!("{e}")))?;
                 check_against_model(&root, &webhook)?;
-                shared_metrics().record(&webhook, NOW);
+                record(shared_metrics(), &webhook, NOW);
             }
             _ => prop_assert!(matches!(parsed, Err(ParseError::NotAnObject)), "{parsed:?}"),
         }
@@ -898,7 +899,7 @@ proptest! {
         // And into the counters: one operation per entity, one error per failed entity,
         // under the lock's own id (the fleet is below the cap).
         let metrics = Metrics::new(Limits { max_smartlocks: 100, max_operations: 10, max_series: 1_000_000, max_series_per_lock: 10_000 });
-        metrics.record(&webhook, NOW);
+        record(&metrics, &webhook, NOW);
         let samples = samples(&metrics);
         let mut operations = BTreeMap::new();
         let mut errors = BTreeMap::new();
@@ -1280,7 +1281,7 @@ proptest! {
         for webhook in &webhooks {
             let body = serde_json::to_vec(webhook).unwrap();
             if let Ok(parsed) = webhook::parse(&body) {
-                metrics.record(&parsed, NOW);
+                record(&metrics, &parsed, NOW);
             }
         }
         let samples = samples(&metrics);
@@ -1331,7 +1332,7 @@ fn ten_thousand_lock_ids_keep_fifty_series_each() {
             }],
         })
         .to_string();
-        metrics.record(&webhook::parse(body.as_bytes()).unwrap(), NOW);
+        record(&metrics, &webhook::parse(body.as_bytes()).unwrap(), NOW);
     }
     let samples = samples(&metrics);
     assert_eq!(distinct(&samples, "smartlock_id", None).len(), 50);

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
 use nuki_exporter::store::{Limits, Metrics};
+use nuki_exporter::source::webhook::events::record;
 use nuki_exporter::source::webhook::parse::{self as webhook, ParseError, Webhook};
 use serde::de::IgnoredAny;
 
@@ -78,11 +79,11 @@ fuzz_target!(|data: &[u8]| {
     );
 
     let fresh = Metrics::new(LIMITS);
-    fresh.record(&webhook, NOW);
+    record(&fresh, &webhook, NOW);
     let text = String::from_utf8(fresh.encode()).expect("exposition is UTF-8");
     check_bounds(&text);
 
-    LONG_LIVED.record(&webhook, NOW);
+    record(&LONG_LIVED, &webhook, NOW);
     if INPUTS.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
         let text = String::from_utf8(LONG_LIVED.encode()).expect("exposition is UTF-8");
         check_bounds(&text);

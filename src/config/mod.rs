@@ -3,6 +3,8 @@
 //! Strict: an unknown key, a bad value or an unreadable file stops start-up with one line that
 //! names the key or the file.
 
+pub mod file_backed;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

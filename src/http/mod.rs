@@ -1,5 +1,6 @@
-//! HTTP request handling: routes, status codes, the body limit, and the webhook pipeline
-//! (read the body, check the signature, parse, record).
+//! The HTTP layer: routing of both listeners (the webhook path, Nuki Bridge callbacks, /metrics
+//! and the health endpoints), status codes, the body limit, and the webhook pipeline (read the
+//! body, check the signature, parse, record, relay).
 
 pub mod metrics_auth;
 pub mod relay;
@@ -18,11 +19,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::BRIDGE_CALLBACK_PATH;
+use crate::config::file_backed::FileBacked;
 use crate::http::metrics_auth::{Access, MetricsGuard};
 use crate::http::relay::Relay;
-use crate::runtime::reload::FileBacked;
 use crate::source::bridge::parse as bridge;
 use crate::source::bridge::poller::CallbackSenders;
+use crate::source::webhook::events;
 use crate::source::webhook::parse as webhook;
 use crate::source::webhook::signature::{self, Verifier};
 use crate::store::scrape::{self, EncoderThread};
@@ -351,7 +353,7 @@ impl App {
         }
         let parsed = webhook::parse(&body);
         match &parsed {
-            Ok(webhook) => self.metrics.record(webhook, unix_now()),
+            Ok(webhook) => events::record(&self.metrics, webhook, unix_now()),
             Err(error) => {
                 // The parser's messages name a position or a field, never the body's content.
                 tracing::debug!(%error, "webhook refused");

@@ -9,122 +9,14 @@
 //! on a hung mount fails the reload (and every later one until its read returns) instead of
 //! stopping the threads that serve requests.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
-use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
+use crate::config::file_backed::{Prepared, Reloadable};
 use crate::util::off_thread::{FILE_READ_DEADLINE, Reader};
 use crate::util::unix_now;
-
-/// One part of a reload: reads its files and returns how to install what it read.
-pub trait Reloadable: Send + Sync {
-    /// Reads the files again, installing nothing yet.
-    fn prepare(&self) -> Result<Prepared, ConfigError>;
-    /// The configuration key and files, for the error when reading them hangs.
-    fn describe(&self) -> String;
-}
-
-/// What a part read, ready to be installed.
-pub struct Prepared {
-    /// What changed, for the log: one entry per file whose content is new.
-    pub changes: Vec<String>,
-    install: Box<dyn FnOnce() + Send>,
-}
-
-type Build<T> = Box<dyn Fn() -> Result<T, ConfigError> + Send + Sync>;
-
-/// A value built from files (`build` reads them), rebuilt on reload.
-pub struct FileBacked<T> {
-    key: &'static str,
-    /// The files whose content changes are logged by name.
-    paths: Vec<PathBuf>,
-    build: Build<T>,
-    current: RwLock<Arc<T>>,
-    /// SHA-256 of each file in `paths` as last installed (`None`: unreadable).
-    fingerprints: Mutex<Vec<Option<[u8; 32]>>>,
-}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for FileBacked<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileBacked")
-            .field("key", &self.key)
-            .field("current", &self.current)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: Send + Sync + 'static> FileBacked<T> {
-    /// Builds the value once, as start-up needs it. `key` names the configuration key of the
-    /// files in log lines.
-    pub fn load(
-        key: &'static str,
-        paths: Vec<PathBuf>,
-        build: impl Fn() -> Result<T, ConfigError> + Send + Sync + 'static,
-    ) -> Result<Arc<Self>, ConfigError> {
-        let value = build()?;
-        Ok(Arc::new(Self {
-            key,
-            fingerprints: Mutex::new(fingerprints(&paths)),
-            paths,
-            build: Box::new(build),
-            current: RwLock::new(Arc::new(value)),
-        }))
-    }
-
-    /// The value as last installed.
-    pub fn current(&self) -> Arc<T> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl<T: Send + Sync + 'static> Reloadable for Arc<FileBacked<T>> {
-    fn prepare(&self) -> Result<Prepared, ConfigError> {
-        let value = (self.build)()?;
-        let new = fingerprints(&self.paths);
-        let old = self
-            .fingerprints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let changes = self
-            .paths
-            .iter()
-            .zip(new.iter().zip(&old))
-            .filter(|(_, (new, old))| new != old)
-            .map(|(path, _)| format!("{} {} changed", self.key, path.display()))
-            .collect();
-        let this = Arc::clone(self);
-        Ok(Prepared {
-            changes,
-            install: Box::new(move || {
-                *this.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
-                *this
-                    .fingerprints
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = new;
-            }),
-        })
-    }
-
-    fn describe(&self) -> String {
-        let paths: Vec<String> = self
-            .paths
-            .iter()
-            .map(|path| path.display().to_string())
-            .collect();
-        format!("{} {}", self.key, paths.join(", "))
-    }
-}
-
-fn fingerprints(paths: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
-    paths
-        .iter()
-        .map(|path| std::fs::read(path).ok().map(|c| Sha256::digest(c).into()))
-        .collect()
-}
 
 /// The parts a SIGHUP reloads, and the reload metrics.
 pub struct Reloader {
@@ -207,9 +99,9 @@ impl Reloader {
         match prepared {
             Ok(prepared) => {
                 let mut changes = Vec::new();
-                for part in prepared {
-                    changes.extend(part.changes);
-                    (part.install)();
+                for mut part in prepared {
+                    changes.extend(std::mem::take(&mut part.changes));
+                    part.install();
                 }
                 if changes.is_empty() {
                     tracing::info!("reloaded the secret and token files: no content changed");
@@ -251,6 +143,9 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    use crate::config::file_backed::FileBacked;
 
     fn read_secret(path: &std::path::Path) -> Result<String, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {

@@ -15,20 +15,19 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::http::metrics_auth::MetricsGuard;
-use crate::http::relay::{ClientConnection, Relay};
+use crate::http::relay::ClientConnection;
 use crate::http::request_progress::RequestProgress;
 use crate::http::write_deadline::{self, DeadlineIo, WriteDeadline};
 use crate::http::{App, Role};
-use crate::runtime::reload::{FileBacked, Reloader};
-use crate::source::bridge::lease::{self, LeaseClient};
+use crate::runtime::loader::{self, Loaded};
+use crate::runtime::reload::Reloader;
+use crate::source::bridge::lease::LeaseClient;
 use crate::source::bridge::metrics::BridgeMetrics;
 use crate::source::bridge::poller::{BridgePoller, CallbackSenders};
 use crate::source::state_file::{self, StateWriter};
-use crate::source::web_api::client::{ApiToken, NukiApi};
+use crate::source::web_api::client::NukiApi;
 use crate::source::web_api::metrics::WebApiMetrics;
-use crate::source::web_api::poller::Poller;
-use crate::source::webhook::signature::Verifier;
+use crate::source::web_api::poller::WebApiPoller;
 use crate::store::lock_store::Limits;
 use crate::store::{ConnectionLimit, Metrics, RejectReason};
 use tokio_rustls::TlsAcceptor;
@@ -74,7 +73,7 @@ impl Exporter {
             verifier,
             guard,
             relay,
-        } = check(config)?;
+        } = loader::load(config)?;
         if let Some(upstream) = config.forward.upstream()? {
             crate::http::relay::refuse_relay_to_self(
                 &upstream,
@@ -112,10 +111,11 @@ impl Exporter {
         };
         let poller = match &config.api.token_file {
             Some(token_file) => {
+                // Registered only here: an exporter that polls no Web API has none of them.
                 let api_metrics = WebApiMetrics::register(metrics.registry());
                 let api = NukiApi::new(&config.api, token_file, Some(api_metrics.clone()))
                     .map_err(crate::config::ConfigError::from)?;
-                let poller = Poller::new(
+                let poller = WebApiPoller::new(
                     api,
                     Arc::clone(&metrics),
                     api_metrics,
@@ -441,51 +441,6 @@ fn refusal(error: &hyper::Error) -> Option<RejectReason> {
     } else {
         None
     }
-}
-
-/// What the files the configuration names hold.
-pub struct Loaded {
-    pub verifier: Arc<FileBacked<Verifier>>,
-    pub guard: Arc<FileBacked<MetricsGuard>>,
-    pub relay: Option<Relay>,
-}
-
-/// Reads every file the configuration names (webhook secrets, the web configuration, TLS
-/// certificate and key, bearer tokens, the relay's CA file, the Web API token, bridge tokens), as start-up
-/// and `--check-config` do.
-pub fn check(config: &Config) -> Result<Loaded, crate::config::ConfigError> {
-    for bridge in &config.bridges {
-        bridge.read_token()?;
-    }
-    if let Some(lease) = &config.bridge_lease {
-        lease::check_files(lease)?;
-    }
-    let webhook = config.clone();
-    let verifier = FileBacked::load(
-        "webhook.secret_files",
-        config.webhook.secret_files.clone(),
-        move || Ok(Verifier::new(&webhook.read_secrets()?)),
-    )?;
-    let metrics = config.metrics.clone();
-    let guard = FileBacked::load(
-        "metrics",
-        config
-            .metrics
-            .web_config_file
-            .iter()
-            .chain(&config.metrics.bearer_token_files)
-            .cloned()
-            .collect(),
-        move || MetricsGuard::load(&metrics),
-    )?;
-    if let Some(token_file) = &config.api.token_file {
-        ApiToken::read(token_file)?;
-    }
-    Ok(Loaded {
-        verifier,
-        guard,
-        relay: Relay::new(&config.forward)?,
-    })
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when the

@@ -1,5 +1,6 @@
-//! The typed metrics facade: owns the Prometheus registry and turns parsed webhooks into
-//! counter increments and gauge values. Nothing else touches a metric.
+//! The store and its exposition: the typed metrics facade owns the Prometheus registry and the
+//! per-lock table ([`lock_store`]); every source hands it lock events, counted results and
+//! log entries, and it knows no source. Nothing else touches a per-lock series.
 
 pub mod lock_store;
 #[cfg(target_os = "linux")]
@@ -14,10 +15,9 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::lock::{KnownLock, LockEvent, LockStatus};
-use crate::source::webhook::parse::{ApiWebhook, DeviceEvent, DeviceWebhook, Outcome, Webhook};
+use crate::lock::{ErrorCode, KnownLock, LockEvent, LogEntry};
 pub use crate::store::lock_store::{Limits, OVERFLOW, UNNAMED};
-use crate::store::lock_store::{LockStore, MAX_OPERATION_LEN, Overflow};
+use crate::store::lock_store::{LockStore, MAX_OPERATION_LEN, Operation, Overflow};
 
 /// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -97,7 +97,6 @@ pub struct Metrics {
     label_overflow: IntCounterVec,
     connection_limit_hits: IntCounterVec,
     open_connections: IntGaugeVec,
-    /// Registered when the Web API is first polled: a webhook-only exporter has none of them.
     /// Device `feature` values, bounded apart from the API `type` values that the store interns.
     features: BoundedSet,
     /// `received{source="api"}` by operation index: no label hashing per webhook.
@@ -283,14 +282,47 @@ impl Metrics {
         metrics
     }
 
-    /// Records an accepted webhook received at `now` (Unix seconds).
-    pub fn record(&self, webhook: &Webhook, now: f64) {
-        match webhook {
-            Webhook::Api(api) => self.record_api(api, now),
-            Webhook::Device(device) => self.record_device(device, now),
-            Webhook::Unrecognised => self.received.with_label_values(&[UNNAMED, UNNAMED]).inc(),
-        }
+    /// Counts an accepted webhook that answers a Web API call, by its operation (`type`);
+    /// returns the interned operation its per-lock results are counted under.
+    pub fn count_api_webhook(&self, operation: Option<&str>) -> Operation {
+        let (operation, label) = self.store.operation(operation);
+        self.received_api(operation.index(), label).inc();
+        operation
+    }
+
+    /// Counts an accepted device webhook by its `feature` (bounded like operations).
+    pub fn count_device_webhook(&self, feature: &str) {
+        let kind = self.features.admit(feature).unwrap_or_else(|| {
+            self.label_overflow.with_label_values(&["kind"]).inc();
+            OVERFLOW
+        });
+        self.received.with_label_values(&["device", kind]).inc();
+    }
+
+    /// Counts an accepted webhook of no known shape.
+    pub fn count_unrecognised_webhook(&self) {
+        self.received.with_label_values(&[UNNAMED, UNNAMED]).inc();
+    }
+
+    /// Stamps the last accepted webhook at `now` (Unix seconds).
+    pub fn webhook_received_at(&self, now: f64) {
         self.last_webhook.set(now);
+    }
+
+    /// Counts the result of an operation (failed with `failure` or not) for a lock.
+    pub fn count_result(
+        &self,
+        id: Option<u64>,
+        operation: Operation,
+        failure: Option<ErrorCode>,
+        now: f64,
+    ) {
+        self.store.count_result(id, operation, failure, now);
+    }
+
+    /// Counts an activity-log entry for a lock.
+    pub fn count_log_entry(&self, id: u64, entry: &LogEntry, now: f64) {
+        self.store.count_log_entry(id, entry, now);
     }
 
     /// Counts a refused request.
@@ -335,19 +367,6 @@ impl Metrics {
         buffer
     }
 
-    fn record_api(&self, api: &ApiWebhook, now: f64) {
-        let (operation, label) = self.store.operation(api.operation.as_deref());
-        self.received_api(operation.index(), label).inc();
-        for result in &api.results {
-            let failure = match result.outcome {
-                Outcome::Failure(code) => Some(code),
-                Outcome::Success => None,
-            };
-            self.store
-                .count_result(result.smartlock_id, operation, failure, now);
-        }
-    }
-
     /// The `received{source="api"}` counter of the operation at `index`, labelled `label`.
     fn received_api(&self, index: usize, label: &str) -> IntCounter {
         let cached = self
@@ -368,42 +387,6 @@ impl Metrics {
         cached[index]
             .get_or_insert_with(|| self.received.with_label_values(&["api", label]))
             .clone()
-    }
-
-    fn record_device(&self, device: &DeviceWebhook, now: f64) {
-        let kind = self
-            .features
-            .admit(device.feature.as_str())
-            .unwrap_or_else(|| {
-                self.label_overflow.with_label_values(&["kind"]).inc();
-                OVERFLOW
-            });
-        self.received.with_label_values(&["device", kind]).inc();
-        let Some(id) = device.smartlock_id else {
-            return;
-        };
-        match &device.event {
-            DeviceEvent::Log(entry) => self.store.count_log_entry(id, entry, now),
-            DeviceEvent::Status(status) => {
-                self.observe(id, &[LockEvent::Seen, LockEvent::Status(*status)], now);
-            }
-            DeviceEvent::Masterdata(data) if data.deleted => {
-                self.observe(id, &[LockEvent::Removed], now);
-            }
-            DeviceEvent::Masterdata(data) => {
-                let status = LockStatus {
-                    server_state: data.server_state,
-                    ..LockStatus::default()
-                };
-                let events = [
-                    LockEvent::Seen,
-                    LockEvent::Status(status),
-                    LockEvent::Info(data.info()),
-                ];
-                self.observe(id, &events, now);
-            }
-            DeviceEvent::Seen => self.observe(id, &[LockEvent::Seen], now),
-        }
     }
 
     /// Records what a source learned about one lock at `now` (Unix seconds). Locks beyond
@@ -441,6 +424,7 @@ pub(crate) fn registry_text(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::LockStatus;
     use crate::source::webhook::parse::parse;
 
     fn metrics() -> Metrics {
@@ -457,7 +441,11 @@ mod tests {
     }
 
     fn record(metrics: &Metrics, body: &str) {
-        metrics.record(&parse(body.as_bytes()).unwrap(), 1_700_000_000.0);
+        crate::source::webhook::events::record(
+            metrics,
+            &parse(body.as_bytes()).unwrap(),
+            1_700_000_000.0,
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ const COUNTED_LOG_IDS: usize = 1_000;
 /// The first retry after a failed poll (sooner when the interval is shorter).
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 
-pub struct Poller {
+pub struct WebApiPoller {
     api: NukiApi,
     /// Where each answer is parsed and recorded.
     recorder: BackgroundThread,
@@ -76,7 +76,7 @@ struct DeliveryWatch {
     active: Option<bool>,
 }
 
-impl Poller {
+impl WebApiPoller {
     /// A poller that removes the `restored` locks if the first poll does not list them.
     pub fn new(
         api: NukiApi,
