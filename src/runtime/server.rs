@@ -47,22 +47,25 @@ pub enum StartError {
     },
 }
 
+/// A task and the signal that stops it.
+type Stoppable = (watch::Sender<bool>, JoinHandle<()>);
+
 /// A running exporter.
 pub struct Exporter {
     webhook_addr: SocketAddr,
     metrics_addr: SocketAddr,
     app: Arc<App>,
     /// Each listener's stop signal and accept loop, the webhook listener first.
-    acceptors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    acceptors: Vec<Stoppable>,
     /// Each bridge poller's stop signal and task.
-    bridges: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    bridges: Vec<Stoppable>,
     /// With `[bridge_lease]`, each bridge's Lease keeper: stopped after the pollers, it
     /// vacates a held Lease.
-    leases: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    leases: Vec<Stoppable>,
     /// The Web API poller's stop signal and task.
-    poller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    poller: Option<Stoppable>,
     /// The state file writer's: stopped last, it writes once more.
-    state_writer: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    state_writer: Option<Stoppable>,
     shutdown_delay: Duration,
 }
 
@@ -74,16 +77,7 @@ impl Exporter {
             guard,
             relay,
         } = loader::load(config)?;
-        if let Some(upstream) = config.forward.upstream()? {
-            crate::http::relay::refuse_relay_to_self(
-                &upstream,
-                &[
-                    ("webhook.listen", config.webhook.listen),
-                    ("metrics.listen", config.metrics.listen),
-                ],
-            )
-            .await?;
-        }
+        refuse_relay_to_self(config).await?;
         if !verifier.current().is_enabled() {
             tracing::warn!(
                 "no webhook secret configured (webhook.secrets, webhook.secret_files): unsigned webhooks are accepted"
@@ -91,44 +85,13 @@ impl Exporter {
         }
         let metrics = Arc::new(Metrics::new(Limits::from(&config.limits)));
         let senders = Arc::new(CallbackSenders::new(config.bridges.len()));
-        let bridge_metrics = BridgeMetrics::new(metrics.registry());
-        let pollers = config
-            .bridges
-            .iter()
-            .map(|bridge| {
-                BridgePoller::new(
-                    bridge,
-                    Arc::clone(&metrics),
-                    &bridge_metrics,
-                    Arc::clone(&senders),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let pollers = bridge_pollers(config, &metrics, &senders)?;
         // Restored before the listeners open: the first scrape already has the last-known state.
         let restored = match &config.state.file {
             Some(path) => state_file::restore(path, &metrics, config.limits.max_smartlocks),
             None => Vec::new(),
         };
-        let poller = match &config.api.token_file {
-            Some(token_file) => {
-                // Registered only here: an exporter that polls no Web API has none of them.
-                let api_metrics = WebApiMetrics::register(metrics.registry());
-                let api = NukiApi::new(&config.api, token_file, Some(api_metrics.clone()))
-                    .map_err(crate::config::ConfigError::from)?;
-                let poller = WebApiPoller::new(
-                    api,
-                    Arc::clone(&metrics),
-                    api_metrics,
-                    config.api.poll_interval,
-                    config.api.advanced_key_id,
-                    restored,
-                )
-                .map_err(StartError::Encoder)?;
-                tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
-                Some(spawn_stoppable(|stop| poller.run(stop)))
-            }
-            None => None,
-        };
+        let poller = start_web_api_poller(config, &metrics, restored)?;
         let state_writer = config.state.file.as_ref().map(|path| {
             let writer = StateWriter::new(
                 path.clone(),
@@ -160,82 +123,15 @@ impl Exporter {
             .map_err(StartError::Encoder)?
             .with_relay(relay),
         );
-
-        let bind = |key, address| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| StartError::Bind {
-                    key,
-                    address,
-                    source,
-                })
-        };
-        let shared = config.webhook.listen == config.metrics.listen;
-        let mut listeners = Vec::new();
-        let webhook = bind("webhook.listen", config.webhook.listen).await?;
-        let webhook_addr = webhook.local_addr().expect("bound socket has an address");
-        listeners.push((
-            webhook,
-            Role {
-                webhook: true,
-                metrics: shared,
-            },
-        ));
-        let metrics_addr = if shared {
-            webhook_addr
-        } else {
-            let metrics = bind("metrics.listen", config.metrics.listen).await?;
-            let address = metrics.local_addr().expect("bound socket has an address");
-            listeners.push((
-                metrics,
-                Role {
-                    webhook: false,
-                    metrics: true,
-                },
-            ));
-            address
-        };
-
+        let bound = bind_listeners(config).await?;
         // Ends with the runtime; SIGHUP no longer terminates the process from here on, before
         // "listening" is logged.
         tokio::spawn(reloader.run_on_sighup());
-        let acceptors = listeners
-            .into_iter()
-            .map(|(listener, role)| {
-                tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
-                let acceptor = Acceptor {
-                    listener,
-                    role,
-                    app: Arc::clone(&app),
-                    slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-                    header_read_timeout: config.limits.header_read_timeout,
-                    grace_period: config.server.shutdown_grace_period,
-                };
-                spawn_stoppable(|stopped| acceptor.run(stopped))
-            })
-            .collect();
-        // Without bridges, [bridge_lease] (set by the Kubernetes base for every pod) asks nothing.
-        let lease_client = config
-            .bridge_lease
-            .as_ref()
-            .filter(|_| !config.bridges.is_empty())
-            .map(LeaseClient::new)
-            .transpose()?;
-        let (mut bridges, mut leases) = (Vec::new(), Vec::new());
-        for (poller, bridge) in pollers.into_iter().zip(&config.bridges) {
-            // Before polling starts: the bridge's callbacks are accepted from the first one.
-            poller.resolve_sender().await;
-            // Without [bridge_lease], this process is every bridge's poller for good.
-            let (leading, leadership) = watch::channel(lease_client.is_none());
-            if let Some(client) = &lease_client {
-                let lease = client.lease(&bridge.name);
-                leases.push(spawn_stoppable(|stop| lease.run(leading, stop)));
-            }
-            bridges.push(spawn_stoppable(|stop| poller.run(leadership, stop)));
-        }
+        let acceptors = start_acceptors(config, bound.listeners, &app);
+        let (bridges, leases) = start_bridges(config, pollers).await?;
         Ok(Self {
-            webhook_addr,
-            metrics_addr,
+            webhook_addr: bound.webhook_addr,
+            metrics_addr: bound.metrics_addr,
             app,
             acceptors,
             bridges,
@@ -281,16 +177,183 @@ impl Exporter {
     }
 }
 
+/// Refuses a `forward.url` that points back at one of this exporter's own listeners.
+async fn refuse_relay_to_self(config: &Config) -> Result<(), StartError> {
+    if let Some(upstream) = config.forward.upstream()? {
+        crate::http::relay::refuse_relay_to_self(
+            &upstream,
+            &[
+                ("webhook.listen", config.webhook.listen),
+                ("metrics.listen", config.metrics.listen),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One poller per configured bridge, their metrics registered; none polls yet.
+fn bridge_pollers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    senders: &Arc<CallbackSenders>,
+) -> Result<Vec<BridgePoller>, StartError> {
+    let bridge_metrics = BridgeMetrics::new(metrics.registry());
+    let pollers = config
+        .bridges
+        .iter()
+        .map(|bridge| {
+            BridgePoller::new(
+                bridge,
+                Arc::clone(metrics),
+                &bridge_metrics,
+                Arc::clone(senders),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pollers)
+}
+
+/// With `api.token_file`, the Web API poller, started; it removes the `restored` locks its
+/// first poll does not list.
+fn start_web_api_poller(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    restored: Vec<u64>,
+) -> Result<Option<Stoppable>, StartError> {
+    Ok(match &config.api.token_file {
+        Some(token_file) => {
+            // Registered only here: an exporter that polls no Web API has none of them.
+            let api_metrics = WebApiMetrics::register(metrics.registry());
+            let api = NukiApi::new(&config.api, token_file, Some(api_metrics.clone()))
+                .map_err(crate::config::ConfigError::from)?;
+            let poller = WebApiPoller::new(
+                api,
+                Arc::clone(metrics),
+                api_metrics,
+                config.api.poll_interval,
+                config.api.advanced_key_id,
+                restored,
+            )
+            .map_err(StartError::Encoder)?;
+            tracing::info!(url = %config.api.url, interval = %humantime::format_duration(config.api.poll_interval), "polling the Nuki Web API");
+            Some(spawn_stoppable(|stop| poller.run(stop)))
+        }
+        None => None,
+    })
+}
+
+/// The bound listeners: the webhook listener first, the metrics listener unless it shares the
+/// webhook listener's address.
+struct Bound {
+    listeners: Vec<(TcpListener, Role)>,
+    webhook_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+}
+
+async fn bind_listeners(config: &Config) -> Result<Bound, StartError> {
+    let bind = |key, address| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind {
+                key,
+                address,
+                source,
+            })
+    };
+    let shared = config.webhook.listen == config.metrics.listen;
+    let mut listeners = Vec::new();
+    let webhook = bind("webhook.listen", config.webhook.listen).await?;
+    let webhook_addr = webhook.local_addr().expect("bound socket has an address");
+    listeners.push((
+        webhook,
+        Role {
+            webhook: true,
+            metrics: shared,
+        },
+    ));
+    let metrics_addr = if shared {
+        webhook_addr
+    } else {
+        let metrics = bind("metrics.listen", config.metrics.listen).await?;
+        let address = metrics.local_addr().expect("bound socket has an address");
+        listeners.push((
+            metrics,
+            Role {
+                webhook: false,
+                metrics: true,
+            },
+        ));
+        address
+    };
+    Ok(Bound {
+        listeners,
+        webhook_addr,
+        metrics_addr,
+    })
+}
+
+/// One accept loop per listener, started.
+fn start_acceptors(
+    config: &Config,
+    listeners: Vec<(TcpListener, Role)>,
+    app: &Arc<App>,
+) -> Vec<Stoppable> {
+    listeners
+        .into_iter()
+        .map(|(listener, role)| {
+            tracing::info!(address = %listener.local_addr().expect("bound"), listener = role.name(), "listening");
+            let acceptor = Acceptor {
+                listener,
+                role,
+                app: Arc::clone(app),
+                slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+                header_read_timeout: config.limits.header_read_timeout,
+                grace_period: config.server.shutdown_grace_period,
+            };
+            spawn_stoppable(|stopped| acceptor.run(stopped))
+        })
+        .collect()
+}
+
+/// Each bridge's poller, started once its callback sender is known, and with `[bridge_lease]`
+/// each bridge's Lease keeper.
+async fn start_bridges(
+    config: &Config,
+    pollers: Vec<BridgePoller>,
+) -> Result<(Vec<Stoppable>, Vec<Stoppable>), StartError> {
+    // Without bridges, [bridge_lease] (set by the Kubernetes base for every pod) asks nothing.
+    let lease_client = config
+        .bridge_lease
+        .as_ref()
+        .filter(|_| !config.bridges.is_empty())
+        .map(LeaseClient::new)
+        .transpose()?;
+    let (mut bridges, mut leases) = (Vec::new(), Vec::new());
+    for (poller, bridge) in pollers.into_iter().zip(&config.bridges) {
+        // Before polling starts: the bridge's callbacks are accepted from the first one.
+        poller.resolve_sender().await;
+        // Without [bridge_lease], this process is every bridge's poller for good.
+        let (leading, leadership) = watch::channel(lease_client.is_none());
+        if let Some(client) = &lease_client {
+            let lease = client.lease(&bridge.name);
+            leases.push(spawn_stoppable(|stop| lease.run(leading, stop)));
+        }
+        bridges.push(spawn_stoppable(|stop| poller.run(leadership, stop)));
+    }
+    Ok((bridges, leases))
+}
+
 /// Spawns a task that ends when its stop signal is sent.
 fn spawn_stoppable<F: Future<Output = ()> + Send + 'static>(
     task: impl FnOnce(watch::Receiver<bool>) -> F,
-) -> (watch::Sender<bool>, JoinHandle<()>) {
+) -> Stoppable {
     let (stop, stopped) = watch::channel(false);
     (stop, tokio::spawn(task(stopped)))
 }
 
 /// Stops a task of [`spawn_stoppable`] and waits for it to end.
-async fn stop(task: Option<(watch::Sender<bool>, JoinHandle<()>)>) {
+async fn stop(task: Option<Stoppable>) {
     if let Some((stop, task)) = task {
         let _ = stop.send(true);
         let _ = task.await;
