@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::{ApiConfig, TokenError};
 use crate::source::web_api::metrics::{Endpoint, WebApiMetrics};
 use crate::source::web_api::parse::ParseError;
+use crate::util::background::JobFailed;
 use crate::util::error_chain;
 use crate::util::off_thread::{FILE_READ_DEADLINE, Reader, Stalled};
 
@@ -88,6 +89,9 @@ pub enum ApiError {
         endpoint: Endpoint,
         source: ParseError,
     },
+    /// Recording what a poll read failed on the recording thread (a bug, not Nuki's answer).
+    #[error("recording the poll: {0}")]
+    Recording(#[from] JobFailed),
 }
 
 impl ApiError {

@@ -3,7 +3,8 @@
 //! set through [`crate::store::Metrics::observe`] like every other source.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Registry,
 };
 
 use crate::store::{counter_vec, gauge_vec, register};
@@ -37,6 +38,7 @@ pub struct WebApiMetrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     malformed: IntCounterVec,
+    recording_panics: IntCounter,
     last_success: Gauge,
     smartlocks: IntGauge,
     smartlocks_skipped: IntGaugeVec,
@@ -82,6 +84,14 @@ impl WebApiMetrics {
                 "nuki_exporter_api_malformed_responses_total",
                 "Nuki Web API answers whose body was not the documented JSON (HTML error pages, cut-off or other JSON); the last good values are kept.",
                 &["endpoint"],
+            ),
+            recording_panics: register(
+                r,
+                IntCounter::new(
+                    "nuki_exporter_api_recording_panics_total",
+                    "Nuki Web API polls whose recording (parsing and storing the answer, on the background thread) panicked; the poll counts as failed and polling goes on.",
+                )
+                .expect("valid metric definition"),
             ),
             last_success: register(
                 r,
@@ -160,6 +170,11 @@ impl WebApiMetrics {
     /// Counts an answer whose body could not be read.
     pub fn malformed(&self, endpoint: Endpoint) {
         self.malformed.with_label_values(&[endpoint.label()]).inc();
+    }
+
+    /// Counts a poll whose recording panicked.
+    pub fn recording_panicked(&self) {
+        self.recording_panics.inc();
     }
 
     /// Sets `nuki_exporter_api_up` after a poll.

@@ -7,6 +7,8 @@
 //! large fleet never holds a thread that answers webhooks or scrapes. A failed poll changes no
 //! lock series: the last good values stay. A poll's `api_up` is set last, between two scrapes'
 //! encodes: a scrape that shows it shows everything that poll read.
+//! A panic while recording fails that poll only (logged, counted in
+//! `nuki_exporter_api_recording_panics_total`); the recording thread and the polling go on.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -164,31 +166,42 @@ impl WebApiPoller {
             None => Ok(()),
         };
         let up = listed.is_ok() && delivery.is_ok();
-        self.publish(listed.as_ref().ok().copied(), up).await;
-        listed.map(|_| ()).and(delivery)
+        let published = self.publish(listed.as_ref().ok().copied(), up).await;
+        listed.map(|_| ()).and(delivery).and(published)
+    }
+
+    /// Runs `job` on the recording thread. A job that panics fails this poll only: it is
+    /// logged and counted, the thread goes on with the next job, and polling goes on.
+    async fn record<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.recorder.run(job).await.map_err(|failed| {
+            tracing::error!(error = %failed, "recording a Nuki Web API poll failed; this poll counts as failed, polling goes on");
+            self.api_metrics.recording_panicked();
+            ApiError::Recording(failed)
+        })
     }
 
     /// The poll's last step, on the recording thread and between two encodes: a scrape that
     /// shows this poll's `api_up` shows every lock, request and delivery the poll recorded.
-    async fn publish(&self, listed: Option<Listed>, up: bool) {
+    async fn publish(&self, listed: Option<Listed>, up: bool) -> Result<(), ApiError> {
         let (metrics, web_api) = (Arc::clone(&self.metrics), self.api_metrics.clone());
-        self.recorder
-            .run(move || {
-                metrics.between_encodes(|| {
-                    if let Some(listed) = listed {
-                        web_api.smartlocks_polled(
-                            listed.locks,
-                            listed.malformed,
-                            listed.over_limit,
-                            listed.seconds,
-                            listed.at,
-                        );
-                    }
-                    web_api.set_up(up);
-                })
+        self.record(move || {
+            metrics.between_encodes(|| {
+                if let Some(listed) = listed {
+                    web_api.smartlocks_polled(
+                        listed.locks,
+                        listed.malformed,
+                        listed.over_limit,
+                        listed.seconds,
+                        listed.at,
+                    );
+                }
+                web_api.set_up(up);
             })
-            .await
-            .expect("the recording thread runs as long as the poller");
+        })
+        .await
     }
 
     async fn poll_smartlocks(&mut self) -> Result<Listed, ApiError> {
@@ -196,7 +209,7 @@ impl WebApiPoller {
         let body = self.api.get(Endpoint::Smartlocks, "/smartlock").await?;
         let (metrics, account) = (Arc::clone(&self.metrics), Arc::clone(&self.account));
         let max_locks = self.metrics.limits().max_smartlocks;
-        let recorded = self.recorder.run(move || {
+        let recorded = self.record(move || {
             let mut polled = parse::parse_smartlocks(&body, max_locks)?;
             // The answer is freed before the locks are recorded into the table.
             drop(body);
@@ -212,10 +225,7 @@ impl WebApiPoller {
             }
             Ok((recorded, polled))
         });
-        let recorded = recorded
-            .await
-            .expect("the recording thread runs as long as the poller");
-        let (recorded, skipped) = match recorded {
+        let (recorded, skipped) = match recorded.await? {
             Ok(recorded) => recorded,
             Err(error) => return Err(self.malformed(Endpoint::Smartlocks, error)),
         };
@@ -324,4 +334,90 @@ fn log_page_path(key: &str, from: Option<&str>) -> String {
         query.append_pair("id", id);
     }
     format!("/api/key/{key}/webhook/logs?{}", query.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::Response;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::config::ApiConfig;
+    use crate::store::Limits;
+    use crate::util::background::JobFailed;
+
+    /// A stand-in Web API that answers every request with the `GET /smartlock` fixture.
+    async fn serve_smartlock_fixture() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(|_request| async {
+                    let body = crate::source::fixture!("web_api", "smartlock.json");
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body))))
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        format!("http://{address}")
+    }
+
+    fn sample(metrics: &Metrics, name: &str) -> Option<f64> {
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_recording_fails_that_poll_only_and_the_next_poll_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "test-token\n").unwrap();
+        let config = ApiConfig {
+            url: serve_smartlock_fixture().await,
+            allow_insecure_http: true,
+            ..ApiConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new(Limits::from(
+            &crate::config::LimitsConfig::default(),
+        )));
+        let api_metrics = WebApiMetrics::register(metrics.registry());
+        let api = NukiApi::new(&config, &token_file, Some(api_metrics.clone())).unwrap();
+        let mut poller = WebApiPoller::new(
+            api,
+            Arc::clone(&metrics),
+            api_metrics,
+            config.poll_interval,
+            None,
+            Vec::new(),
+        )
+        .unwrap();
+
+        let panicked = poller.record(|| -> () { panic!("a recording bug") }).await;
+        assert!(
+            matches!(&panicked, Err(ApiError::Recording(JobFailed::Panicked(message))) if message == "a recording bug"),
+            "{panicked:?}"
+        );
+        assert_eq!(
+            sample(&metrics, "nuki_exporter_api_recording_panics_total"),
+            Some(1.0)
+        );
+
+        poller
+            .poll()
+            .await
+            .expect("the poll after the panic succeeds");
+        assert_eq!(sample(&metrics, "nuki_exporter_api_up"), Some(1.0));
+        assert_eq!(sample(&metrics, "nuki_exporter_api_smartlocks"), Some(3.0));
+        assert_eq!(
+            sample(&metrics, "nuki_exporter_api_recording_panics_total"),
+            Some(1.0)
+        );
+    }
 }
