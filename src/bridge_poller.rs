@@ -27,7 +27,7 @@ use crate::bridge_lease::Leadership;
 use crate::bridge_metrics::{BridgeMetrics, BridgeSeries};
 use crate::config::{BridgeConfig, ConfigError};
 use crate::http::unix_now;
-use crate::lock::LockEvent;
+use crate::lock::{LockEvent, Origin};
 use crate::metrics::Metrics;
 use crate::roster::Roster;
 use crate::source::bridge;
@@ -267,12 +267,13 @@ impl BridgePoller {
         let listed: BTreeSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
         for report in &reports {
             self.metrics
-                .observe(report.smartlock_id, &report.events, now);
+                .observe(report.smartlock_id, Origin::BridgePoll, &report.events, now);
         }
         self.series.listed(&listed);
         // A device unpaired from the bridge: its series go, and its callbacks are refused.
         for gone in self.roster.replace(listed.into_iter().collect()) {
-            self.metrics.observe(gone, &[LockEvent::Removed], now);
+            self.metrics
+                .observe(gone, Origin::BridgePoll, &[LockEvent::Removed], now);
         }
         self.series.polled(true, now);
     }

@@ -38,6 +38,7 @@ pub mod server;
 pub mod signature;
 pub mod source;
 pub mod state;
+pub mod status_page;
 pub mod upstream_text;
 pub mod web;
 pub mod write_deadline;

@@ -13,9 +13,9 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::lock::{KnownLock, LockEvent, LockStatus};
+use crate::lock::{KnownLock, LockEvent, LockStatus, Origin};
 pub use crate::lock_store::{Limits, OVERFLOW, UNNAMED};
-use crate::lock_store::{LockStore, MAX_OPERATION_LEN, Overflow};
+use crate::lock_store::{LockStore, LockView, MAX_OPERATION_LEN, Overflow};
 use crate::source::webhook::{ApiWebhook, DeviceEvent, DeviceWebhook, Outcome, Webhook};
 
 /// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
@@ -380,10 +380,15 @@ impl Metrics {
         match &device.event {
             DeviceEvent::Log(entry) => self.store.count_log_entry(id, entry, now),
             DeviceEvent::Status(status) => {
-                self.observe(id, &[LockEvent::Seen, LockEvent::Status(*status)], now);
+                self.observe(
+                    id,
+                    Origin::Webhook,
+                    &[LockEvent::Seen, LockEvent::Status(*status)],
+                    now,
+                );
             }
             DeviceEvent::Masterdata(data) if data.deleted => {
-                self.observe(id, &[LockEvent::Removed], now);
+                self.observe(id, Origin::Webhook, &[LockEvent::Removed], now);
             }
             DeviceEvent::Masterdata(data) => {
                 let status = LockStatus {
@@ -395,16 +400,16 @@ impl Metrics {
                     LockEvent::Status(status),
                     LockEvent::Info(data.info()),
                 ];
-                self.observe(id, &events, now);
+                self.observe(id, Origin::Webhook, &events, now);
             }
-            DeviceEvent::Seen => self.observe(id, &[LockEvent::Seen], now),
+            DeviceEvent::Seen => self.observe(id, Origin::Webhook, &[LockEvent::Seen], now),
         }
     }
 
     /// Records what a source learned about one lock at `now` (Unix seconds). Locks beyond
     /// `limits.max_smartlocks` get no gauges.
-    pub fn observe(&self, id: u64, events: &[LockEvent], now: f64) {
-        self.store.observe(id, events, now);
+    pub fn observe(&self, id: u64, origin: Origin, events: &[LockEvent], now: f64) {
+        self.store.observe(id, origin, events, now);
     }
 
     /// How many locks, operations and series the configuration allows (`limits.*`).
@@ -415,6 +420,16 @@ impl Metrics {
     /// Every tracked lock's last-known state and info.
     pub fn known_locks(&self) -> Vec<KnownLock> {
         self.store.known_locks()
+    }
+
+    /// Every tracked lock as the status page shows it.
+    pub fn lock_views(&self) -> Vec<LockView> {
+        self.store.lock_views()
+    }
+
+    /// One tracked lock as the status page shows it.
+    pub fn lock_view(&self, id: u64) -> Option<LockView> {
+        self.store.lock_view(id)
     }
 
     /// The ids of every lock with series of its own.
@@ -595,8 +610,8 @@ mod tests {
             server_state: Some(4),
             ..LockStatus::default()
         };
-        m.observe(9, &[LockEvent::Status(battery)], 10.0);
-        m.observe(9, &[LockEvent::Status(server)], 20.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Status(battery)], 10.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Status(server)], 20.0);
         let text = exposition(&m);
         assert!(text.contains(r#"nuki_smartlock_battery_charge_percent{smartlock_id="9"} 12"#));
         assert!(text.contains(r#"nuki_smartlock_server_state{smartlock_id="9"} 4"#));
@@ -612,7 +627,7 @@ mod tests {
         assert_eq!(known[0].status.battery_charge_percent, Some(12));
         assert_eq!(known[0].status.server_state, Some(4));
         assert_eq!(known[0].updated_at, Some(20.0));
-        m.observe(9, &[LockEvent::Removed], 30.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Removed], 30.0);
         assert!(!exposition(&m).contains(r#"smartlock_id="9""#));
         assert!(m.known_locks().is_empty());
     }

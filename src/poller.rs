@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 
 use crate::background::BackgroundThread;
-use crate::lock::LockEvent;
+use crate::lock::{LockEvent, Origin};
 use crate::metrics::{Endpoint, Metrics};
 use crate::nuki_api::{ApiError, NukiApi};
 use crate::roster::Roster;
@@ -200,10 +200,10 @@ impl Poller {
             let listed: HashSet<u64> = locks.iter().map(|(id, _)| *id).collect();
             let recorded = listed.len();
             for (id, events) in &locks {
-                metrics.observe(*id, events, now);
+                metrics.observe(*id, Origin::WebApiPoll, events, now);
             }
             for gone in account.replace(listed) {
-                metrics.observe(gone, &[LockEvent::Removed], now);
+                metrics.observe(gone, Origin::WebApiPoll, &[LockEvent::Removed], now);
             }
             Ok((recorded, polled))
         });

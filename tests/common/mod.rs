@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub mod bridge_stub;
+pub mod browser;
 pub mod kube_api_stub;
 pub mod nuki_api_stub;
 #[path = "process.rs"]
