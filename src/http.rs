@@ -189,7 +189,9 @@ impl App {
                         self.serve_metrics(scrape::accepts_gzip(request.headers()))
                             .await
                     }
-                    Access::Granted if status_page => self.serve_status_page(path).await,
+                    Access::Granted if status_page => {
+                        self.serve_status_page(path, request.uri().query()).await
+                    }
                     Access::Granted => html(LANDING_PAGE),
                 }
             }
@@ -202,16 +204,21 @@ impl App {
         }
     }
 
-    /// `/status` or `/status/<smartlock id>`, rendered off the threads that serve webhooks.
-    async fn serve_status_page(&self, path: &str) -> HttpResponse {
+    /// `/status[?page=N]` or `/status/<smartlock id>`, rendered off the threads that serve
+    /// webhooks.
+    async fn serve_status_page(&self, path: &str, query: Option<&str>) -> HttpResponse {
         let metrics = Arc::clone(&self.metrics);
         let lock = path.strip_prefix(STATUS_LOCK_PREFIX).map(str::to_owned);
+        let page = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == "page")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(1);
         let rendered = tokio::task::spawn_blocking(move || {
             let now = unix_now();
             let Some(lock) = lock else {
                 return (
                     StatusCode::OK,
-                    status_page::fleet_page(metrics.lock_views(), now),
+                    status_page::fleet_page(metrics.lock_views(), page, now),
                 );
             };
             match lock.parse().ok().and_then(|id| metrics.lock_view(id)) {
