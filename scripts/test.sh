@@ -35,6 +35,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 have caddy || missing+=(caddy)
 have busybox || missing+=(busybox)
 have setpriv || missing+=(util-linux)
+# tests/status_page.rs reads the status page in a real headless browser.
+have chromium || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo=""

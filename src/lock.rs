@@ -219,6 +219,89 @@ pub enum LockEvent {
     BatteryReplaced { at: f64 },
 }
 
+/// Which way a report about a lock came in. The store keeps the last one beside the lock's
+/// state for the status page to show; it never changes what is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Webhook,
+    WebApiPoll,
+    BridgePoll,
+    BridgeCallback,
+    /// Restored at start-up: the report that set it came before the restart.
+    StateFile,
+}
+
+impl Origin {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Webhook => "webhook",
+            Origin::WebApiPoll => "Web API poll",
+            Origin::BridgePoll => "Bridge poll",
+            Origin::BridgeCallback => "Bridge callback",
+            Origin::StateFile => "state file (reported before the restart)",
+        }
+    }
+}
+
+/// `state.state` in words: smart locks and openers number their states differently.
+pub fn lock_state_name(device_type: Option<&str>, code: i64) -> &'static str {
+    if device_type == Some("opener") {
+        return match code {
+            0 => "untrained",
+            1 => "online",
+            3 => "ring-to-open active",
+            5 => "open",
+            7 => "opening",
+            253 => "boot run",
+            255 => "undefined",
+            _ => "unknown code",
+        };
+    }
+    match code {
+        0 => "uncalibrated",
+        1 => "locked",
+        2 => "unlocking",
+        3 => "unlocked",
+        4 => "locking",
+        5 => "unlatched",
+        6 => "unlocked (lock 'n' go)",
+        7 => "unlatching",
+        224 => "error: wrong entry code",
+        225 => "error: wrong fingerprint",
+        254 => "motor blocked",
+        255 => "undefined",
+        _ => "unknown code",
+    }
+}
+
+/// `serverState` in words.
+pub fn server_state_name(code: i64) -> &'static str {
+    match code {
+        0 => "ok",
+        1 => "unregistered",
+        2 => "authorisation UUID invalid",
+        3 => "authorisation invalid",
+        4 => "offline",
+        _ => "unknown code",
+    }
+}
+
+/// `state.doorState` in words.
+pub fn door_state_name(code: i64) -> &'static str {
+    match code {
+        0 => "unavailable",
+        1 => "deactivated",
+        2 => "closed",
+        3 => "open",
+        4 => "unknown",
+        5 => "calibrating",
+        16 => "uncalibrated",
+        240 => "removed",
+        255 => "unknown",
+        _ => "unknown code",
+    }
+}
+
 /// How many points the charge must jump up, outside charging, to count as a battery change.
 /// Charge steps are a few points and the reading wobbles by one or two under load; fresh
 /// batteries arrive 20 points or more above a set that is worth replacing.

@@ -5,6 +5,7 @@
 pub mod metrics_auth;
 pub mod relay;
 pub mod request_progress;
+pub mod status_page;
 pub mod write_deadline;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::config::BRIDGE_CALLBACK_PATH;
 use crate::config::file_backed::FileBacked;
 use crate::http::metrics_auth::{Access, MetricsGuard};
 use crate::http::relay::Relay;
+use crate::lock::Origin;
 use crate::source::bridge::parse as bridge;
 use crate::source::bridge::poller::CallbackSenders;
 use crate::source::webhook::events;
@@ -70,13 +72,18 @@ pub struct App {
 
 type HttpResponse = Response<Full<Bytes>>;
 
+/// The status page: every lock; `/status/<smartlock id>` is one lock's.
+const STATUS_PATH: &str = "/status";
+const STATUS_LOCK_PREFIX: &str = "/status/";
+
 const LANDING_PAGE: &str = concat!(
     "<!DOCTYPE html>\n<html><head><title>nuki-exporter</title></head><body>\n",
     "<h1>nuki-exporter ",
     env!("CARGO_PKG_VERSION"),
     "</h1>\n<p>Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and ",
     "serves their error codes, battery and lock state as metrics.</p>\n",
-    "<ul><li><a href=\"/metrics\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>",
+    "<ul><li><a href=\"/status\">Smart locks</a></li><li><a href=\"/metrics\">Metrics</a></li>",
+    "<li><a href=\"/-/healthy\">Health</a></li>",
     "<li><a href=\"/-/ready\">Readiness</a></li></ul>\n</body></html>\n"
 );
 
@@ -162,14 +169,16 @@ impl App {
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
         }
+        let status_page = path == STATUS_PATH || path.starts_with(STATUS_LOCK_PREFIX);
         match path {
+            _ if status_page && role.metrics && !readable => method_not_allowed("GET, HEAD"),
             "/-/healthy" | "/-/ready" | "/metrics" | "/" if !readable => {
                 method_not_allowed("GET, HEAD")
             }
             "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-            "/metrics" | "/" if role.metrics => {
+            _ if (status_page || path == "/metrics" || path == "/") && role.metrics => {
                 match self.guard.current().authorize(request.headers()).await {
                     Access::Denied(challenge) => {
                         let mut response = self.refuse(
@@ -187,6 +196,9 @@ impl App {
                         self.serve_metrics(scrape::accepts_gzip(request.headers()))
                             .await
                     }
+                    Access::Granted if status_page => {
+                        self.serve_status_page(path, request.uri().query()).await
+                    }
                     Access::Granted => html(LANDING_PAGE),
                 }
             }
@@ -195,6 +207,49 @@ impl App {
                     self.metrics.reject(RejectReason::NotFound);
                 }
                 text(StatusCode::NOT_FOUND, "Not found.\n")
+            }
+        }
+    }
+
+    /// `/status[?page=N]` or `/status/<smartlock id>`, rendered off the threads that serve
+    /// webhooks.
+    async fn serve_status_page(&self, path: &str, query: Option<&str>) -> HttpResponse {
+        let metrics = Arc::clone(&self.metrics);
+        let lock = path.strip_prefix(STATUS_LOCK_PREFIX).map(str::to_owned);
+        let page = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == "page")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(1);
+        let rendered = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let Some(lock) = lock else {
+                return (
+                    StatusCode::OK,
+                    status_page::fleet_page(metrics.lock_views(), page, now),
+                );
+            };
+            match lock.parse().ok().and_then(|id| metrics.lock_view(id)) {
+                Some(view) => (StatusCode::OK, status_page::lock_page(&view, now)),
+                None => (StatusCode::NOT_FOUND, status_page::unknown_lock_page(&lock)),
+            }
+        })
+        .await;
+        match rendered {
+            Ok((status, page)) => {
+                let mut response = Response::new(Full::new(Bytes::from(page)));
+                *response.status_mut() = status;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "rendering the status page failed");
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Rendering the status page failed.\n",
+                )
             }
         }
     }
@@ -301,7 +356,8 @@ impl App {
         };
         let id = report.smartlock_id;
         let recorded = bridge.roster.if_listed(id, || {
-            self.metrics.observe(id, &report.events, unix_now());
+            self.metrics
+                .observe(id, Origin::BridgeCallback, &report.events, unix_now());
         });
         if recorded.is_none() {
             tracing::debug!(bridge = %bridge.series.name(), smartlock_id = id, "bridge callback about a lock the bridge did not list: ignored");

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::catalogue;
 use crate::config::LimitsConfig;
 use crate::lock::{CompletionState, ErrorCode, LogAction, LogEntry};
-use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus, battery_replaced};
+use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus, Origin, battery_replaced};
 
 /// `smartlock_id` of counters for ids beyond `limits.max_smartlocks`, and label value of
 /// operations beyond `limits.max_operations`.
@@ -108,6 +108,8 @@ struct Known {
     info: Option<LockInfo>,
     /// Unix time of the last event that reported state or info.
     updated_at: f64,
+    /// The way that last event came in (the status page shows it; no series).
+    reported_by: Option<Origin>,
     /// Unix time at which the last battery change was seen: a series of its own.
     battery_replaced_at: Option<f64>,
 }
@@ -126,6 +128,52 @@ impl LockRow {
 
     fn info(&self) -> Option<&LockInfo> {
         self.known.as_ref().and_then(|known| known.info.as_ref())
+    }
+}
+
+/// What this replica knows of one lock, for the status page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockView {
+    pub smartlock_id: u64,
+    pub status: LockStatus,
+    pub info: Option<LockInfo>,
+    /// Unix time of the last report of state or info, and the way it came in.
+    pub reported_at: Option<f64>,
+    pub reported_by: Option<Origin>,
+    /// Unix time of the lock's last webhook.
+    pub last_seen: Option<f64>,
+    pub battery_replaced_at: Option<f64>,
+    /// API results counted since start, all operations together.
+    pub results: u64,
+    /// Failed operations counted since start: operation, error code, count.
+    pub failures: Vec<(String, ErrorCode, u64)>,
+}
+
+impl LockView {
+    fn of(smartlock_id: u64, row: &LockRow, operations: &[Box<str>]) -> Self {
+        let known = row.known.as_deref();
+        let name = |operation: Operation| {
+            operations
+                .get(operation.index())
+                .map_or(OVERFLOW, |name| &**name)
+                .to_owned()
+        };
+        Self {
+            smartlock_id,
+            status: row.status().copied().unwrap_or_default(),
+            info: row.info().cloned(),
+            reported_at: known.map(|known| known.updated_at),
+            reported_by: known.and_then(|known| known.reported_by),
+            last_seen: row.last_seen,
+            battery_replaced_at: known.and_then(|known| known.battery_replaced_at),
+            results: row.counters.operations.iter().map(|(_, n)| n).sum(),
+            failures: row
+                .counters
+                .errors
+                .iter()
+                .map(|&(operation, code, count)| (name(operation), code, count))
+                .collect(),
+        }
     }
 }
 
@@ -368,9 +416,10 @@ impl LockStore {
         }
     }
 
-    /// Records what a source learned about one lock at `now`. Locks beyond `max_smartlocks`
-    /// get no gauges; `Removed` drops every series of the lock, in the time of its own series.
-    pub fn observe(&self, id: u64, events: &[LockEvent], now: f64) {
+    /// Records what a source learned about one lock at `now`, having come in by `origin`.
+    /// Locks beyond `max_smartlocks` get no gauges; `Removed` drops every series of the lock,
+    /// in the time of its own series.
+    pub fn observe(&self, id: u64, origin: Origin, events: &[LockEvent], now: f64) {
         if events.contains(&LockEvent::Removed) {
             return self.remove(id);
         }
@@ -396,6 +445,7 @@ impl LockStore {
                             known.status.merge(&update);
                         }
                         known.updated_at = now;
+                        known.reported_by = Some(origin);
                         if replaced {
                             store.record_battery_change(row, now);
                         }
@@ -415,6 +465,7 @@ impl LockStore {
                             None => {}
                         }
                         known.updated_at = now;
+                        known.reported_by = Some(origin);
                     }
                     LockEvent::BatteryReplaced { at } => store.record_battery_change(row, *at),
                     LockEvent::Removed => {}
@@ -457,6 +508,39 @@ impl LockStore {
             }));
         }
         known
+    }
+
+    /// Every tracked lock as the status page shows it.
+    pub fn lock_views(&self) -> Vec<LockView> {
+        let operations = self.operation_names();
+        let mut views = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = locked(shard);
+            views.extend(
+                shard
+                    .locks
+                    .iter()
+                    .map(|(&id, row)| LockView::of(id, row, &operations)),
+            );
+        }
+        views
+    }
+
+    /// One tracked lock as the status page shows it.
+    pub fn lock_view(&self, id: u64) -> Option<LockView> {
+        let operations = self.operation_names();
+        let shard = self.shard(id);
+        shard
+            .locks
+            .get(&id)
+            .map(|row| LockView::of(id, row, &operations))
+    }
+
+    fn operation_names(&self) -> Vec<Box<str>> {
+        self.operations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The ids of every lock with series of its own.
@@ -984,6 +1068,45 @@ mod tests {
         families
     }
 
+    #[test]
+    fn a_lock_view_keeps_the_last_report_its_origin_and_its_failures() {
+        let (store, _) = store(limits());
+        let (auth, _) = store.operation(Some("AuthCreation"));
+        let charge = LockStatus {
+            battery_charge_percent: Some(40),
+            ..LockStatus::default()
+        };
+        store.observe(4, Origin::WebApiPoll, &[LockEvent::Status(charge)], 10.0);
+        // The lock's own webhook that only names it is no report of state.
+        store.observe(4, Origin::Webhook, &[LockEvent::Seen], 20.0);
+        store.count_result(Some(4), auth, Some(ErrorCode::Code(0xFF)), 30.0);
+        store.count_result(Some(4), auth, None, 31.0);
+        let view = store.lock_view(4).unwrap();
+        assert_eq!(view.reported_at, Some(10.0));
+        assert_eq!(view.reported_by, Some(Origin::WebApiPoll));
+        assert_eq!(view.last_seen, Some(31.0));
+        assert_eq!(view.status.battery_charge_percent, Some(40));
+        assert_eq!(view.results, 2);
+        assert_eq!(
+            view.failures,
+            [("AuthCreation".to_owned(), ErrorCode::Code(0xFF), 1)]
+        );
+
+        store.observe(
+            4,
+            Origin::BridgeCallback,
+            &[LockEvent::Status(charge)],
+            40.0,
+        );
+        let view = store.lock_view(4).unwrap();
+        assert_eq!(
+            (view.reported_at, view.reported_by),
+            (Some(40.0), Some(Origin::BridgeCallback))
+        );
+        assert_eq!(store.lock_views(), [view]);
+        assert_eq!(store.lock_view(5), None);
+    }
+
     const NAME: &str = "Front \"door\" \\ back\nsecond line, Küche 🔒";
     const ODD_OPERATION: &str = "Auth\"Creation\\x\ny";
 
@@ -1032,8 +1155,18 @@ mod tests {
             device_type: Some("smartlock_3_4".into()),
             firmware_version: None,
         };
-        store.observe(42, &[LockEvent::Status(status), LockEvent::Info(info)], 7.0);
-        store.observe(42, &[LockEvent::BatteryReplaced { at: 3.25 }], 7.5);
+        store.observe(
+            42,
+            Origin::Webhook,
+            &[LockEvent::Status(status), LockEvent::Info(info)],
+            7.0,
+        );
+        store.observe(
+            42,
+            Origin::Webhook,
+            &[LockEvent::BatteryReplaced { at: 3.25 }],
+            7.5,
+        );
 
         let registry = Registry::new();
         let counters = |family: &Family, labels: &[&str]| {
@@ -1155,7 +1288,12 @@ mod tests {
     #[test]
     fn the_seen_time_keeps_fractions_as_the_crate_writes_them() {
         let (store, _) = store(limits());
-        store.observe(1, &[LockEvent::Seen], 1_700_000_000.123_456_7);
+        store.observe(
+            1,
+            Origin::Webhook,
+            &[LockEvent::Seen],
+            1_700_000_000.123_456_7,
+        );
         let text = exposition(&store);
         let expected = format!("{}", 1_700_000_000.123_456_7_f64);
         assert!(
@@ -1175,20 +1313,30 @@ mod tests {
                 .map(str::to_owned)
         };
         // A webhook that only names the lock (an API result) is no state report.
-        store.observe(1, &[LockEvent::Seen], 5.0);
+        store.observe(1, Origin::Webhook, &[LockEvent::Seen], 5.0);
         assert_eq!(timestamp(&store), None);
         let status = LockStatus {
             battery_charge_percent: Some(80),
             ..LockStatus::default()
         };
-        store.observe(1, &[LockEvent::Status(status)], 10.5);
+        store.observe(1, Origin::Webhook, &[LockEvent::Status(status)], 10.5);
         assert_eq!(timestamp(&store).as_deref(), Some("10.5"));
-        store.observe(1, &[LockEvent::Info(LockInfo::default())], 20.0);
+        store.observe(
+            1,
+            Origin::Webhook,
+            &[LockEvent::Info(LockInfo::default())],
+            20.0,
+        );
         assert_eq!(timestamp(&store).as_deref(), Some("20"));
-        store.observe(1, &[LockEvent::Seen], 30.0);
+        store.observe(1, Origin::Webhook, &[LockEvent::Seen], 30.0);
         assert_eq!(timestamp(&store).as_deref(), Some("20"));
         // Restored state (the state file replays its events at their own time) is no newer.
-        store.observe(2, &[LockEvent::Status(status)], 1_700_000_000.25);
+        store.observe(
+            2,
+            Origin::Webhook,
+            &[LockEvent::Status(status)],
+            1_700_000_000.25,
+        );
         assert!(exposition(&store).contains(
             "nuki_smartlock_state_timestamp_seconds{smartlock_id=\"2\"} 1700000000.25\n"
         ));
@@ -1213,16 +1361,16 @@ mod tests {
                 .find_map(|line| line.strip_prefix(prefix))
                 .map(str::to_owned)
         };
-        store.observe(1, &charge(14), 10.0);
-        store.observe(1, &charge(12), 20.0);
+        store.observe(1, Origin::Webhook, &charge(14), 10.0);
+        store.observe(1, Origin::Webhook, &charge(12), 20.0);
         assert_eq!(replaced(&store), None);
-        store.observe(1, &charge(100), 30.5);
+        store.observe(1, Origin::Webhook, &charge(100), 30.5);
         assert_eq!(replaced(&store).as_deref(), Some("30.5"));
         assert_eq!(store.known_locks()[0].battery_replaced_at, Some(30.5));
         // The charge, the state timestamp and the change: the lock's budget of three.
         assert_eq!(store.series(), 3);
-        store.observe(1, &charge(40), 40.0);
-        store.observe(1, &charge(90), 50.0);
+        store.observe(1, Origin::Webhook, &charge(40), 40.0);
+        store.observe(1, Origin::Webhook, &charge(90), 50.0);
         assert_eq!(replaced(&store).as_deref(), Some("50"));
         assert_eq!(store.series(), 3);
         assert_eq!(overflow.series.get(), 0);
@@ -1232,8 +1380,8 @@ mod tests {
             lock_state: Some(1),
             ..LockStatus::default()
         };
-        store.observe(2, &[LockEvent::Status(full)], 1.0);
-        store.observe(2, &charge(80), 2.0);
+        store.observe(2, Origin::Webhook, &[LockEvent::Status(full)], 1.0);
+        store.observe(2, Origin::Webhook, &charge(80), 2.0);
         assert_eq!(overflow.series.get(), 1);
         assert!(
             exposition(&store)
@@ -1286,29 +1434,44 @@ mod tests {
             server_state: Some(0),
             ..LockStatus::default()
         };
-        store.observe(1, &[LockEvent::Seen, LockEvent::Status(full)], 1.0);
-        store.observe(2, &[LockEvent::Seen, LockEvent::Status(full)], 1.0);
+        store.observe(
+            1,
+            Origin::Webhook,
+            &[LockEvent::Seen, LockEvent::Status(full)],
+            1.0,
+        );
+        store.observe(
+            2,
+            Origin::Webhook,
+            &[LockEvent::Seen, LockEvent::Status(full)],
+            1.0,
+        );
         // Each: last seen, four state gauges and the state timestamp.
         assert_eq!(store.series(), 12);
         assert_eq!(overflow.series.get(), 0);
         // A third lock is admitted but its series are refused; lock 1 keeps updating.
-        store.observe(3, &[LockEvent::Seen, LockEvent::Status(full)], 2.0);
+        store.observe(
+            3,
+            Origin::Webhook,
+            &[LockEvent::Seen, LockEvent::Status(full)],
+            2.0,
+        );
         let newer = LockStatus {
             battery_charge_percent: Some(40),
             mode: Some(2),
             ..LockStatus::default()
         };
-        store.observe(1, &[LockEvent::Status(newer)], 3.0);
+        store.observe(1, Origin::Webhook, &[LockEvent::Status(newer)], 3.0);
         assert_eq!(store.series(), 12);
         assert_eq!(overflow.series.get(), 3);
         let text = exposition(&store);
         assert!(text.contains("nuki_smartlock_battery_charge_percent{smartlock_id=\"1\"} 40\n"));
         assert!(!text.contains("nuki_smartlock_mode{"), "{text}");
         assert!(!text.contains("smartlock_id=\"3\""), "{text}");
-        store.observe(2, &[LockEvent::Removed], 4.0);
+        store.observe(2, Origin::Webhook, &[LockEvent::Removed], 4.0);
         assert_eq!(store.series(), 6);
         assert_eq!(overflow.tracked.get(), 2);
-        store.observe(3, &[LockEvent::Status(full)], 5.0);
+        store.observe(3, Origin::Webhook, &[LockEvent::Status(full)], 5.0);
         assert_eq!(store.series(), 11);
         assert!(exposition(&store).contains("nuki_smartlock_lock_state{smartlock_id=\"3\"} 1\n"));
     }
@@ -1328,7 +1491,7 @@ mod tests {
         assert_eq!(overflow.operation.get(), 2);
         store.count_result(Some(1), Operation::OVERFLOW, None, 1.0);
         store.count_result(Some(2), Operation::OVERFLOW, None, 1.0);
-        store.observe(3, &[LockEvent::Seen], 1.0);
+        store.observe(3, Origin::Webhook, &[LockEvent::Seen], 1.0);
         assert_eq!(overflow.smartlock_id.get(), 2);
         assert_eq!(store.tracked_ids(), vec![1]);
         let text = exposition(&store);
@@ -1346,7 +1509,7 @@ mod tests {
             name: Some(name),
             ..LockInfo::default()
         };
-        store.observe(1, &[LockEvent::Info(info)], 1.0);
+        store.observe(1, Origin::Webhook, &[LockEvent::Info(info)], 1.0);
         let kept = store.known_locks()[0].info.clone().unwrap().name.unwrap();
         assert_eq!(kept, format!("a{}", "ä".repeat(63)));
         assert_eq!(kept.len(), 127);
@@ -1365,8 +1528,8 @@ mod tests {
             device_type: Some("smartlock_3_4".into()),
             firmware_version: None,
         };
-        store.observe(5, &[LockEvent::Info(web_api)], 1.0);
-        store.observe(5, &[LockEvent::Info(bridge)], 2.0);
+        store.observe(5, Origin::Webhook, &[LockEvent::Info(web_api)], 1.0);
+        store.observe(5, Origin::Webhook, &[LockEvent::Info(bridge)], 2.0);
         let mut text = Vec::new();
         store.encode_into(&mut text);
         let text = String::from_utf8(text).unwrap();

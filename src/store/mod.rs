@@ -15,9 +15,9 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::lock::{ErrorCode, KnownLock, LockEvent, LogEntry};
+use crate::lock::{ErrorCode, KnownLock, LockEvent, LogEntry, Origin};
 pub use crate::store::lock_store::{Limits, OVERFLOW, UNNAMED};
-use crate::store::lock_store::{LockStore, MAX_OPERATION_LEN, Operation, Overflow};
+use crate::store::lock_store::{LockStore, LockView, MAX_OPERATION_LEN, Operation, Overflow};
 
 /// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -391,8 +391,8 @@ impl Metrics {
 
     /// Records what a source learned about one lock at `now` (Unix seconds). Locks beyond
     /// `limits.max_smartlocks` get no gauges.
-    pub fn observe(&self, id: u64, events: &[LockEvent], now: f64) {
-        self.store.observe(id, events, now);
+    pub fn observe(&self, id: u64, origin: Origin, events: &[LockEvent], now: f64) {
+        self.store.observe(id, origin, events, now);
     }
 
     /// How many locks, operations and series the configuration allows (`limits.*`).
@@ -403,6 +403,16 @@ impl Metrics {
     /// Every tracked lock's last-known state and info.
     pub fn known_locks(&self) -> Vec<KnownLock> {
         self.store.known_locks()
+    }
+
+    /// Every tracked lock as the status page shows it.
+    pub fn lock_views(&self) -> Vec<LockView> {
+        self.store.lock_views()
+    }
+
+    /// One tracked lock as the status page shows it.
+    pub fn lock_view(&self, id: u64) -> Option<LockView> {
+        self.store.lock_view(id)
     }
 
     /// The ids of every lock with series of its own.
@@ -588,8 +598,8 @@ mod tests {
             server_state: Some(4),
             ..LockStatus::default()
         };
-        m.observe(9, &[LockEvent::Status(battery)], 10.0);
-        m.observe(9, &[LockEvent::Status(server)], 20.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Status(battery)], 10.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Status(server)], 20.0);
         let text = exposition(&m);
         assert!(text.contains(r#"nuki_smartlock_battery_charge_percent{smartlock_id="9"} 12"#));
         assert!(text.contains(r#"nuki_smartlock_server_state{smartlock_id="9"} 4"#));
@@ -605,7 +615,7 @@ mod tests {
         assert_eq!(known[0].status.battery_charge_percent, Some(12));
         assert_eq!(known[0].status.server_state, Some(4));
         assert_eq!(known[0].updated_at, Some(20.0));
-        m.observe(9, &[LockEvent::Removed], 30.0);
+        m.observe(9, Origin::WebApiPoll, &[LockEvent::Removed], 30.0);
         assert!(!exposition(&m).contains(r#"smartlock_id="9""#));
         assert!(m.known_locks().is_empty());
     }

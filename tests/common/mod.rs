@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub mod alertmanager;
 pub mod bridge_stub;
+pub mod browser;
 pub mod daemon;
 pub mod exporter;
 pub mod exporter_binary;

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{BridgeConfig, ConfigError};
-use crate::lock::LockEvent;
+use crate::lock::{LockEvent, Origin};
 use crate::source::bridge::client::{BridgeClient, BridgeError, Endpoint};
 use crate::source::bridge::lease::Leadership;
 use crate::source::bridge::metrics::{BridgeMetrics, BridgeSeries};
@@ -267,12 +267,13 @@ impl BridgePoller {
         let listed: BTreeSet<u64> = reports.iter().map(|r| r.smartlock_id).collect();
         for report in &reports {
             self.metrics
-                .observe(report.smartlock_id, &report.events, now);
+                .observe(report.smartlock_id, Origin::BridgePoll, &report.events, now);
         }
         self.series.listed(&listed);
         // A device unpaired from the bridge: its series go, and its callbacks are refused.
         for gone in self.roster.replace(listed.into_iter().collect()) {
-            self.metrics.observe(gone, &[LockEvent::Removed], now);
+            self.metrics
+                .observe(gone, Origin::BridgePoll, &[LockEvent::Removed], now);
         }
         self.series.polled(true, now);
     }

@@ -18,7 +18,7 @@ use serde::de::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::lock::{KnownLock, LockEvent};
+use crate::lock::{KnownLock, LockEvent, Origin};
 use crate::store::Metrics;
 
 /// The `format` marker of a state file.
@@ -320,6 +320,7 @@ pub fn restore(path: &Path, metrics: &Metrics, max_smartlocks: usize) -> Vec<u64
                 .map(|lock| {
                     metrics.observe(
                         lock.smartlock_id,
+                        Origin::StateFile,
                         &lock.events,
                         lock.updated_at.unwrap_or_default(),
                     );
@@ -553,7 +554,12 @@ mod tests {
         assert_eq!(unwritable.write_if_changed(None).await, None);
         assert_eq!(writes(&metrics), ("0".into(), "0".into()));
 
-        metrics.observe(7, &[LockEvent::Status(lock(7).status)], 1_700_000_000.0);
+        metrics.observe(
+            7,
+            Origin::StateFile,
+            &[LockEvent::Status(lock(7).status)],
+            1_700_000_000.0,
+        );
         assert_eq!(unwritable.write_if_changed(None).await, None);
         assert_eq!(writes(&metrics), ("0".into(), "1".into()));
         // still failing: every retry counts

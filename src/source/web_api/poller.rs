@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 
-use crate::lock::LockEvent;
+use crate::lock::{LockEvent, Origin};
 use crate::source::roster::Roster;
 use crate::source::web_api::client::{ApiError, NukiApi};
 use crate::source::web_api::metrics::{Endpoint, WebApiMetrics};
@@ -218,10 +218,10 @@ impl WebApiPoller {
             let listed: HashSet<u64> = locks.iter().map(|(id, _)| *id).collect();
             let recorded = listed.len();
             for (id, events) in &locks {
-                metrics.observe(*id, events, now);
+                metrics.observe(*id, Origin::WebApiPoll, events, now);
             }
             for gone in account.replace(listed) {
-                metrics.observe(gone, &[LockEvent::Removed], now);
+                metrics.observe(gone, Origin::WebApiPoll, &[LockEvent::Removed], now);
             }
             Ok((recorded, polled))
         });

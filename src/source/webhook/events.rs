@@ -1,7 +1,7 @@
 //! What an accepted webhook tells the store: a Web API answer counts its per-lock results, a
 //! device webhook becomes lock events (or an activity-log entry), like every other source's.
 
-use crate::lock::{LockEvent, LockStatus};
+use crate::lock::{LockEvent, LockStatus, Origin};
 use crate::source::webhook::parse::{ApiWebhook, DeviceEvent, DeviceWebhook, Outcome, Webhook};
 use crate::store::Metrics;
 
@@ -34,10 +34,15 @@ fn record_device(metrics: &Metrics, device: &DeviceWebhook, now: f64) {
     match &device.event {
         DeviceEvent::Log(entry) => metrics.count_log_entry(id, entry, now),
         DeviceEvent::Status(status) => {
-            metrics.observe(id, &[LockEvent::Seen, LockEvent::Status(*status)], now);
+            metrics.observe(
+                id,
+                Origin::Webhook,
+                &[LockEvent::Seen, LockEvent::Status(*status)],
+                now,
+            );
         }
         DeviceEvent::Masterdata(data) if data.deleted => {
-            metrics.observe(id, &[LockEvent::Removed], now);
+            metrics.observe(id, Origin::Webhook, &[LockEvent::Removed], now);
         }
         DeviceEvent::Masterdata(data) => {
             let status = LockStatus {
@@ -49,8 +54,8 @@ fn record_device(metrics: &Metrics, device: &DeviceWebhook, now: f64) {
                 LockEvent::Status(status),
                 LockEvent::Info(data.info()),
             ];
-            metrics.observe(id, &events, now);
+            metrics.observe(id, Origin::Webhook, &events, now);
         }
-        DeviceEvent::Seen => metrics.observe(id, &[LockEvent::Seen], now),
+        DeviceEvent::Seen => metrics.observe(id, Origin::Webhook, &[LockEvent::Seen], now),
     }
 }
