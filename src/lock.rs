@@ -189,6 +189,21 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// The info of a lock from the typed fields Nuki sends (webhook masterdata, Web API).
+    pub fn new(
+        name: Option<String>,
+        device_type: Option<DeviceType>,
+        firmware_version: Option<FirmwareVersion>,
+    ) -> Self {
+        Self {
+            name,
+            device_type: device_type.map(|t| t.label().to_owned()),
+            firmware_version: firmware_version.map(|v| v.to_string()),
+        }
+    }
+}
+
+impl LockInfo {
     /// Takes every field `newer` reports; keeps the others (a bridge may omit the firmware
     /// that the Web API reported).
     pub fn merge(&mut self, newer: &LockInfo) {

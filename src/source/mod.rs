@@ -3,6 +3,7 @@
 
 pub mod bridge;
 mod lenient;
+mod nuki_shapes;
 pub mod roster;
 pub mod state_file;
 pub mod web_api;

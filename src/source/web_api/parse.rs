@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::lock::{DeviceType, FirmwareVersion};
 use crate::lock::{LockEvent, LockInfo};
 use crate::source::lenient::{self, Lenient};
-use crate::source::webhook::parse::{LockId, Masterdata, RawState, lock_status};
+use crate::source::nuki_shapes::{LockId, RawState, lock_status};
 
 /// A response that is not the JSON the endpoint documents (an HTML error page, a cut-off body).
 #[derive(Debug, thiserror::Error)]
@@ -129,14 +129,11 @@ fn smartlock_events(lock: RawSmartlock<'_>) -> Option<PolledLock> {
         lock.state.0.as_ref(),
         server_state,
     ))];
-    let masterdata = Masterdata {
-        deleted: false,
-        name: lock.name.0.map(Cow::into_owned),
-        device_type: lock.device_type.0.map(DeviceType::from_code),
-        firmware_version: lock.firmware_version.0.map(FirmwareVersion),
-        server_state,
-    };
-    let info = masterdata.info();
+    let info = LockInfo::new(
+        lock.name.0.map(Cow::into_owned),
+        lock.device_type.0.map(DeviceType::from_code),
+        lock.firmware_version.0.map(FirmwareVersion),
+    );
     if info != LockInfo::default() {
         events.push(LockEvent::Info(info));
     }

@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 
 use crate::source::lenient::{self, Lenient, Present, Shape};
+use crate::source::nuki_shapes::{LockId, RawState, lock_status};
 
 use crate::lock::LockInfo;
 // The parser speaks the lock model's vocabulary; re-exported so a caller needs one path.
@@ -134,11 +135,7 @@ pub struct Masterdata {
 impl Masterdata {
     /// What `nuki_smartlock_info` shows of this lock.
     pub fn info(&self) -> LockInfo {
-        LockInfo {
-            name: self.name.clone(),
-            device_type: self.device_type.map(|t| t.label().to_owned()),
-            firmware_version: self.firmware_version.map(|v| v.to_string()),
-        }
+        LockInfo::new(self.name.clone(), self.device_type, self.firmware_version)
     }
 }
 
@@ -189,28 +186,6 @@ struct RawEntity<'a> {
     _borrow: PhantomData<&'a ()>,
 }
 
-/// DEVICE_STATUS `state`, and the Web API's `Smartlock.state` (the same fields).
-#[derive(Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct RawState<'a> {
-    #[serde(rename = "batteryCharge")]
-    battery_charge: Lenient<i64>,
-    #[serde(rename = "batteryCritical")]
-    battery_critical: Lenient<bool>,
-    #[serde(rename = "keypadBatteryCritical")]
-    keypad_battery_critical: Lenient<bool>,
-    #[serde(rename = "doorsensorBatteryCritical")]
-    doorsensor_battery_critical: Lenient<bool>,
-    state: Lenient<i64>,
-    #[serde(rename = "doorState")]
-    door_state: Lenient<i64>,
-    mode: Lenient<i64>,
-    #[serde(rename = "batteryCharging")]
-    battery_charging: Lenient<bool>,
-    #[serde(skip)]
-    _borrow: PhantomData<&'a ()>,
-}
-
 /// DEVICE_LOGS `smartlockLog`.
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -233,19 +208,7 @@ struct RawLockRef<'a> {
     _borrow: PhantomData<&'a ()>,
 }
 
-lenient::lenient_object!(RawWebhook, RawEntity, RawState, RawLogEntry, RawLockRef);
-
-/// `smartlockId`: a JSON integer or a string of digits.
-pub(crate) struct LockId(pub(crate) u64);
-
-impl Shape<'_> for LockId {
-    fn from_u64(id: u64) -> Option<Self> {
-        Some(LockId(id))
-    }
-    fn from_str(text: &str) -> Option<Self> {
-        text.parse().ok().map(LockId)
-    }
-}
+lenient::lenient_object!(RawWebhook, RawEntity, RawLogEntry, RawLockRef);
 
 /// `type`: a name for API webhooks, a device-type code for DEVICE_MASTERDATA.
 enum TypeField<'a> {
@@ -415,21 +378,6 @@ fn device_webhook(feature: Feature, root: RawWebhook<'_>) -> DeviceWebhook {
         feature,
         smartlock_id,
         event,
-    }
-}
-
-/// A lock's `state` object and `serverState`, as the webhook and the Web API both send them.
-pub(crate) fn lock_status(state: Option<&RawState<'_>>, server_state: Option<i64>) -> LockStatus {
-    LockStatus {
-        battery_charge_percent: state.and_then(|s| s.battery_charge.0),
-        battery_critical: state.and_then(|s| s.battery_critical.0),
-        keypad_battery_critical: state.and_then(|s| s.keypad_battery_critical.0),
-        doorsensor_battery_critical: state.and_then(|s| s.doorsensor_battery_critical.0),
-        lock_state: state.and_then(|s| s.state.0),
-        door_state: state.and_then(|s| s.door_state.0),
-        server_state,
-        mode: state.and_then(|s| s.mode.0),
-        battery_charging: state.and_then(|s| s.battery_charging.0),
     }
 }
 
