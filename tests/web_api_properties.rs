@@ -10,43 +10,22 @@ use nuki_exporter::source::web_api::parse::{
 };
 use serde_json::Value;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/web_api/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+#[path = "common/mutated_fixtures.rs"]
+mod mutated_fixtures;
 
-/// A fixture with a few bytes replaced, removed or inserted.
-fn mutated() -> impl Strategy<Value = Vec<u8>> {
-    let names = vec![
-        "smartlock.json",
-        "webhook-logs.json",
-        "advanced-active.json",
-    ];
-    (
-        prop::sample::select(names),
-        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..8),
-    )
-        .prop_map(|(name, edits)| {
-            let mut bytes = fixture(name);
-            for (at, byte, kind) in edits {
-                let at = at.index(bytes.len().max(1)).min(bytes.len());
-                match kind {
-                    0 if at < bytes.len() => bytes[at] = byte,
-                    1 if at < bytes.len() => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, byte),
-                }
-            }
-            bytes
-        })
+fn fixture(name: &str) -> Vec<u8> {
+    mutated_fixtures::fixture("web_api", name)
 }
 
 fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![prop::collection::vec(any::<u8>(), 0..512), mutated()]
+    mutated_fixtures::any_bytes(
+        "web_api",
+        vec![
+            "smartlock.json",
+            "webhook-logs.json",
+            "advanced-active.json",
+        ],
+    )
 }
 
 proptest! {
