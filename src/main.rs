@@ -3,13 +3,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nuki_exporter::cli::webhook::{self, WebhookAction};
 use nuki_exporter::cli::{config_show, demo, doctor, quickstart};
 use nuki_exporter::config::LogConfig;
 use nuki_exporter::runtime::{loader, logging, server};
 use nuki_exporter::source::web_api::client::NukiApi;
-use nuki_exporter::source::web_api::decentral_webhook::{self, DEFAULT_FEATURES, FEATURES};
 use nuki_exporter::util::client;
-use nuki_exporter::util::upstream_text::escape;
 use nuki_exporter::{Config, Exporter, catalogue};
 
 /// Prometheus exporter for Nuki smart-lock fleets: receives Nuki Web API webhooks and serves
@@ -136,36 +135,6 @@ enum ConfigAction {
     /// Print every key with its value and where it came from (default, file, environment
     /// variable); webhook secrets are redacted, token files shown by path only.
     Show,
-}
-
-#[derive(Subcommand)]
-enum WebhookAction {
-    /// Register a webhook (PUT /api/decentralWebhook) and write the secret Nuki returns to a
-    /// file of mode 0600: the exporter's webhook.secret_files.
-    Register {
-        /// Where Nuki posts to: this exporter's webhook URL, as the internet reaches it.
-        #[arg(long, value_name = "https://…")]
-        url: String,
-        /// A feature to receive; repeat for several (default: DEVICE_STATUS, DEVICE_MASTERDATA,
-        /// DEVICE_LOGS, the ones the exporter reads).
-        #[arg(long = "feature", value_name = "FEATURE", value_parser = clap::builder::PossibleValuesParser::new(FEATURES))]
-        features: Vec<String>,
-        /// File to write the webhook secret to (created with mode 0600, once Nuki accepted the
-        /// registration). Never a symbolic link's target.
-        #[arg(long = "secret-file", value_name = "PATH")]
-        secret_file: PathBuf,
-        /// Replace --secret-file (or the link at its path) if it exists; without it, an
-        /// existing file or link is refused.
-        #[arg(long)]
-        replace: bool,
-    },
-    /// List the account's decentral webhooks: id, URL and features.
-    List,
-    /// Delete the decentral webhook with this id.
-    Delete {
-        /// The webhook's id, as `webhook list` prints it.
-        id: u32,
-    },
 }
 
 fn main() -> ExitCode {
@@ -305,45 +274,7 @@ fn run_webhook(config_file: Option<PathBuf>, action: WebhookAction) -> ExitCode 
         Ok(api) => api,
         Err(error) => return fail(&error),
     };
-    let done = runtime().block_on(async {
-        match action {
-            WebhookAction::Register {
-                url,
-                features,
-                secret_file,
-                replace,
-            } => {
-                let features = if features.is_empty() {
-                    DEFAULT_FEATURES.map(String::from).to_vec()
-                } else {
-                    features
-                };
-                let id = decentral_webhook::register(&api, &url, &features, &secret_file, replace)
-                    .await?;
-                println!(
-                    "registered webhook {id} for {url} ({}); its secret is in {}",
-                    features.join(", "),
-                    secret_file.display()
-                );
-            }
-            WebhookAction::List => {
-                // Nuki's text, escaped: it cannot add a line or a column, or steer the terminal.
-                for webhook in decentral_webhook::list(&api).await? {
-                    let id = webhook.id.map(|id| id.to_string()).unwrap_or_default();
-                    println!(
-                        "{id}\t{}\t{}",
-                        escape(&webhook.webhook_url),
-                        escape(&webhook.webhook_features.join(","))
-                    );
-                }
-            }
-            WebhookAction::Delete { id } => {
-                decentral_webhook::delete(&api, id).await?;
-                println!("deleted webhook {id}");
-            }
-        }
-        Ok::<_, decentral_webhook::WebhookError>(())
-    });
+    let done = runtime().block_on(webhook::run(&api, action));
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
