@@ -9,32 +9,18 @@
 #![no_main]
 
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use libfuzzer_sys::fuzz_target;
-use nuki_exporter::lock::LockEvent;
+use nuki_exporter::lock::{LockEvent, Origin};
 use nuki_exporter::source::bridge::parse::{
     DeviceReport, parse_callback, parse_callbacks, parse_info, parse_list, parse_outcome,
 };
-use nuki_exporter::store::{Limits, Metrics};
+use nuki_exporter::store::Metrics;
 use serde::de::IgnoredAny;
 
-#[path = "../../tests/common/exposition.rs"]
-mod exposition;
-use exposition::parse_sample;
-
-const NOW: f64 = 1_700_000_000.0;
-
-const LIMITS: Limits = Limits {
-    max_smartlocks: 50,
-    max_operations: 8,
-    max_series: 1_000_000,
-    max_series_per_lock: 10_000,
-};
-
-static LONG_LIVED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(LIMITS));
-static INPUTS: AtomicU64 = AtomicU64::new(0);
+mod harness;
+use harness::{INPUTS, LIMITS, LONG_LIVED, NOW, parse_sample};
 
 fuzz_target!(|data: &[u8]| {
     // JSON syntax at any depth, without decoding: what an accepted body must have.
@@ -81,8 +67,18 @@ fuzz_target!(|data: &[u8]| {
 
     let fresh = Metrics::new(LIMITS);
     for report in &reports {
-        fresh.observe(report.smartlock_id, &report.events, NOW);
-        LONG_LIVED.observe(report.smartlock_id, &report.events, NOW);
+        fresh.observe(
+            report.smartlock_id,
+            Origin::BridgeCallback,
+            &report.events,
+            NOW,
+        );
+        LONG_LIVED.observe(
+            report.smartlock_id,
+            Origin::BridgeCallback,
+            &report.events,
+            NOW,
+        );
     }
     check_bounds(&String::from_utf8(fresh.encode()).expect("exposition is UTF-8"));
     if INPUTS.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {

@@ -9,30 +9,16 @@
 #![no_main]
 
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use libfuzzer_sys::fuzz_target;
-use nuki_exporter::store::{Limits, Metrics};
 use nuki_exporter::source::webhook::events::record;
 use nuki_exporter::source::webhook::parse::{self as webhook, ParseError, Webhook};
+use nuki_exporter::store::Metrics;
 use serde::de::IgnoredAny;
 
-#[path = "../../tests/common/exposition.rs"]
-mod exposition;
-use exposition::parse_sample;
-
-const NOW: f64 = 1_700_000_000.0;
-
-const LIMITS: Limits = Limits {
-    max_smartlocks: 50,
-    max_operations: 8,
-    max_series: 1_000_000,
-    max_series_per_lock: 10_000,
-};
-
-static LONG_LIVED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(LIMITS));
-static INPUTS: AtomicU64 = AtomicU64::new(0);
+mod harness;
+use harness::{INPUTS, LIMITS, LONG_LIVED, NOW, parse_sample};
 
 fuzz_target!(|data: &[u8]| {
     let parsed = webhook::parse(data);
