@@ -180,6 +180,17 @@ async fn the_quickstart_reaches_a_firing_alert_in_a_real_prometheus_and_alertman
         )
         .await;
 
+    // The status page the README points to lists the simulated fleet, its problems first.
+    let status = reqwest::get(format!("http://127.0.0.1:{}/status", base + 1))
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    let page = status.text().await.unwrap();
+    assert!(
+        page.contains("locks known to this replica") && page.contains("id 17000001"),
+        "{page}"
+    );
+
     // Two locks of the fleet go unreachable: a rule fires and Alertmanager's notification is
     // printed by the quickstart.
     // NukiWatchdog fires from the start (the pipeline works); the wait is for a lock's alert.

@@ -235,15 +235,7 @@ impl App {
         })
         .await;
         match rendered {
-            Ok((status, page)) => {
-                let mut response = Response::new(Full::new(Bytes::from(page)));
-                *response.status_mut() = status;
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                response
-            }
+            Ok((status, page)) => with_type(status, page, "text/html; charset=utf-8"),
             Err(error) => {
                 tracing::error!(%error, "rendering the status page failed");
                 text(
@@ -452,8 +444,12 @@ fn html(body: &'static str) -> HttpResponse {
     with_type(StatusCode::OK, body, "text/html; charset=utf-8")
 }
 
-fn with_type(status: StatusCode, body: &'static str, content_type: &'static str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
         .headers_mut()

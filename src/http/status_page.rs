@@ -97,9 +97,9 @@ pub fn problems(view: &LockView) -> Vec<Problem> {
 pub const LOCKS_PER_PAGE: usize = 500;
 
 /// Page `page` (from 1) of every lock, worst first, then by name and id.
-pub fn fleet_page(mut views: Vec<LockView>, page: usize, now: f64) -> String {
+pub fn fleet_page(views: Vec<LockView>, page: usize, now: f64) -> String {
     let mut rows: Vec<(LockView, Vec<Problem>)> = views
-        .drain(..)
+        .into_iter()
         .map(|view| {
             let problems = problems(&view);
             (view, problems)
@@ -301,11 +301,11 @@ fn battery(status: &LockStatus) -> Markup {
     }
 }
 
-fn flag(value: Option<bool>, set: &str, clear: &str) -> String {
+fn flag(value: Option<bool>, set: &'static str, clear: &'static str) -> &'static str {
     match value {
-        Some(true) => set.to_owned(),
-        Some(false) => clear.to_owned(),
-        None => "not reported".to_owned(),
+        Some(true) => set,
+        Some(false) => clear,
+        None => "not reported",
     }
 }
 
