@@ -4,12 +4,13 @@
 //! rotated), with the constant-time comparison of the `hmac` crate.
 
 use hmac::{Hmac, KeyInit, Mac};
+use hyper::header::HeaderName;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The header Nuki puts the signature in.
-pub const HEADER: &str = "X-Nuki-Signature-SHA256";
+/// The header Nuki puts the signature in; a `HeaderName` so that looking it up parses nothing.
+pub const HEADER: HeaderName = HeaderName::from_static("x-nuki-signature-sha256");
 
 /// Why a webhook's signature was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
