@@ -22,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::config::BRIDGE_CALLBACK_PATH;
 use crate::config::file_backed::FileBacked;
 use crate::http::metrics_auth::{Access, MetricsGuard};
-use crate::http::relay::Relay;
+use crate::http::relay::{ClientConnection, Relay};
 use crate::lock::Origin;
 use crate::source::bridge::parse as bridge;
 use crate::source::bridge::poller::CallbackSenders;
@@ -121,12 +121,12 @@ impl App {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// Answers one request from `peer` on a listener with the given role, within
-    /// `limits.request_timeout`.
+    /// Answers one request that arrived on `connection` to a listener with the given role,
+    /// within `limits.request_timeout`.
     pub async fn handle<B>(
         self: Arc<Self>,
         role: Role,
-        peer: SocketAddr,
+        connection: ClientConnection,
         request: Request<B>,
     ) -> HttpResponse
     where
@@ -137,7 +137,7 @@ impl App {
         // the application's answer.
         let deadline =
             self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
-        match tokio::time::timeout(deadline, self.route(role, peer, request)).await {
+        match tokio::time::timeout(deadline, self.route(role, connection, request)).await {
             Ok(response) => response,
             Err(_) => self.refuse(
                 RejectReason::Timeout,
@@ -147,7 +147,12 @@ impl App {
         }
     }
 
-    async fn route<B>(&self, role: Role, peer: SocketAddr, request: Request<B>) -> HttpResponse
+    async fn route<B>(
+        &self,
+        role: Role,
+        connection: ClientConnection,
+        request: Request<B>,
+    ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -157,19 +162,21 @@ impl App {
         let readable = method == Method::GET || method == Method::HEAD;
         if role.webhook && path == self.webhook_path {
             if method == Method::POST {
-                return self.receive_webhook(request).await;
+                return self.receive_webhook(connection, request).await;
             }
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
         }
         if role.webhook && path == BRIDGE_CALLBACK_PATH && self.bridges.accepts_callbacks() {
             if method == Method::POST {
-                return self.receive_bridge_callback(peer, request).await;
+                // Boxed, as are the relay and the pages behind credentials: the webhook path's
+                // future stays small, and hyper moves it on every request.
+                return Box::pin(self.receive_bridge_callback(connection.peer, request)).await;
             }
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
         }
-        let status_page = path == STATUS_PATH || path.starts_with(STATUS_LOCK_PREFIX);
+        let status_page = is_status_page(path);
         match path {
             _ if status_page && role.metrics && !readable => method_not_allowed("GET, HEAD"),
             "/-/healthy" | "/-/ready" | "/metrics" | "/" if !readable => {
@@ -179,28 +186,7 @@ impl App {
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
             _ if (status_page || path == "/metrics" || path == "/") && role.metrics => {
-                match self.guard.current().authorize(request.headers()).await {
-                    Access::Denied(challenge) => {
-                        let mut response = self.refuse(
-                            RejectReason::Unauthorized,
-                            StatusCode::UNAUTHORIZED,
-                            "Unauthorized.\n",
-                        );
-                        response.headers_mut().insert(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static(challenge),
-                        );
-                        response
-                    }
-                    Access::Granted if path == "/metrics" => {
-                        self.serve_metrics(scrape::accepts_gzip(request.headers()))
-                            .await
-                    }
-                    Access::Granted if status_page => {
-                        self.serve_status_page(path, request.uri().query()).await
-                    }
-                    Access::Granted => html(LANDING_PAGE),
-                }
+                Box::pin(self.serve_behind_credentials(&request)).await
             }
             _ => {
                 if role.webhook {
@@ -208,6 +194,34 @@ impl App {
                 }
                 text(StatusCode::NOT_FOUND, "Not found.\n")
             }
+        }
+    }
+
+    /// The pages behind the metrics listener's credentials: `/metrics`, the status pages and
+    /// the landing page.
+    async fn serve_behind_credentials<B>(&self, request: &Request<B>) -> HttpResponse {
+        let path = request.uri().path();
+        match self.guard.current().authorize(request.headers()).await {
+            Access::Denied(challenge) => {
+                let mut response = self.refuse(
+                    RejectReason::Unauthorized,
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized.\n",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                response
+            }
+            Access::Granted if path == "/metrics" => {
+                self.serve_metrics(scrape::accepts_gzip(request.headers()))
+                    .await
+            }
+            Access::Granted if is_status_page(path) => {
+                self.serve_status_page(path, request.uri().query()).await
+            }
+            Access::Granted => html(LANDING_PAGE),
         }
     }
 
@@ -363,7 +377,11 @@ impl App {
         text(StatusCode::OK, "OK.\n")
     }
 
-    async fn receive_webhook<B>(&self, request: Request<B>) -> HttpResponse
+    async fn receive_webhook<B>(
+        &self,
+        connection: ClientConnection,
+        request: Request<B>,
+    ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -410,7 +428,7 @@ impl App {
         }
         // A signed body the exporter cannot read is still Nuki's: the application decides.
         if let Some(relay) = &self.relay {
-            return relay.forward(&parts, body).await;
+            return Box::pin(relay.forward(&parts, connection, body)).await;
         }
         match parsed {
             Ok(_) => Response::builder()
@@ -434,6 +452,10 @@ impl App {
         self.metrics.reject(reason);
         text(status, message)
     }
+}
+
+fn is_status_page(path: &str) -> bool {
+    path == STATUS_PATH || path.starts_with(STATUS_LOCK_PREFIX)
 }
 
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {

@@ -35,8 +35,7 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// `code` label of a relay that got no answer (connection refused, timeout, broken answer).
 const NO_ANSWER: &str = "error";
 
-/// The connection a request arrived on, attached to each request by the listener: the relay's
-/// `X-Forwarded-For` and `X-Forwarded-Proto`.
+/// The connection a webhook arrived on: the relay's `X-Forwarded-For` and `X-Forwarded-Proto`.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientConnection {
     pub peer: SocketAddr,
@@ -148,8 +147,13 @@ impl Relay {
 
     /// Relays a webhook and returns the application's answer: its status, headers and body;
     /// 502 when the application cannot be reached, 504 when it does not answer in time.
-    pub async fn forward(&self, parts: &Parts, body: Bytes) -> Response<Full<Bytes>> {
-        let request = self.upstream_request(parts, body);
+    pub async fn forward(
+        &self,
+        parts: &Parts,
+        connection: ClientConnection,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let request = self.upstream_request(parts, connection, body);
         let started = Instant::now();
         let answer = tokio::time::timeout(self.timeout, async {
             let response = self
@@ -205,7 +209,12 @@ impl Relay {
 
     /// The relayed request: the sender's method and end-to-end headers (the signature among
     /// them) with the raw body, addressed to the application, plus `X-Forwarded-*`.
-    fn upstream_request(&self, parts: &Parts, body: Bytes) -> Request<Full<Bytes>> {
+    fn upstream_request(
+        &self,
+        parts: &Parts,
+        connection: ClientConnection,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
         let mut headers = parts.headers.clone();
         remove_hop_by_hop(&mut headers);
         let original_host = headers.remove(header::HOST);
@@ -213,24 +222,22 @@ impl Relay {
         headers.remove(header::EXPECT);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.append(RELAYED_BY, self.mark.clone());
-        if let Some(connection) = parts.extensions.get::<ClientConnection>() {
-            // Every earlier line, in order, then the sender: one list (RFC 9110, section 5.3).
-            let mut forwarded_for: Vec<u8> = Vec::new();
-            for earlier in headers.get_all(X_FORWARDED_FOR) {
-                forwarded_for.extend_from_slice(earlier.as_bytes());
-                forwarded_for.extend_from_slice(b", ");
-            }
-            forwarded_for.extend_from_slice(connection.peer.ip().to_string().as_bytes());
-            headers.insert(
-                X_FORWARDED_FOR,
-                HeaderValue::from_bytes(&forwarded_for)
-                    .expect("header values and addresses are valid header text"),
-            );
-            // A TLS proxy in front of the exporter already said which scheme the sender used.
-            if !headers.contains_key(X_FORWARDED_PROTO) {
-                let scheme = if connection.https { "https" } else { "http" };
-                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-            }
+        // Every earlier line, in order, then the sender: one list (RFC 9110, section 5.3).
+        let mut forwarded_for: Vec<u8> = Vec::new();
+        for earlier in headers.get_all(X_FORWARDED_FOR) {
+            forwarded_for.extend_from_slice(earlier.as_bytes());
+            forwarded_for.extend_from_slice(b", ");
+        }
+        forwarded_for.extend_from_slice(connection.peer.ip().to_string().as_bytes());
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(&forwarded_for)
+                .expect("header values and addresses are valid header text"),
+        );
+        // A TLS proxy in front of the exporter already said which scheme the sender used.
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            let scheme = if connection.https { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
         if let Some(host) = original_host {
             headers.entry(X_FORWARDED_HOST).or_insert(host);
@@ -387,17 +394,13 @@ mod tests {
     }
 
     /// What `relay` sends on for `incoming` from 192.0.2.1 over plain HTTP.
-    fn relayed(
-        relay: &Relay,
-        mut incoming: Request<()>,
-        body: &'static [u8],
-    ) -> Request<Full<Bytes>> {
-        incoming.extensions_mut().insert(ClientConnection {
+    fn relayed(relay: &Relay, incoming: Request<()>, body: &'static [u8]) -> Request<Full<Bytes>> {
+        let connection = ClientConnection {
             peer: "192.0.2.1:5000".parse().unwrap(),
             https: false,
-        });
+        };
         let (parts, ()) = incoming.into_parts();
-        relay.upstream_request(&parts, Bytes::from_static(body))
+        relay.upstream_request(&parts, connection, Bytes::from_static(body))
     }
 
     #[test]

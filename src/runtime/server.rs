@@ -422,11 +422,10 @@ impl Acceptor {
                 peer,
                 https: tls.is_some(),
             };
-            let service = service_fn(move |mut request: hyper::Request<_>| {
-                request.extensions_mut().insert(connection);
+            let service = service_fn(move |request: hyper::Request<_>| {
                 let (app, deadline) = (Arc::clone(&app), Arc::clone(&write_deadline));
                 async move {
-                    let response = Arc::clone(&app).handle(role, peer, request).await;
+                    let response = Arc::clone(&app).handle(role, connection, request).await;
                     deadline.arm(app.request_timeout);
                     Ok::<_, std::convert::Infallible>(response)
                 }
