@@ -216,5 +216,75 @@ meta_json() {
         "$SERVER_CPU" "$CLIENT_CPU" "${BENCH_BASELINE_BUILDER:-http1}" "$NICE"
 }
 
+# wait_metric URL NAME MIN [--label 'k="v"'...]: until the sum of NAME's samples (with those
+# labels) at URL is at least MIN; dies after 60 seconds.
+wait_metric() {
+    local url=$1 name=$2 min=$3 value _i
+    shift 3
+    for _i in $(seq 1200); do
+        value=$("${PY[@]}" metric "$url" "$name" "$@" 2>/dev/null || echo 0)
+        python3 -c 'import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))' "$value" "$min" && return 0
+        sleep 0.05
+    done
+    die "$name at $url did not reach $min (last: $value)"
+}
+
 # jq_requests WRK_JSON: its request count.
 jq_requests() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["requests"])' "$1"; }
+
+# fleet LOCKS: writes $DATA/api-LOCKS/smartlock (Nuki's documented shape, config objects
+# included), served as GET /smartlock by start_api.
+fleet() {
+    local locks=$1 dir="$DATA/api-$1"
+    mkdir -p "$dir"
+    python3 - "$locks" "$dir/smartlock" <<'EOF'
+import json, sys
+locks, path = int(sys.argv[1]), sys.argv[2]
+fleet = [{
+    "smartlockId": 17000000 + i, "accountId": 4711, "type": 4, "authId": 1, "name": "Lock %d" % i,
+    "favorite": False,
+    "config": {"name": "Lock %d" % i, "latitude": 48.2, "longitude": 16.4, "autoUnlatch": False,
+               "pairingEnabled": True, "buttonEnabled": True, "ledEnabled": True, "ledBrightness": 3,
+               "timezoneOffset": 60, "daylightSavingMode": 1, "fobPaired": False, "fobAction1": 1,
+               "fobAction2": 2, "fobAction3": 0, "singleLock": False, "operatingMode": 0,
+               "advertisingMode": 0, "keypadPaired": True, "keypad2Paired": False, "homekitState": 0,
+               "matterState": 0, "timezoneId": 37, "deviceType": 4, "wifiEnabled": True},
+    "advancedConfig": {"totalDegrees": 900, "singleLockedPositionOffsetDegrees": -90,
+                       "unlockedToLockedTransitionOffsetDegrees": 0, "lockNgoTimeout": 20,
+                       "singleButtonPressAction": 1, "doubleButtonPressAction": 4,
+                       "detachedCylinder": False, "batteryType": 0, "automaticBatteryTypeDetection": True,
+                       "unlatchDuration": 3, "autoLockTimeout": 300, "autoLockEnabled": False,
+                       "nightModeEnabled": False, "immediateAutoLockEnabled": False},
+    "state": {"mode": 2, "state": 1, "trigger": 0, "lastAction": 2, "batteryCritical": i % 97 == 0,
+              "batteryCharging": False, "batteryCharge": 20 + i % 80, "keypadBatteryCritical": False,
+              "doorsensorBatteryCritical": False, "doorState": 2, "ringToOpenTimer": 0, "nightMode": False},
+    "firmwareVersion": 199175, "hardwareVersion": 2817, "serverState": 0, "adminPinState": 0,
+    "virtualDevice": False, "creationDate": "2025-01-01T00:00:00.000Z",
+    "updateDate": "2026-11-30T07:00:00.000Z",
+} for i in range(locks)]
+with open(path, "w") as f:
+    json.dump(fleet, f)
+EOF
+}
+
+# start_api LOCKS PORT: the Web API stand-in serving that fleet on the load generator's CPU;
+# sets API_PID.
+start_api() {
+    (cd "$DATA/api-$1" && exec "${ON_CLIENT_CPU[@]}" python3 -m http.server --bind 127.0.0.1 "$2" >/dev/null 2>&1) &
+    API_PID=$!
+    STARTED_PIDS+=("$API_PID")
+    wait_http "http://127.0.0.1:$2/smartlock" || die "API stand-in did not start"
+}
+
+# with_api PORT INTERVAL COMMAND...: runs COMMAND (start_exporter) with the exporter set to poll
+# the stand-in on PORT every INTERVAL.
+with_api() {
+    local port=$1 interval=$2
+    shift 2
+    echo "bench-token" >"$DATA/api-token"
+    NUKI_EXPORTER_API__TOKEN_FILE=$DATA/api-token \
+    NUKI_EXPORTER_API__URL=http://127.0.0.1:$port \
+    NUKI_EXPORTER_API__ALLOW_INSECURE_HTTP=true \
+    NUKI_EXPORTER_API__POLL_INTERVAL=$interval \
+        "$@"
+}
