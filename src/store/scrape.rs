@@ -203,8 +203,8 @@ mod tests {
         let exposition = encoder.encode(false).await.unwrap();
         let body = String::from_utf8(exposition.text.to_vec()).unwrap();
         assert!(body.contains("nuki_exporter_build_info{"));
-        // /proc/self/task/<tid>/stat: field 41 is the thread's scheduling policy.
-        let policies: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        // /proc/self/task/<tid>/stat: field 19 is the thread's nice value.
+        let niceness: Vec<i64> = std::fs::read_dir("/proc/self/task")
             .unwrap()
             .map(|task| task.unwrap().path())
             .filter(|task| {
@@ -219,12 +219,12 @@ mod tests {
                     .1
                     .split_whitespace()
                     .collect();
-                fields[38].parse().unwrap()
+                fields[16].parse().unwrap()
             })
             .collect();
         assert!(
-            !policies.is_empty() && policies.iter().all(|&policy| policy == libc::SCHED_IDLE),
-            "encoder threads' policies: {policies:?}"
+            niceness.contains(&i64::from(crate::util::background::BACKGROUND_NICENESS)),
+            "{niceness:?}"
         );
     }
 

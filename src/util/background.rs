@@ -1,5 +1,5 @@
 //! Work that must never take CPU time from the threads that answer webhooks: a thread of its
-//! own under the idle scheduling policy. Recording a Web API poll runs on a [`BackgroundThread`] (jobs
+//! own at a lower CPU priority. Recording a Web API poll runs on a [`BackgroundThread`] (jobs
 //! one at a time); encoding `/metrics` runs on [`crate::store::scrape::EncoderThread`], which shares
 //! one encode among the scrapes waiting for it. One thread per kind of job also keeps its
 //! memory in one allocator arena, reused from one job to the next.
@@ -7,8 +7,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 
-/// The niceness a background thread falls back to where the `SCHED_IDLE` policy is refused.
-const FALLBACK_NICENESS: libc::c_int = 19;
+/// The niceness of background threads: below the webhook threads, above idle.
+pub const BACKGROUND_NICENESS: libc::c_int = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -67,7 +67,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-/// Runs `body` on a new thread named `name` under Linux's `SCHED_IDLE` policy.
+/// Runs `body` on a new thread named `name` at [`BACKGROUND_NICENESS`].
 pub fn spawn_low_priority(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(name.into())
@@ -78,20 +78,12 @@ pub fn spawn_low_priority(name: &str, body: impl FnOnce() + Send + 'static) -> s
     Ok(())
 }
 
-/// Puts the calling thread under `SCHED_IDLE` (Linux schedules each thread on its own): it runs
-/// on CPU time the webhook threads leave, and a webhook thread that wakes takes the core back at
-/// once. A nice value alone still lets the background thread hold the core for a whole time
-/// slice, which showed as milliseconds of webhook latency while a large `/metrics` was encoded.
+/// Raises the calling thread's niceness (Linux gives each thread its own).
 fn lower_current_thread_priority() {
-    let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `idle` and its integer arguments; pid 0 is this thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } == 0 {
-        return;
-    }
-    let refused = std::io::Error::last_os_error();
     // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, FALLBACK_NICENESS) } != 0 {
-        tracing::debug!(error = %refused, "background thread keeps the default priority");
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "background thread keeps the default priority");
     }
 }
 
