@@ -237,6 +237,11 @@ async fn the_newest_report_wins_and_a_replaced_replica_keeps_the_alerts() {
     a.post(&status(LOCK, true, 5, 4)).await;
     b.post(&status(LOCK, false, 100, 0)).await;
     scrape(sd.path(), &[("exporter-0", &a), ("exporter-1", &b)]);
+    // Both replicas scraped, not only B (whose report alone already gives the freshest values).
+    let reporting_replicas = format!(
+        r#"count(nuki_smartlock_battery_critical{{smartlock_id="{LOCK}", battery="lock"}})"#
+    );
+    wait_value(&prometheus, &reporting_replicas, 2.0).await;
     wait_value(&prometheus, &charge, 100.0).await;
     wait_value(&prometheus, &critical, 0.0).await;
     assert_eq!(
