@@ -670,9 +670,10 @@ fn polling_binary(stub: &NukiApiStub, dir: &Path, interval: &str) -> Running {
     )
 }
 
-/// Scrapes the binary's metrics listener until `ready` holds, for at most a minute.
+/// Scrapes the binary's metrics listener until `ready` holds; five minutes is a hang (a debug
+/// build records the 60 MB answer's millions of locks in over a minute on two loaded cores).
 async fn scrape_binary_until(metrics: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let scrape = scrape_address(metrics).await;
         if ready(&scrape) {
