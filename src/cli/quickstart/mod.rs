@@ -347,18 +347,15 @@ mod tests {
     fn the_exporter_configuration_loads_and_names_its_files() {
         // `Config::load` reads the process environment, which the config tests change inside a
         // Jail: holding the Jail's lock keeps their NUKI_EXPORTER_* variables out of this load.
-        figment::Jail::expect_with(|_| {
-            let dir = tempfile::tempdir().unwrap();
+        figment::Jail::expect_with(|jail| {
+            let dir = jail.directory();
             let addresses = Addresses::new(&options(20180)).unwrap();
-            let path = dir.path().join(EXPORTER_CONFIG);
-            std::fs::write(&path, exporter_toml(&addresses, dir.path())).unwrap();
+            let path = dir.join(EXPORTER_CONFIG);
+            std::fs::write(&path, exporter_toml(&addresses, dir)).unwrap();
             let config = Config::load(Some(&path)).unwrap();
             assert_eq!(config.webhook.listen, addresses.webhook);
             assert_eq!(config.metrics.listen, addresses.metrics);
-            assert_eq!(
-                config.webhook.secret_files,
-                [dir.path().join(WEBHOOK_SECRET)]
-            );
+            assert_eq!(config.webhook.secret_files, [dir.join(WEBHOOK_SECRET)]);
             assert_eq!(config.api.url, "http://127.0.0.1:20190");
             assert_eq!(config.bridges[0].url, "http://127.0.0.1:20191");
             Ok(())
