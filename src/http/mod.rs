@@ -8,6 +8,8 @@ pub mod request_progress;
 pub mod status_page;
 pub mod write_deadline;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +19,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::BRIDGE_CALLBACK_PATH;
 use crate::config::file_backed::FileBacked;
 use crate::http::metrics_auth::{Access, MetricsGuard};
 use crate::http::relay::{ClientConnection, Relay};
+use crate::http::write_deadline::WriteDeadline;
 use crate::lock::Origin;
 use crate::source::bridge::parse as bridge;
 use crate::source::bridge::poller::CallbackSenders;
@@ -122,28 +126,42 @@ impl App {
     }
 
     /// Answers one request that arrived on `connection` to a listener with the given role,
-    /// within `limits.request_timeout`.
-    pub async fn handle<B>(
+    /// within `limits.request_timeout`, then gives the response that long to be written
+    /// (`written`). Never fails: the `Result` is what hyper's services return.
+    ///
+    /// Not an `async fn`: the request is split here and its head held once, by the returned
+    /// future, and lent to the handlers below. Each `async fn` level would keep its own copy of a
+    /// request argument in its future, which hyper moves on every request.
+    pub fn handle<B>(
         self: Arc<Self>,
         role: Role,
         connection: ClientConnection,
         request: Request<B>,
-    ) -> HttpResponse
+        written: Arc<WriteDeadline>,
+    ) -> impl Future<Output = Result<HttpResponse, Infallible>>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
-        // the application's answer.
-        let deadline =
-            self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
-        match tokio::time::timeout(deadline, self.route(role, connection, request)).await {
-            Ok(response) => response,
-            Err(_) => self.refuse(
-                RejectReason::Timeout,
-                StatusCode::REQUEST_TIMEOUT,
-                "Request took too long.\n",
-            ),
+        let (parts, body) = request.into_parts();
+        async move {
+            // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
+            // the application's answer.
+            let deadline =
+                self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
+            let response =
+                match tokio::time::timeout(deadline, self.route(role, connection, &parts, body))
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(_) => self.refuse(
+                        RejectReason::Timeout,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request took too long.\n",
+                    ),
+                };
+            written.arm(self.request_timeout);
+            Ok(response)
         }
     }
 
@@ -151,18 +169,19 @@ impl App {
         &self,
         role: Role,
         connection: ClientConnection,
-        request: Request<B>,
+        parts: &Parts,
+        body: B,
     ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let path = request.uri().path();
-        let method = request.method();
+        let path = parts.uri.path();
+        let method = &parts.method;
         let readable = method == Method::GET || method == Method::HEAD;
         if role.webhook && path == self.webhook_path {
             if method == Method::POST {
-                return self.receive_webhook(connection, request).await;
+                return self.receive_webhook(connection, parts, body).await;
             }
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
@@ -171,7 +190,7 @@ impl App {
             if method == Method::POST {
                 // Boxed, as are the relay and the pages behind credentials: the webhook path's
                 // future stays small, and hyper moves it on every request.
-                return Box::pin(self.receive_bridge_callback(connection.peer, request)).await;
+                return Box::pin(self.receive_bridge_callback(connection.peer, parts, body)).await;
             }
             self.metrics.reject(RejectReason::Method);
             return method_not_allowed("POST");
@@ -186,7 +205,7 @@ impl App {
             "/-/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "Ready.\n"),
             "/-/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
             _ if (status_page || path == "/metrics" || path == "/") && role.metrics => {
-                Box::pin(self.serve_behind_credentials(&request)).await
+                Box::pin(self.serve_behind_credentials(parts)).await
             }
             _ => {
                 if role.webhook {
@@ -199,9 +218,9 @@ impl App {
 
     /// The pages behind the metrics listener's credentials: `/metrics`, the status pages and
     /// the landing page.
-    async fn serve_behind_credentials<B>(&self, request: &Request<B>) -> HttpResponse {
-        let path = request.uri().path();
-        match self.guard.current().authorize(request.headers()).await {
+    async fn serve_behind_credentials(&self, parts: &Parts) -> HttpResponse {
+        let path = parts.uri.path();
+        match self.guard.current().authorize(&parts.headers).await {
             Access::Denied(challenge) => {
                 let mut response = self.refuse(
                     RejectReason::Unauthorized,
@@ -215,11 +234,11 @@ impl App {
                 response
             }
             Access::Granted if path == "/metrics" => {
-                self.serve_metrics(scrape::accepts_gzip(request.headers()))
+                self.serve_metrics(scrape::accepts_gzip(&parts.headers))
                     .await
             }
             Access::Granted if is_status_page(path) => {
-                self.serve_status_page(path, request.uri().query()).await
+                self.serve_status_page(path, parts.uri.query()).await
             }
             Access::Granted => html(LANDING_PAGE),
         }
@@ -285,11 +304,7 @@ impl App {
     }
 
     /// Reads a POST body within `limits.max_body_bytes`; the refusal to answer otherwise.
-    async fn read_body<B>(
-        &self,
-        parts: &hyper::http::request::Parts,
-        body: B,
-    ) -> Result<Bytes, HttpResponse>
+    async fn read_body<B>(&self, parts: &Parts, body: B) -> Result<Bytes, HttpResponse>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -330,7 +345,8 @@ impl App {
     async fn receive_bridge_callback<B>(
         &self,
         peer: SocketAddr,
-        request: Request<B>,
+        parts: &Parts,
+        body: B,
     ) -> HttpResponse
     where
         B: Body,
@@ -344,8 +360,7 @@ impl App {
                 "Not a configured bridge's address.\n",
             );
         };
-        let (parts, body) = request.into_parts();
-        let body = match self.read_body(&parts, body).await {
+        let body = match self.read_body(parts, body).await {
             Ok(body) => body,
             Err(refusal) => return refusal,
         };
@@ -380,13 +395,13 @@ impl App {
     async fn receive_webhook<B>(
         &self,
         connection: ClientConnection,
-        request: Request<B>,
+        parts: &Parts,
+        body: B,
     ) -> HttpResponse
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let (parts, body) = request.into_parts();
         if self
             .relay
             .as_ref()
@@ -401,7 +416,7 @@ impl App {
                 "Relay loop: forward.url leads back to this exporter.\n",
             );
         }
-        let body = match self.read_body(&parts, body).await {
+        let body = match self.read_body(parts, body).await {
             Ok(body) => body,
             Err(refusal) => return refusal,
         };
@@ -428,13 +443,14 @@ impl App {
         }
         // A signed body the exporter cannot read is still Nuki's: the application decides.
         if let Some(relay) = &self.relay {
-            return Box::pin(relay.forward(&parts, connection, body)).await;
+            return Box::pin(relay.forward(parts, connection, body)).await;
         }
         match parsed {
-            Ok(_) => Response::builder()
-                .status(StatusCode::NO_CONTENT)
-                .body(Full::default())
-                .expect("static response"),
+            Ok(_) => {
+                let mut response = Response::new(Full::default());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
             Err(error) => {
                 let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
                 *response.status_mut() = StatusCode::BAD_REQUEST;

@@ -423,12 +423,7 @@ impl Acceptor {
                 https: tls.is_some(),
             };
             let service = service_fn(move |request: hyper::Request<_>| {
-                let (app, deadline) = (Arc::clone(&app), Arc::clone(&write_deadline));
-                async move {
-                    let response = Arc::clone(&app).handle(role, connection, request).await;
-                    deadline.arm(app.request_timeout);
-                    Ok::<_, std::convert::Infallible>(response)
-                }
+                Arc::clone(&app).handle(role, connection, request, Arc::clone(&write_deadline))
             });
             let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
