@@ -446,16 +446,8 @@ impl App {
             return Box::pin(relay.forward(parts, connection, body)).await;
         }
         match parsed {
-            Ok(_) => {
-                let mut response = Response::new(Full::default());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
-            }
-            Err(error) => {
-                let mut response = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
-                *response.status_mut() = StatusCode::BAD_REQUEST;
-                response
-            }
+            Ok(_) => with_status(StatusCode::NO_CONTENT, Bytes::new()),
+            Err(error) => with_status(StatusCode::BAD_REQUEST, format!("{error}\n")),
         }
     }
 
@@ -487,11 +479,17 @@ fn with_type(
     body: impl Into<Bytes>,
     content_type: &'static str,
 ) -> HttpResponse {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
+    let mut response = with_status(status, body);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A response without headers of its own (hyper adds the length and the date).
+fn with_status(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
     response
 }
 
