@@ -19,6 +19,7 @@ use crate::catalogue;
 use crate::config::LimitsConfig;
 use crate::lock::{CompletionState, ErrorCode, LogAction, LogEntry};
 use crate::lock::{KnownLock, LockEvent, LockInfo, LockStatus, Origin, battery_replaced};
+use crate::util::background::pause_point;
 
 /// `smartlock_id` of counters for ids beyond `limits.max_smartlocks`, and label value of
 /// operations beyond `limits.max_operations`.
@@ -791,6 +792,8 @@ impl LockStore {
                     write(out, label.format(id), row);
                 }
             }
+            drop(shard);
+            pause_point();
         }
     }
 
