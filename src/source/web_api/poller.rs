@@ -24,7 +24,7 @@ use crate::source::web_api::metrics::{Endpoint, WebApiMetrics};
 use crate::source::web_api::parse::{self, ParseError, PolledLocks};
 use crate::source::web_api::seen_ids::SeenIds;
 use crate::store::Metrics;
-use crate::util::background::BackgroundThread;
+use crate::util::background::{BackgroundThread, pause_point};
 use crate::util::unix_now;
 
 /// Webhook log entries asked for per page: Nuki's maximum.
@@ -219,6 +219,7 @@ impl WebApiPoller {
             let recorded = listed.len();
             for (id, events) in &locks {
                 metrics.observe(*id, Origin::WebApiPoll, events, now);
+                pause_point();
             }
             for gone in account.replace(listed) {
                 metrics.observe(gone, Origin::WebApiPoll, &[LockEvent::Removed], now);
