@@ -282,20 +282,18 @@ def scrape_section(records, out):
     return rows
 
 
-def scraping_label(record):
-    """How the exporter was scraped during one scrape-under-load run."""
-    if not record["scraping"]:
-        return "no"
-    return "every 1 s, %s" % record.get("encoding", "identity")
+def scraped(record):
+    """Whether /metrics was scraped during a scrape-under-load run (its encoding is not "none")."""
+    return record["encoding"] != "none"
 
 
 def scraped_by_encoding(loaded):
     """Scraped runs by encoding, each with the same round's run without a scrape (or None)."""
-    without = {r.get("round", 1): r for r in loaded if not r["scraping"]}
+    without = {r["round"]: r for r in loaded if not scraped(r)}
     runs = {}
     for r in loaded:
-        if r["scraping"]:
-            runs.setdefault(r.get("encoding", "identity"), []).append((r, without.get(r.get("round", 1))))
+        if scraped(r):
+            runs.setdefault(r["encoding"], []).append((r, without.get(r["round"])))
     return runs
 
 
@@ -311,9 +309,9 @@ def load_section(records, out):
         lat = r["latency_us"]
         scrapes = [s["seconds"] * 1000 for s in (r.get("scrapes") or []) if s.get("seconds") is not None]
         out.append("| {} | {:,} | {} | {:,.0f} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r.get("round", 1), r["series"], scraping_label(r), r["rps"], ms(lat["p50"]), ms(lat["p90"]),
+            r["round"], r["series"], "every 1 s, %s" % r["encoding"] if scraped(r) else "no", r["rps"], ms(lat["p50"]), ms(lat["p90"]),
             ms(lat["p99"]), ms(lat["p999"]), ms(lat["max"]),
-            "%d / %d" % (len(scrapes), r["seconds"] - 1) if r["scraping"] else "–",
+            "%d / %d" % (len(scrapes), r["seconds"] - 1) if scraped(r) else "–",
             "%.0f / %.0f" % (statistics.median(scrapes), max(scrapes)) if scrapes else "–"))
     out.append("")
     return rows

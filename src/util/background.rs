@@ -98,6 +98,7 @@ pub fn spawn_low_priority(name: &str, body: impl FnOnce() + Send + 'static) -> s
         .name(name.into())
         .spawn(move || {
             lower_current_thread_priority();
+            shorten_timer_slack();
             LAST_PAUSE.set(Some(Instant::now()));
             body();
         })?;
@@ -110,21 +111,24 @@ pub fn pause_point() {
     let Some(last) = LAST_PAUSE.get() else {
         return;
     };
-    let now = Instant::now();
-    if now.duration_since(last) >= BACKGROUND_SLICE {
+    if last.elapsed() >= BACKGROUND_SLICE {
         std::thread::sleep(PAUSE);
         LAST_PAUSE.set(Some(Instant::now()));
     }
 }
 
-/// Raises the calling thread's niceness (Linux gives each thread its own), and shortens its
-/// timer slack so that a [`pause_point`] lasts its [`PAUSE`], not 50 µs more (the default).
+/// Raises the calling thread's niceness (Linux gives each thread its own).
 fn lower_current_thread_priority() {
     // SAFETY: setpriority only reads its integer arguments; `who = 0` is the calling thread.
     let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS) };
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "background thread keeps the default priority");
     }
+}
+
+/// Sets the calling thread's timer slack to 1 ns, so that a [`pause_point`] lasts its [`PAUSE`],
+/// not 50 µs more (the default slack).
+fn shorten_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK reads one integer argument and applies to the calling thread.
     let result = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     if result != 0 {
