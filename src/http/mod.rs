@@ -2,17 +2,19 @@
 //! and the health endpoints), status codes, the body limit, and the webhook pipeline (read the
 //! body, check the signature, parse, record, relay).
 
+pub mod connection_deadline;
 pub mod metrics_auth;
 pub mod relay;
 pub mod request_progress;
 pub mod status_page;
-pub mod write_deadline;
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,9 +26,9 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::BRIDGE_CALLBACK_PATH;
 use crate::config::file_backed::FileBacked;
+use crate::http::connection_deadline::ConnectionDeadline;
 use crate::http::metrics_auth::{Access, MetricsGuard};
 use crate::http::relay::{ClientConnection, Relay};
-use crate::http::write_deadline::WriteDeadline;
 use crate::lock::Origin;
 use crate::source::bridge::parse as bridge;
 use crate::source::bridge::poller::CallbackSenders;
@@ -126,8 +128,9 @@ impl App {
     }
 
     /// Answers one request that arrived on `connection` to a listener with the given role,
-    /// within `limits.request_timeout`, then gives the response that long to be written
-    /// (`written`). Never fails: the `Result` is what hyper's services return.
+    /// within `limits.request_timeout` (408 otherwise: `deadline` says when that time is up),
+    /// then gives the response that long to be written. Never fails: the `Result` is what
+    /// hyper's services return.
     ///
     /// Not an `async fn`: the request is split here and its head held once, by the returned
     /// future, and lent to the handlers below. Each `async fn` level would keep its own copy of a
@@ -137,7 +140,7 @@ impl App {
         role: Role,
         connection: ClientConnection,
         request: Request<B>,
-        written: Arc<WriteDeadline>,
+        deadline: Arc<ConnectionDeadline>,
     ) -> impl Future<Output = Result<HttpResponse, Infallible>>
     where
         B: Body,
@@ -147,20 +150,23 @@ impl App {
         async move {
             // A relayed webhook may take limits.request_timeout to arrive and forward.timeout for
             // the application's answer.
-            let deadline =
-                self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout);
-            let response =
-                match tokio::time::timeout(deadline, self.route(role, connection, &parts, body))
-                    .await
-                {
-                    Ok(response) => response,
-                    Err(_) => self.refuse(
-                        RejectReason::Timeout,
-                        StatusCode::REQUEST_TIMEOUT,
-                        "Request took too long.\n",
-                    ),
-                };
-            written.arm(self.request_timeout);
+            deadline.handler_started(
+                self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout),
+            );
+            let mut route = pin!(self.route(role, connection, &parts, body));
+            let answered = poll_fn(|cx| match deadline.handler_expired() {
+                true => Poll::Ready(None),
+                false => route.as_mut().poll(cx).map(Some),
+            })
+            .await;
+            let response = answered.unwrap_or_else(|| {
+                self.refuse(
+                    RejectReason::Timeout,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request took too long.\n",
+                )
+            });
+            deadline.response_ready(self.request_timeout);
             Ok(response)
         }
     }

@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::http::connection_deadline::{ConnectionDeadline, DeadlineIo, Ended};
 use crate::http::relay::ClientConnection;
 use crate::http::request_progress::RequestProgress;
-use crate::http::write_deadline::{self, DeadlineIo, WriteDeadline};
 use crate::http::{App, Role};
 use crate::runtime::loader::{self, Loaded};
 use crate::runtime::reload::Reloader;
@@ -376,10 +377,8 @@ impl Acceptor {
         let graceful = GracefulShutdown::new();
         // HTTP/1.1 only: Nuki and Prometheus speak it, and its header-read timeout also bounds
         // a connection that never sends a byte.
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+        // Its limits are the connection's deadline's, not hyper's timers.
+        let builder = http1::Builder::new();
         let metrics = Arc::clone(&self.app.metrics);
         let open_connections = metrics.open_connections(self.role.name());
         loop {
@@ -409,67 +408,63 @@ impl Acceptor {
             };
             let (stream, peer) = stream;
             let _ = stream.set_nodelay(true);
-            let (app, role) = (Arc::clone(&self.app), self.role);
-            let deadline = Arc::new(WriteDeadline::default());
-            let write_deadline = Arc::clone(&deadline);
             // Read per connection: a reload may bring a new certificate.
             let tls: Option<TlsAcceptor> = if self.role.metrics {
                 self.app.guard.current().tls().cloned()
             } else {
                 None
             };
-            let connection = ClientConnection {
-                peer,
-                https: tls.is_some(),
+            let connection = Connection {
+                app: Arc::clone(&self.app),
+                role: self.role,
+                client: ClientConnection {
+                    peer,
+                    https: tls.is_some(),
+                },
+                header_read_timeout: self.header_read_timeout,
             };
-            let service = service_fn(move |request: hyper::Request<_>| {
-                Arc::clone(&app).handle(role, connection, request, Arc::clone(&write_deadline))
-            });
             let (builder, watcher) = (builder.clone(), graceful.watcher());
             let (metrics, open_connections) = (Arc::clone(&metrics), open_connections.clone());
-            let handshake_timeout = self.header_read_timeout;
             open_connections.inc();
             tokio::spawn(async move {
                 // The header-read timeout also ends idle keep-alive connections; only a client cut
                 // off while sending (a TLS handshake or a request) tripped the limit.
                 let (stream, started) = RequestProgress::new(stream);
-                let (served, request_started) = match tls {
-                    None => {
-                        let io = TokioIo::new(DeadlineIo::new(stream, deadline));
-                        let served = watcher.watch(builder.serve_connection(io, service)).await;
-                        (served, started)
-                    }
+                let (ended, request_started) = match tls {
+                    None => (connection.serve(stream, &builder, watcher).await, started),
                     Some(tls) => {
+                        let handshake_timeout = connection.header_read_timeout;
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => {
                                 let (stream, request_started) = RequestProgress::new(stream);
-                                let io = TokioIo::new(DeadlineIo::new(stream, deadline));
-                                let served =
-                                    watcher.watch(builder.serve_connection(io, service)).await;
-                                (served, request_started)
+                                let ended = connection.serve(stream, &builder, watcher).await;
+                                (ended, request_started)
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "TLS handshake failed");
-                                (Ok(()), started)
+                                (Ended::Served(Ok(())), started)
                             }
-                            Err(_) => {
-                                if started.get() {
-                                    metrics
-                                        .connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
-                                }
-                                (Ok(()), started)
-                            }
+                            Err(_) => (Ended::HeaderReadTimeout, started),
                         }
                     }
                 };
-                if let Err(error) = served {
-                    if error.is_timeout() && request_started.get() {
-                        metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                match ended {
+                    Ended::Served(Ok(())) => {}
+                    Ended::Served(Err(error)) => {
+                        if let Some(reason) = refusal(&error) {
+                            metrics.reject(reason);
+                        }
+                        tracing::debug!(%error, "connection ended with an error");
                     }
-                    if let Some(reason) = refusal(&error) {
-                        metrics.reject(reason);
+                    Ended::HeaderReadTimeout => {
+                        if request_started.get() {
+                            metrics.connection_limit_hit(ConnectionLimit::HeaderReadTimeout);
+                        }
                     }
-                    tracing::debug!(%error, "connection ended with an error");
+                    Ended::HandlerTimeout | Ended::WriteTimeout => {
+                        tracing::debug!(?ended, "connection cut off at its request timeout");
+                        metrics.reject(RejectReason::Timeout);
+                    }
                 }
                 open_connections.dec();
                 drop(slot);
@@ -485,16 +480,49 @@ impl Acceptor {
     }
 }
 
+/// One accepted connection: what serving its requests takes.
+struct Connection {
+    app: Arc<App>,
+    role: Role,
+    client: ClientConnection,
+    header_read_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves the requests that arrive on `stream` until the connection ends or one of its
+    /// limits passes (`limits.header_read_timeout`, `limits.request_timeout`).
+    async fn serve<S>(
+        self,
+        stream: S,
+        builder: &http1::Builder,
+        watcher: Watcher,
+    ) -> Ended<hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let deadline = Arc::new(ConnectionDeadline::new(self.header_read_timeout));
+        let io = TokioIo::new(DeadlineIo::new(stream, Arc::clone(&deadline)));
+        let Self {
+            app, role, client, ..
+        } = self;
+        let handler_deadline = Arc::clone(&deadline);
+        let service = service_fn(move |request: hyper::Request<_>| {
+            Arc::clone(&app).handle(role, client, request, Arc::clone(&handler_deadline))
+        });
+        deadline
+            .enforce(watcher.watch(builder.serve_connection(io, service)))
+            .await
+    }
+}
+
 /// Why hyper refused a request before any handler ran (it answered 400, 414 or 431 itself, or
-/// closed the connection), or why a response could not be written; `None` for errors that
-/// refuse nothing (the client closed an idle connection, the header-read timeout).
+/// closed the connection); `None` for errors that refuse nothing (the client closed an idle
+/// connection, or went away while a response was written).
 fn refusal(error: &hyper::Error) -> Option<RejectReason> {
     if error.is_parse_too_large() {
         Some(RejectReason::TooLarge)
     } else if error.is_parse() || error.is_parse_status() {
         Some(RejectReason::Malformed)
-    } else if write_deadline::is_write_timeout(error) {
-        Some(RejectReason::Timeout)
     } else {
         None
     }
