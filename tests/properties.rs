@@ -940,7 +940,7 @@ proptest! {
         };
         prop_assert_eq!(
             webhook::parse(&body).unwrap(),
-            Webhook::Api(webhook::ApiWebhook { operation: Some(operation), results: expected })
+            Webhook::Api(webhook::ApiWebhook { operation: Some(operation.into()), results: expected })
         );
     }
 

@@ -349,11 +349,16 @@ mod tests {
     use super::*;
     use crate::source::webhook::parse::{DeviceEvent, ErrorCode, Outcome, Webhook, parse};
 
-    fn parsed(number: u64, locks: u64) -> Vec<Webhook> {
+    /// The bodies of round `number` (the parsed webhooks borrow from them).
+    fn bodies(number: u64, locks: u64) -> Vec<Vec<u8>> {
         round(number, locks)
             .iter()
-            .map(|w| parse(&serde_json::to_vec(w).unwrap()).unwrap())
+            .map(|w| serde_json::to_vec(w).unwrap())
             .collect()
+    }
+
+    fn parsed(bodies: &[Vec<u8>]) -> Vec<Webhook<'_>> {
+        bodies.iter().map(|body| parse(body).unwrap()).collect()
     }
 
     fn failures(webhooks: &[Webhook], code: u8) -> Vec<u64> {
@@ -396,7 +401,8 @@ mod tests {
 
     #[test]
     fn first_round_has_masterdata_and_no_failures() {
-        let webhooks = parsed(0, 8);
+        let bodies = bodies(0, 8);
+        let webhooks = parsed(&bodies);
         let masterdata = webhooks
             .iter()
             .filter(|w| matches!(w, Webhook::Device(d) if matches!(d.event, DeviceEvent::Masterdata(_))))
@@ -407,7 +413,8 @@ mod tests {
 
     #[test]
     fn later_rounds_have_two_unreachable_locks_and_one_low_voltage() {
-        let webhooks = parsed(3, 8);
+        let bodies = bodies(3, 8);
+        let webhooks = parsed(&bodies);
         assert_eq!(failures(&webhooks, 0xFF), vec![lock_id(1), lock_id(6)]);
         assert_eq!(failures(&webhooks, 0x4C), vec![lock_id(2)]);
         assert!(webhooks.iter().all(|w| !matches!(w, Webhook::Unrecognised)));

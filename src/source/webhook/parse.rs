@@ -33,9 +33,9 @@ pub enum ParseError {
 
 /// One accepted webhook.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Webhook {
+pub enum Webhook<'a> {
     /// The asynchronous answer to a Web API call (`type`, `requestId`, per-lock results).
-    Api(ApiWebhook),
+    Api(ApiWebhook<'a>),
     /// A device or account event (`feature`).
     Device(DeviceWebhook),
     /// A JSON object of no known shape: counted, nothing else.
@@ -43,9 +43,10 @@ pub enum Webhook {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct ApiWebhook {
-    /// The webhook's `type` (`AuthCreation`, `UnlockAction`, …); `None` when absent.
-    pub operation: Option<String>,
+pub struct ApiWebhook<'a> {
+    /// The webhook's `type` (`AuthCreation`, `UnlockAction`, …); `None` when absent. Borrowed
+    /// from the body: counting it needs no copy.
+    pub operation: Option<Cow<'a, str>>,
     /// One result per entity: each `detail[]` entry, or the flat single-lock result.
     pub results: Vec<EntityResult>,
 }
@@ -287,14 +288,14 @@ impl<'de> Shape<'de> for ErrorCode {
 }
 
 /// Parses a webhook body.
-pub fn parse(body: &[u8]) -> Result<Webhook, ParseError> {
+pub fn parse(body: &[u8]) -> Result<Webhook<'_>, ParseError> {
     // Validated up front: the parser skips the fields it does not read without decoding them.
     let text = std::str::from_utf8(body)?;
     let root: RawWebhook = lenient::object(text)?.ok_or(ParseError::NotAnObject)?;
     Ok(classify(root))
 }
 
-fn classify(root: RawWebhook<'_>) -> Webhook {
+fn classify(root: RawWebhook<'_>) -> Webhook<'_> {
     if let Some(feature) = &root.feature.0 {
         return Webhook::Device(device_webhook(Feature::parse(feature), root));
     }
@@ -304,9 +305,9 @@ fn classify(root: RawWebhook<'_>) -> Webhook {
     Webhook::Unrecognised
 }
 
-fn api_webhook(root: RawWebhook<'_>) -> ApiWebhook {
-    let operation = match &root.kind.0 {
-        Some(TypeField::Name(name)) => Some(name.clone().into_owned()),
+fn api_webhook(root: RawWebhook<'_>) -> ApiWebhook<'_> {
+    let operation = match root.kind.0 {
+        Some(TypeField::Name(name)) => Some(name),
         _ => None,
     };
     let results = match root.detail.0 {
@@ -404,7 +405,7 @@ mod tests {
         };
     }
 
-    fn api(body: &[u8]) -> ApiWebhook {
+    fn api(body: &[u8]) -> ApiWebhook<'_> {
         match parse(body).unwrap() {
             Webhook::Api(api) => api,
             other => panic!("expected an API webhook, got {other:?}"),
