@@ -14,6 +14,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -148,11 +149,11 @@ fn nanos(duration: Duration) -> u64 {
 /// the server flushes with nothing left to write.
 pub struct DeadlineIo<T> {
     inner: T,
-    deadline: std::sync::Arc<ConnectionDeadline>,
+    deadline: Arc<ConnectionDeadline>,
 }
 
 impl<T> DeadlineIo<T> {
-    pub fn new(inner: T, deadline: std::sync::Arc<ConnectionDeadline>) -> Self {
+    pub fn new(inner: T, deadline: Arc<ConnectionDeadline>) -> Self {
         Self { inner, deadline }
     }
 }
@@ -204,8 +205,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -237,9 +236,12 @@ mod tests {
         let connection = async move {
             handler.handler_started(LIMIT);
             // The handler waits for a body that never comes, until it is told to answer.
-            poll_fn(|_| match handler.handler_expired() {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
+            poll_fn(|_| {
+                if handler.handler_expired() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
             })
             .await;
             assert_eq!(started.elapsed(), LIMIT);

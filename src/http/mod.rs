@@ -154,9 +154,12 @@ impl App {
                 self.request_timeout + self.relay.as_ref().map_or(Duration::ZERO, Relay::timeout),
             );
             let mut route = pin!(self.route(role, connection, &parts, body));
-            let answered = poll_fn(|cx| match deadline.handler_expired() {
-                true => Poll::Ready(None),
-                false => route.as_mut().poll(cx).map(Some),
+            let answered = poll_fn(|cx| {
+                if deadline.handler_expired() {
+                    Poll::Ready(None)
+                } else {
+                    route.as_mut().poll(cx).map(Some)
+                }
             })
             .await;
             let response = answered.unwrap_or_else(|| {

@@ -375,9 +375,9 @@ struct Acceptor {
 impl Acceptor {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let graceful = GracefulShutdown::new();
-        // HTTP/1.1 only: Nuki and Prometheus speak it, and its header-read timeout also bounds
-        // a connection that never sends a byte.
-        // Its limits are the connection's deadline's, not hyper's timers.
+        // HTTP/1.1 only: Nuki and Prometheus speak it. No timers of hyper's: each connection's
+        // deadline bounds the wait for a request head (a connection that never sends a byte
+        // too), the handler and the response.
         let builder = http1::Builder::new();
         let metrics = Arc::clone(&self.app.metrics);
         let open_connections = metrics.open_connections(self.role.name());
