@@ -1,7 +1,8 @@
 //! Tells a request cut by `limits.header_read_timeout` from an idle keep-alive connection.
 //!
-//! hyper's header-read timeout also closes a keep-alive connection that waits for its next
-//! request, which is how every persistent scrape connection ends when the scrape interval (15 s)
+//! The header-read timeout (the connection's deadline while it waits for a request head, see
+//! [`crate::http::connection_deadline`]) also closes a keep-alive connection that waits for its
+//! next request, which is how every persistent scrape connection ends when the scrape interval (15 s)
 //! is longer than the timeout (10 s). Only a connection whose client had started a request, and
 //! did not finish its headers in time, tripped the limit. [`RequestProgress`] wraps a connection's
 //! stream and remembers whether bytes arrived since the server last wrote (a response, or a TLS
