@@ -18,27 +18,33 @@ impl<T> Default for Lenient<T> {
     }
 }
 
-/// How each JSON shape becomes a `Self`; every shape not overridden reads as `None`.
+/// What a lenient field holding a scalar saw: the scalar, or an object or array, skipped.
+#[derive(Debug)]
+pub enum Scalar<'de> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    /// A number with a fraction or an exponent: no field reads one.
+    Float,
+    /// Borrowed from the body unless it had escapes.
+    Str(Cow<'de, str>),
+    /// An object or an array, checked for JSON syntax but not decoded.
+    Nested,
+}
+
+/// How a JSON value becomes a `Self`; whatever a type does not read reads as `None`.
+///
+/// A scalar type reads the [`Scalar`] that one shared reader made of the value. Only nested
+/// types (`NESTED`: objects and arrays) get a reader of their own, `from_map` and `from_seq`.
+/// A reader per field type would repeat serde_json's value reader in each: on a busy server
+/// the kernel's network code evicts the parser from the instruction cache between two
+/// webhooks, and a webhook's first parse costs two to four times a second one of the same body
+/// (`docs/benchmark.md`), so the parser's size is much of its cost.
 pub trait Shape<'de>: Sized {
-    fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        None
-    }
-    fn from_str(_: &str) -> Option<Self> {
-        None
-    }
-    fn from_borrowed_str(text: &'de str) -> Option<Self> {
-        Self::from_str(text)
-    }
-    fn from_null() -> Option<Self> {
+    const NESTED: bool = false;
+
+    fn from_scalar(_: Scalar<'de>) -> Option<Self> {
         None
     }
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
@@ -53,40 +59,80 @@ pub trait Shape<'de>: Sized {
 
 impl<'de, T: Shape<'de>> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(ShapeVisitor(PhantomData))
-            .map(Lenient)
+        let value = if T::NESTED {
+            deserializer.deserialize_any(NestedVisitor(PhantomData))?
+        } else {
+            T::from_scalar(deserializer.deserialize_any(ScalarVisitor)?)
+        };
+        Ok(Lenient(value))
     }
 }
 
-struct ShapeVisitor<T>(PhantomData<T>);
+struct ScalarVisitor;
 
-impl<'de, T: Shape<'de>> Visitor<'de> for ShapeVisitor<T> {
-    type Value = Option<T>;
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(T::from_bool(v))
+        Ok(Scalar::Bool(v))
     }
     fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(T::from_u64(v))
+        Ok(Scalar::U64(v))
     }
     fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(T::from_i64(v))
+        Ok(Scalar::I64(v))
     }
-    fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(T::from_f64(v))
+    fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float)
     }
     fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(T::from_str(v))
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
     }
     fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(T::from_borrowed_str(v))
+        Ok(Scalar::Str(Cow::Borrowed(v)))
     }
     fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-        Ok(T::from_null())
+        Ok(Scalar::Null)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
+}
+
+/// Reads an object or an array as `T`; a scalar in its place reads as `None`.
+struct NestedVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Shape<'de>> Visitor<'de> for NestedVisitor<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         T::from_map(map)
@@ -97,32 +143,39 @@ impl<'de, T: Shape<'de>> Visitor<'de> for ShapeVisitor<T> {
 }
 
 impl Shape<'_> for bool {
-    fn from_bool(v: bool) -> Option<Self> {
-        Some(v)
+    fn from_scalar(value: Scalar<'_>) -> Option<Self> {
+        match value {
+            Scalar::Bool(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
 impl Shape<'_> for u64 {
-    fn from_u64(v: u64) -> Option<Self> {
-        Some(v)
+    fn from_scalar(value: Scalar<'_>) -> Option<Self> {
+        match value {
+            Scalar::U64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
 impl Shape<'_> for i64 {
-    fn from_u64(v: u64) -> Option<Self> {
-        i64::try_from(v).ok()
-    }
-    fn from_i64(v: i64) -> Option<Self> {
-        Some(v)
+    fn from_scalar(value: Scalar<'_>) -> Option<Self> {
+        match value {
+            Scalar::U64(v) => i64::try_from(v).ok(),
+            Scalar::I64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
 impl<'de: 'a, 'a> Shape<'de> for Cow<'a, str> {
-    fn from_str(text: &str) -> Option<Self> {
-        Some(Cow::Owned(text.to_owned()))
-    }
-    fn from_borrowed_str(text: &'de str) -> Option<Self> {
-        Some(Cow::Borrowed(text))
+    fn from_scalar(value: Scalar<'de>) -> Option<Self> {
+        match value {
+            Scalar::Str(text) => Some(text),
+            _ => None,
+        }
     }
 }
 
@@ -131,36 +184,15 @@ impl<'de: 'a, 'a> Shape<'de> for Cow<'a, str> {
 pub struct Present;
 
 impl<'de> Shape<'de> for Present {
-    fn from_bool(_: bool) -> Option<Self> {
+    fn from_scalar(_: Scalar<'de>) -> Option<Self> {
         Some(Present)
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        Some(Present)
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        Some(Present)
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        Some(Present)
-    }
-    fn from_str(_: &str) -> Option<Self> {
-        Some(Present)
-    }
-    fn from_null() -> Option<Self> {
-        Some(Present)
-    }
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Some(Present))
-    }
-    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Some(Present))
     }
 }
 
 /// A JSON array whose object elements are kept; other elements are skipped.
 impl<'de, T: Shape<'de>> Shape<'de> for Vec<T> {
+    const NESTED: bool = true;
+
     fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
         let mut items = Vec::new();
         while let Some(Lenient(item)) = seq.next_element::<Lenient<T>>()? {
@@ -175,6 +207,8 @@ impl<'de, T: Shape<'de>> Shape<'de> for Vec<T> {
 macro_rules! lenient_object {
     ($($name:ident),+ $(,)?) => {$(
         impl<'de: 'a, 'a> crate::source::lenient::Shape<'de> for $name<'a> {
+            const NESTED: bool = true;
+
             fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
                 <Self as serde::Deserialize>::deserialize(
                     serde::de::value::MapAccessDeserializer::new(map),

@@ -7,17 +7,18 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 
 use crate::lock::LockStatus;
-use crate::source::lenient::{Lenient, Shape, lenient_object};
+use crate::source::lenient::{Lenient, Scalar, Shape, lenient_object};
 
 /// `smartlockId`: a JSON integer or a string of digits.
 pub struct LockId(pub u64);
 
 impl Shape<'_> for LockId {
-    fn from_u64(id: u64) -> Option<Self> {
-        Some(LockId(id))
-    }
-    fn from_str(text: &str) -> Option<Self> {
-        text.parse().ok().map(LockId)
+    fn from_scalar(value: Scalar<'_>) -> Option<Self> {
+        match value {
+            Scalar::U64(id) => Some(LockId(id)),
+            Scalar::Str(text) => text.parse().ok().map(LockId),
+            _ => None,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use serde::Deserialize;
 
-use crate::source::lenient::{self, Lenient, Present, Shape};
+use crate::source::lenient::{self, Lenient, Present, Scalar, Shape};
 use crate::source::nuki_shapes::{LockId, RawState, lock_status};
 
 use crate::lock::LockInfo;
@@ -219,71 +219,38 @@ enum TypeField<'a> {
 }
 
 impl<'de: 'a, 'a> Shape<'de> for TypeField<'a> {
-    fn from_borrowed_str(text: &'de str) -> Option<Self> {
-        Some(Self::Name(Cow::Borrowed(text)))
-    }
-    fn from_str(text: &str) -> Option<Self> {
-        Some(Self::Name(Cow::Owned(text.to_owned())))
-    }
-    fn from_u64(code: u64) -> Option<Self> {
-        Some(i64::try_from(code).map_or(Self::Other, Self::Code))
-    }
-    fn from_i64(code: i64) -> Option<Self> {
-        Some(Self::Code(code))
-    }
-    fn from_bool(_: bool) -> Option<Self> {
-        Some(Self::Other)
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        Some(Self::Other)
-    }
-    fn from_null() -> Option<Self> {
-        Some(Self::Other)
-    }
-    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Present::from_map(map).map(|_| Some(Self::Other))
-    }
-    fn from_seq<A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
-        Present::from_seq(seq).map(|_| Some(Self::Other))
+    fn from_scalar(value: Scalar<'de>) -> Option<Self> {
+        Some(match value {
+            Scalar::Str(name) => Self::Name(name),
+            Scalar::U64(code) => i64::try_from(code).map_or(Self::Other, Self::Code),
+            Scalar::I64(code) => Self::Code(code),
+            _ => Self::Other,
+        })
     }
 }
 
 /// `errorCode`: hex with or without `0x` in any case, or a JSON number; `null` is missing and
 /// any other value invalid.
 impl<'de> Shape<'de> for ErrorCode {
-    fn from_str(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let digits = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .unwrap_or(text);
-        let is_hex_byte =
-            (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit());
-        Some(match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
-            Some(Ok(code)) => ErrorCode::Code(code),
+    fn from_scalar(value: Scalar<'de>) -> Option<Self> {
+        Some(match value {
+            Scalar::Str(text) => {
+                let text = text.trim();
+                let digits = text
+                    .strip_prefix("0x")
+                    .or_else(|| text.strip_prefix("0X"))
+                    .unwrap_or(text);
+                let is_hex_byte = (1..=2).contains(&digits.len())
+                    && digits.bytes().all(|b| b.is_ascii_hexdigit());
+                match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
+                    Some(Ok(code)) => ErrorCode::Code(code),
+                    _ => ErrorCode::Invalid,
+                }
+            }
+            Scalar::U64(number) => u8::try_from(number).map_or(ErrorCode::Invalid, ErrorCode::Code),
+            Scalar::Null => ErrorCode::Missing,
             _ => ErrorCode::Invalid,
         })
-    }
-    fn from_u64(number: u64) -> Option<Self> {
-        Some(u8::try_from(number).map_or(ErrorCode::Invalid, ErrorCode::Code))
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        Some(ErrorCode::Invalid)
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        Some(ErrorCode::Invalid)
-    }
-    fn from_bool(_: bool) -> Option<Self> {
-        Some(ErrorCode::Invalid)
-    }
-    fn from_null() -> Option<Self> {
-        Some(ErrorCode::Missing)
-    }
-    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Present::from_map(map).map(|_| Some(ErrorCode::Invalid))
-    }
-    fn from_seq<A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
-        Present::from_seq(seq).map(|_| Some(ErrorCode::Invalid))
     }
 }
 
