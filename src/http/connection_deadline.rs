@@ -7,9 +7,11 @@
 //!
 //! One timer, not one per limit and request: hyper's header-read timeout and a
 //! `tokio::time::timeout` per request each put a timer into tokio's wheel and took it out again
-//! on every webhook. Here each request only moves one deadline later, which tokio does with a
+//! on every webhook. Here a request only moves one deadline later, which tokio does with a
 //! compare-and-swap; the timer stays in the wheel until the deadline it was put there for, and is
-//! moved then.
+//! moved then. And one clock read: a request passes through all three phases, usually within one
+//! poll of its connection, and the deadline is set once that poll ends, from the phase it ended
+//! in.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -38,11 +40,12 @@ enum Phase {
 /// through; [`ConnectionDeadline::enforce`] acts when it passes.
 #[derive(Debug)]
 pub struct ConnectionDeadline {
-    origin: Instant,
     header_read_timeout: Duration,
     phase: AtomicU8,
-    /// Nanoseconds after `origin`.
-    deadline: AtomicU64,
+    /// The current phase's limit, in nanoseconds.
+    limit: AtomicU64,
+    /// A phase began since [`ConnectionDeadline::enforce`] last set the deadline.
+    moved: AtomicBool,
     /// The handler's time ran out: it answers 408 when next polled.
     handler_expired: AtomicBool,
 }
@@ -64,10 +67,10 @@ impl ConnectionDeadline {
     /// A new connection: its first request head is due within `header_read_timeout`.
     pub fn new(header_read_timeout: Duration) -> Self {
         Self {
-            origin: Instant::now(),
             header_read_timeout,
             phase: AtomicU8::new(Phase::Head as u8),
-            deadline: AtomicU64::new(nanos(header_read_timeout)),
+            limit: AtomicU64::new(nanos(header_read_timeout)),
+            moved: AtomicBool::new(false),
             handler_expired: AtomicBool::new(false),
         }
     }
@@ -96,9 +99,9 @@ impl ConnectionDeadline {
     }
 
     fn enter(&self, phase: Phase, limit: Duration) {
-        let deadline = nanos(self.origin.elapsed().saturating_add(limit));
-        self.deadline.store(deadline, Ordering::Relaxed);
         self.phase.store(phase as u8, Ordering::Relaxed);
+        self.limit.store(nanos(limit), Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     fn phase(&self) -> Phase {
@@ -109,23 +112,20 @@ impl ConnectionDeadline {
         }
     }
 
-    fn deadline(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.deadline.load(Ordering::Relaxed))
-    }
-
     /// Serves `connection` (whose service and IO move this deadline) until it ends or the
     /// deadline of its current phase passes.
     pub async fn enforce<E>(&self, connection: impl Future<Output = Result<(), E>>) -> Ended<E> {
         let mut connection = pin!(connection);
-        let mut timer = pin!(tokio::time::sleep_until(self.deadline()));
+        let mut timer = pin!(tokio::time::sleep(self.header_read_timeout));
         poll_fn(|cx| {
             loop {
                 if let Poll::Ready(served) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Ended::Served(served));
                 }
-                let deadline = self.deadline();
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
+                // The phase the poll ended in began during it: its limit counts from now.
+                if self.moved.swap(false, Ordering::Relaxed) {
+                    let limit = Duration::from_nanos(self.limit.load(Ordering::Relaxed));
+                    timer.as_mut().reset(Instant::now() + limit);
                 }
                 ready!(timer.as_mut().poll(cx));
                 match self.phase() {
