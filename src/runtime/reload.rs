@@ -103,20 +103,21 @@ impl Reloader {
                     changes.extend(std::mem::take(&mut part.changes));
                     part.install();
                 }
+                // The metrics first: whoever reads the log line finds them already moved.
+                self.reloads.with_label_values(&["success"]).inc();
+                self.last_successful.set(1);
+                self.last_success_time.set(unix_now());
                 if changes.is_empty() {
                     tracing::info!("reloaded the secret and token files: no content changed");
                 } else {
                     tracing::info!(changes = %changes.join("; "), "reloaded the secret and token files");
                 }
-                self.reloads.with_label_values(&["success"]).inc();
-                self.last_successful.set(1);
-                self.last_success_time.set(unix_now());
                 true
             }
             Err(error) => {
-                tracing::error!(%error, "reload failed: the previous secrets and tokens stay in use");
                 self.reloads.with_label_values(&["failure"]).inc();
                 self.last_successful.set(0);
+                tracing::error!(%error, "reload failed: the previous secrets and tokens stay in use");
                 false
             }
         }
