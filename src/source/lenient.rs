@@ -42,18 +42,17 @@ pub enum Scalar<'de> {
 /// webhooks, and a webhook's first parse costs two to four times a second one of the same body
 /// (`docs/benchmark.md`), so the parser's size is much of its cost.
 pub trait Shape<'de>: Sized {
+    /// An object or array type, read by `from_map` and `from_seq`; otherwise `from_scalar`.
     const NESTED: bool = false;
 
     fn from_scalar(_: Scalar<'de>) -> Option<Self> {
         None
     }
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| None)
     }
-    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
+    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Option<Self>, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| None)
     }
 }
 
@@ -97,13 +96,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
         Ok(Scalar::Null)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| Scalar::Nested)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| Scalar::Nested)
     }
 }
 

@@ -234,23 +234,26 @@ impl<'de: 'a, 'a> Shape<'de> for TypeField<'a> {
 impl<'de> Shape<'de> for ErrorCode {
     fn from_scalar(value: Scalar<'de>) -> Option<Self> {
         Some(match value {
-            Scalar::Str(text) => {
-                let text = text.trim();
-                let digits = text
-                    .strip_prefix("0x")
-                    .or_else(|| text.strip_prefix("0X"))
-                    .unwrap_or(text);
-                let is_hex_byte = (1..=2).contains(&digits.len())
-                    && digits.bytes().all(|b| b.is_ascii_hexdigit());
-                match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
-                    Some(Ok(code)) => ErrorCode::Code(code),
-                    _ => ErrorCode::Invalid,
-                }
-            }
+            Scalar::Str(text) => hex_error_code(&text),
             Scalar::U64(number) => u8::try_from(number).map_or(ErrorCode::Invalid, ErrorCode::Code),
             Scalar::Null => ErrorCode::Missing,
             _ => ErrorCode::Invalid,
         })
+    }
+}
+
+/// `ff`, `FF`, `0xff` or `0XFF`: one hex byte, with or without `0x`.
+fn hex_error_code(text: &str) -> ErrorCode {
+    let text = text.trim();
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let is_hex_byte =
+        (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    match is_hex_byte.then(|| u8::from_str_radix(digits, 16)) {
+        Some(Ok(code)) => ErrorCode::Code(code),
+        _ => ErrorCode::Invalid,
     }
 }
 
