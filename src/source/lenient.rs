@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -58,12 +57,22 @@ pub trait Shape<'de>: Sized {
 
 impl<'de, T: Shape<'de>> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = if T::NESTED {
-            deserializer.deserialize_any(NestedVisitor(PhantomData))?
-        } else {
-            T::from_scalar(deserializer.deserialize_any(ScalarVisitor)?)
-        };
+        let mut value = None;
+        read_into(deserializer, &mut value)?;
         Ok(Lenient(value))
+    }
+}
+
+/// Reads one JSON value as a `T` into `place` (`None` when it has another shape).
+fn read_into<'de, T: Shape<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+    place: &mut Option<T>,
+) -> Result<(), D::Error> {
+    if T::NESTED {
+        deserializer.deserialize_any(NestedVisitor(place))
+    } else {
+        *place = T::from_scalar(deserializer.deserialize_any(ScalarVisitor)?);
+        Ok(())
     }
 }
 
@@ -104,38 +113,44 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     }
 }
 
-/// Reads an object or an array as `T`; a scalar in its place reads as `None`.
-struct NestedVisitor<T>(PhantomData<T>);
+/// Reads an object or an array as `T` into its place; a scalar in its place leaves `None`.
+///
+/// It writes the value instead of returning it: serde_json's reader moves a visitor's value
+/// through several layers, six copies of a webhook's ~280-byte top-level struct, which took 3%
+/// of the exporter's user CPU per webhook under load (`docs/benchmark.md`).
+struct NestedVisitor<'p, T>(&'p mut Option<T>);
 
-impl<'de, T: Shape<'de>> Visitor<'de> for NestedVisitor<T> {
-    type Value = Option<T>;
+impl<'de, T: Shape<'de>> Visitor<'de> for NestedVisitor<'_, T> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E: Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E: Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E: Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E: Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E: Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_unit<E: Error>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        T::from_map(map)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        *self.0 = T::from_map(map)?;
+        Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        T::from_seq(seq)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        *self.0 = T::from_seq(seq)?;
+        Ok(())
     }
 }
 
@@ -222,5 +237,18 @@ pub(crate) use lenient_object;
 /// Skipped values are checked for JSON syntax but not decoded; nesting inside them costs no
 /// stack, so any depth is safe.
 pub fn object<'de, T: Shape<'de>>(body: &'de str) -> serde_json::Result<Option<T>> {
-    serde_json::from_str::<Lenient<T>>(body).map(|Lenient(value)| value)
+    let mut value = None;
+    object_into(body, &mut value)?;
+    Ok(value)
+}
+
+/// [`object`], written into `place`: for a large `T`, what a caller keeps in place is not
+/// copied again on its way out.
+pub fn object_into<'de, T: Shape<'de>>(
+    body: &'de str,
+    place: &mut Option<T>,
+) -> serde_json::Result<()> {
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    read_into(&mut deserializer, place)?;
+    deserializer.end()
 }

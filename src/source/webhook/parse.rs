@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::mem::take;
 
 use serde::Deserialize;
 
@@ -261,11 +262,13 @@ fn hex_error_code(text: &str) -> ErrorCode {
 pub fn parse(body: &[u8]) -> Result<Webhook<'_>, ParseError> {
     // Validated up front: the parser skips the fields it does not read without decoding them.
     let text = std::str::from_utf8(body)?;
-    let root: RawWebhook = lenient::object(text)?.ok_or(ParseError::NotAnObject)?;
-    Ok(classify(root))
+    // Kept in place and read from there: moving the ~280-byte struct costs more than reading it.
+    let mut root = None;
+    lenient::object_into(text, &mut root)?;
+    root.as_mut().map(classify).ok_or(ParseError::NotAnObject)
 }
 
-fn classify(root: RawWebhook<'_>) -> Webhook<'_> {
+fn classify<'a>(root: &mut RawWebhook<'a>) -> Webhook<'a> {
     if let Some(feature) = &root.feature.0 {
         return Webhook::Device(device_webhook(Feature::parse(feature), root));
     }
@@ -275,12 +278,12 @@ fn classify(root: RawWebhook<'_>) -> Webhook<'_> {
     Webhook::Unrecognised
 }
 
-fn api_webhook(root: RawWebhook<'_>) -> ApiWebhook<'_> {
-    let operation = match root.kind.0 {
+fn api_webhook<'a>(root: &mut RawWebhook<'a>) -> ApiWebhook<'a> {
+    let operation = match root.kind.0.take() {
         Some(TypeField::Name(name)) => Some(name),
         _ => None,
     };
-    let results = match root.detail.0 {
+    let results = match root.detail.0.take() {
         Some(entries) => entries
             .into_iter()
             .map(|e| entity_result(e.smartlock_id, e.success, e.error_code))
@@ -288,9 +291,9 @@ fn api_webhook(root: RawWebhook<'_>) -> ApiWebhook<'_> {
         // The flat single-lock form: one result, when it names a lock or reports a failure.
         None if root.smartlock_id.0.is_some() || !succeeded(&root.success, &root.error_code) => {
             vec![entity_result(
-                root.smartlock_id,
-                root.success,
-                root.error_code,
+                take(&mut root.smartlock_id),
+                take(&mut root.success),
+                take(&mut root.error_code),
             )]
         }
         None => Vec::new(),
@@ -321,16 +324,16 @@ fn entity_result(
     }
 }
 
-fn device_webhook(feature: Feature, root: RawWebhook<'_>) -> DeviceWebhook {
+fn device_webhook(feature: Feature, root: &mut RawWebhook<'_>) -> DeviceWebhook {
     let own_id = root.smartlock_id.0.as_ref().map(|LockId(id)| *id);
     let (smartlock_id, event) = match feature {
         Feature::DeviceStatus => {
             let status = lock_status(root.state.0.as_ref(), root.server_state.0);
             (own_id, DeviceEvent::Status(status))
         }
-        Feature::DeviceMasterdata => (own_id, DeviceEvent::Masterdata(masterdata(&root))),
+        Feature::DeviceMasterdata => (own_id, DeviceEvent::Masterdata(masterdata(root))),
         Feature::DeviceLogs => {
-            let entry = root.smartlock_log.0.unwrap_or_default();
+            let entry = root.smartlock_log.0.take().unwrap_or_default();
             let id = entry.smartlock_id.0.map(|LockId(id)| id).or(own_id);
             let entry = LogEntry {
                 action: entry.action.0.map(LogAction::from_code),
@@ -339,7 +342,11 @@ fn device_webhook(feature: Feature, root: RawWebhook<'_>) -> DeviceWebhook {
             (id, DeviceEvent::Log(entry))
         }
         Feature::DeviceAuths => {
-            let auth = root.smartlock_auth.0.and_then(|auth| auth.smartlock_id.0);
+            let auth = root
+                .smartlock_auth
+                .0
+                .take()
+                .and_then(|auth| auth.smartlock_id.0);
             (auth.map(|LockId(id)| id).or(own_id), DeviceEvent::Seen)
         }
         Feature::AccountUser => (None, DeviceEvent::Seen),
