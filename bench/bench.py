@@ -184,6 +184,8 @@ def derive(r):
             cpu_s = r["cpu_ticks"] / r["clk_tck"]
             r["cpu_util"] = cpu_s / seconds
             r["cpu_us_per_req"] = cpu_s * 1e6 / max(w["requests"], 1)
+        if "user_ticks" in r:
+            r["user_us_per_req"] = r["user_ticks"] / r["clk_tck"] * 1e6 / max(w["requests"], 1)
         if r.get("client_cpu_s") is not None:
             r["client_cpu_util"] = r["client_cpu_s"] / seconds
         if "server_core_busy_ticks" in r:
@@ -209,9 +211,10 @@ def throughput_section(records, out):
     out.append("### Webhook throughput: nuki-exporter (A) against the bare hyper baseline (B)\n")
     out.append("Server on core 0, `wrk -t1 -c64` on core 1, 10,000 lock ids rotating, "
                "%d-second runs, A B pairs interleaved.\n" % runs[0]["seconds"] if runs else "")
-    out.append("| entries | pair | server | req/s | server CPU | CPU µs/req | wrk CPU | other on core 0 / 1 | p50 ms | p99 ms | ratio A/B |")
-    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| entries | pair | server | req/s | server CPU | CPU µs/req | of it user | wrk CPU | other on core 0 / 1 | p50 ms | p99 ms | ratio A/B |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = []
+    user_notes = []
     for entries in variants:
         rows = [r for r in runs if r["entries"] == entries]
         pairs = sorted({r["pair"] for r in rows})
@@ -222,9 +225,11 @@ def throughput_section(records, out):
             ratio = a["rps"] / b["rps"]
             ratios.append(ratio)
             for r, shown in ((a, ""), (b, "%.3f" % ratio)):
-                out.append("| %d | %d | %s | %s | %.0f%% | %.2f | %s | %s / %s | %s | %s | %s |" % (
+                user = r.get("user_us_per_req")
+                out.append("| %d | %d | %s | %s | %.0f%% | %.2f | %s | %s | %s / %s | %s | %s | %s |" % (
                     entries, pair, r["server"], "{:,.0f}".format(r["rps"]), r["cpu_util"] * 100,
-                    r["cpu_us_per_req"], pct(r.get("client_cpu_util")),
+                    r["cpu_us_per_req"], "–" if user is None else "%.2f" % user,
+                    pct(r.get("client_cpu_util")),
                     pct(r.get("server_core_other")), pct(r.get("client_core_other")),
                     ms(r["latency_us"]["p50"]), ms(r["latency_us"]["p99"]), shown))
         med = lambda server, f: statistics.median(f(r) for r in rows if r["server"] == server)
@@ -241,7 +246,19 @@ def throughput_section(records, out):
             "b_p50": med("baseline", lambda r: r["latency_us"]["p50"]),
             "b_p99": med("baseline", lambda r: r["latency_us"]["p99"]),
         })
+        if all("user_us_per_req" in r for r in rows):
+            a_user = med("exporter", lambda r: r["user_us_per_req"])
+            b_user = med("baseline", lambda r: r["user_us_per_req"])
+            user_notes.append(
+                "%d %s: the exporter spent %.2f µs of user CPU per webhook, the bare server %.2f µs: "
+                "+%.2f µs of its own work (medians of the pairs)." % (
+                    entries, "entry" if entries == 1 else "entries", a_user, b_user, a_user - b_user))
     out.append("")
+    if user_notes:
+        # User time is the servers' own code, without the kernel's network path, which both share
+        # and which moves with the machine's load far more than the code does.
+        out.append("User CPU alone (the process's own code, not the kernel's network path): "
+                   + " ".join(user_notes) + "\n")
     return summary
 
 

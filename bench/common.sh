@@ -139,6 +139,11 @@ cpu_ticks() {
     sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
+# user_ticks PID: user time alone (the process's own code and libraries, not the kernel's).
+user_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 }'
+}
+
 # rss_kb PID / hwm_kb PID: resident set size now / at its peak, in KiB.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
