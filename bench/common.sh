@@ -133,15 +133,16 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-# cpu_ticks PID: user + system time of the process (all threads), in clock ticks.
-cpu_ticks() {
+# process_ticks PID: user and system time of the process (all threads), in clock ticks, as
+# "USER SYSTEM". User time is the process's own code and libraries; system time the kernel's.
+process_ticks() {
     # Field 2 (comm) is in parentheses; count fields after the closing one.
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'
 }
 
-# user_ticks PID: user time alone (the process's own code and libraries, not the kernel's).
-user_ticks() {
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 }'
+# cpu_ticks PID: user + system time of the process (all threads), in clock ticks.
+cpu_ticks() {
+    process_ticks "$1" | awk '{ print $1 + $2 }'
 }
 
 # rss_kb PID / hwm_kb PID: resident set size now / at its peak, in KiB.

@@ -160,8 +160,7 @@ fn read<'de, T: lenient::Shape<'de>>(
     shape: &'static str,
 ) -> Result<T, ParseError> {
     let text = std::str::from_utf8(body)?;
-    let value: Lenient<T> = serde_json::from_str(text)?;
-    value.0.ok_or(ParseError::Shape(shape))
+    lenient::object(text)?.ok_or(ParseError::Shape(shape))
 }
 
 #[derive(Default, Deserialize)]
