@@ -282,6 +282,12 @@ async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &Nuki
             "nuki_exporter_webhooks_received_total",
         )
         .await;
+        // Each round's charge is one step of the drain the battery-care rules derive, and a
+        // step counts only once a rule evaluation recorded it: scraped alone, the next round
+        // could replace it first, and the drain would lack a step for good.
+        prometheus
+            .wait_for(BATTERY_RECORDED, Duration::from_secs(60))
+            .await;
     }
     assert_eq!(exporter.post_signed(b"{}", Some("00")).await, 401);
     assert_eq!(exporter.post(b"not json").await, 400);
@@ -293,6 +299,14 @@ async fn seed_fleet(exporter: &TestExporter, prometheus: &Prometheus, api: &Nuki
     .await;
     scraped(exporter, prometheus, "nuki_webhook_deliveries_total").await;
 }
+
+/// Every lock's charge as last scraped is also what the freshest-charge rule last recorded.
+const BATTERY_RECORDED: &str = r#"count(nuki_smartlock_battery_charge_percent{job="nuki-exporter"})
+  == count(
+      smartlock:nuki_smartlock_battery_charge_percent:freshest{job="nuki-exporter"}
+    == on (job, smartlock_id)
+      max by (job, smartlock_id) (nuki_smartlock_battery_charge_percent{job="nuki-exporter"})
+  )"#;
 
 /// Waits until Prometheus holds the exporter's current total of `counter`.
 async fn scraped(exporter: &TestExporter, prometheus: &Prometheus, counter: &str) {
